@@ -1,0 +1,3 @@
+from bertopt.cli.main import main
+
+main()

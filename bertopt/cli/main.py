@@ -1,0 +1,74 @@
+"""The ``bertopt`` command: one thin module per subcommand, no heavy imports at start-up.
+
+A subcommand module ``bertopt/cli/<name>.py`` defines ``command`` (the typer callback). Only the
+modules listed in ``COMMANDS`` are registered, each only when its module exists, so the CLI never
+offers a command that is not there. Heavy libraries (torch, onnxruntime, tensorrt, modelopt) are
+imported inside the stage functions, never at module top, so ``--help`` is fast and works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from bertopt import __version__
+from bertopt.errors import BertoptError
+
+# In pipeline order; this is also the order of `bertopt --help`.
+COMMANDS = ("export", "fuse", "calibrate", "qat", "build", "bench", "run")
+
+app = typer.Typer(
+    name="bertopt",
+    help="Compile BERT-family encoders to fast, accurate INT8: export, fuse, calibrate, qat, build, bench, run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bertopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """bertopt: one command per step, or one recipe for all."""
+
+
+for _name in COMMANDS:
+    if importlib.util.find_spec(f"bertopt.cli.{_name}") is not None:
+        _mod = importlib.import_module(f"bertopt.cli.{_name}")
+        app.command(name=_name, help=_mod.__doc__, no_args_is_help=True)(_mod.command)
+
+
+def report_error(e: BertoptError) -> None:
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"error: {e.message}", style="bold red", markup=False)
+    if e.hint:
+        err.print(f"hint: {e.hint}", style="yellow", markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except BertoptError as e:
+        report_error(e)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was left behind", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Text data for calibration, fidelity and accuracy: .txt, .csv, .tsv, .jsonl; and tokenization."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bertopt.errors import BertoptError
+from bertopt.paths import resolve_path
+
+FORMATS = (".txt", ".csv", ".tsv", ".jsonl")
+
+
+@dataclass
+class TextData:
+    path: Path
+    texts: list[str]
+    labels: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_texts(
+    path: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> TextData:
+    """Read texts (and labels) from a data file; every problem names the file and the field."""
+    p = resolve_path(path)
+    if not p.is_file():
+        raise BertoptError(f"{p}: no such data file", hint="pass a .txt (one text per line), .csv, .tsv or .jsonl file")
+    suffix = p.suffix.lower()
+    if suffix not in FORMATS:
+        raise BertoptError(f"{p}: unsupported data format '{suffix}'", hint="use .txt (one text per line), .csv, .tsv or .jsonl")
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BertoptError(f"{p}: unreadable ({e})", hint="data files must be UTF-8 text") from None
+
+    labels: list | None = None
+    if suffix == ".txt":
+        if label_column:
+            raise BertoptError(f"{p}: a .txt file has no columns, so no label column '{label_column}'", hint="use a .csv/.tsv/.jsonl file for labels")
+        texts = [line for line in raw.splitlines() if line.strip()]
+    elif suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        cols = reader.fieldnames or []
+        rows = list(reader)
+        tcol = _pick_column(p, cols, text_column, "text")
+        if label_column and label_column not in cols:
+            raise BertoptError(f"{p}: no label column '{label_column}'", hint="columns are: " + ", ".join(cols))
+        texts = [r[tcol] or "" for r in rows]
+        labels = [r[label_column] for r in rows] if label_column else None
+    else:
+        rows = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BertoptError(f"{p}:{i}: invalid JSON ({e.msg})", hint="one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise BertoptError(f"{p}:{i}: expected a JSON object", hint="one JSON object per line, e.g. {\"text\": ...}")
+            rows.append(obj)
+        cols = list(rows[0]) if rows else []
+        tcol = _pick_column(p, cols, text_column, "text")
+        for i, r in enumerate(rows, 1):
+            if tcol not in r or (label_column and label_column not in r):
+                missing = tcol if tcol not in r else label_column
+                raise BertoptError(f"{p}: record {i} has no field '{missing}'", hint="every record needs the same fields")
+        texts = [str(r[tcol]) for r in rows]
+        labels = [r[label_column] for r in rows] if label_column else None
+
+    if offset:
+        texts = texts[offset:]
+        labels = labels[offset:] if labels is not None else None
+    if limit is not None:
+        texts = texts[:limit]
+        labels = labels[:limit] if labels is not None else None
+    if not texts:
+        raise BertoptError(f"{p}: no texts" + (f" after skipping {offset}" if offset else ""), hint="the data file is empty")
+    return TextData(path=p, texts=texts, labels=labels)
+
+
+def _pick_column(p: Path, cols: Sequence[str], wanted: str | None, default: str) -> str:
+    if not cols:
+        raise BertoptError(f"{p}: no header row / fields", hint="the first row must name the columns")
+    if wanted:
+        if wanted not in cols:
+            raise BertoptError(f"{p}: no text column '{wanted}'", hint="columns are: " + ", ".join(cols))
+        return wanted
+    if default in cols:
+        return default
+    if len(cols) == 1:
+        return cols[0]
+    raise BertoptError(f"{p}: which column holds the text?", hint="pass --text-column; columns are: " + ", ".join(cols))
+
+
+def encode_labels(labels: list, id2label: dict | None) -> np.ndarray:
+    """Labels as class indices: ints as they are, strings through the model's id2label."""
+    out = []
+    label2id = {str(v): int(k) for k, v in (id2label or {}).items()}
+    for lab in labels:
+        s = str(lab).strip()
+        if s.lstrip("-").isdigit():
+            out.append(int(s))
+        elif s in label2id:
+            out.append(label2id[s])
+        else:
+            raise BertoptError(f"label '{s}' is neither an integer nor one of the model's labels", hint="model labels: " + ", ".join(label2id))
+    return np.asarray(out, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------- tokenization
+def load_tokenizer(tokenizer_dir: Path | None, where: str = ""):
+    if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
+        raise BertoptError(
+            f"{where or tokenizer_dir}: no tokenizer next to the model",
+            hint="artifacts written by `bertopt export` carry one in tokenizer/; for a bare .onnx put a tokenizer/ folder beside it",
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def tokenize(tokenizer, texts: Sequence[str], input_names: Sequence[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """Tokenize to int64 numpy feeds holding exactly ``input_names``.
+
+    ``pad_to`` pads every row to that length (latency sweeps at a fixed shape); otherwise rows are
+    padded to the longest text in the batch.
+    """
+    enc = tokenizer(
+        list(texts),
+        padding="max_length" if pad_to else "longest",
+        truncation=True,
+        max_length=pad_to or max_length,
+        return_tensors="np",
+    )
+    feeds = {}
+    for name in input_names:
+        if name in enc:
+            feeds[name] = enc[name].astype(np.int64)
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        else:
+            raise BertoptError(f"the tokenizer produces no '{name}'", hint="the model and tokenizer do not match")
+    return feeds

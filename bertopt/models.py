@@ -1,0 +1,97 @@
+"""Per-architecture facts as data: what bertopt supports and how its inputs look."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bertopt.errors import BertoptError
+
+# model_type (config.json) -> the ONNX input names the encoder takes, in order.
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "bert": ("input_ids", "attention_mask", "token_type_ids"),
+    "roberta": ("input_ids", "attention_mask"),
+    "xlm-roberta": ("input_ids", "attention_mask"),
+    "distilbert": ("input_ids", "attention_mask"),
+    "electra": ("input_ids", "attention_mask", "token_type_ids"),
+}
+
+TASKS = ("feature-extraction", "sequence-classification")
+
+# Dynamic axes shared by every exported input and output.
+DYNAMIC_AXES = {0: "batch", 1: "sequence"}
+
+
+def read_config(model_dir: Path) -> dict:
+    """config.json of a Hugging Face folder, with errors that say what is wrong."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise BertoptError(f"{model_dir}: no such folder", hint="pass a local Hugging Face model folder (config.json + weights + tokenizer)")
+    if not model_dir.is_dir():
+        raise BertoptError(f"{model_dir}: not a folder", hint="pass a local Hugging Face model folder (config.json + weights + tokenizer)")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise BertoptError(
+            f"{model_dir}: no config.json: not a Hugging Face model folder",
+            hint="save the model with `model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`",
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BertoptError(f"{cfg_path}: invalid JSON ({e})", hint="fix or re-save the config") from None
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED:
+        raise BertoptError(
+            f"{cfg_path}: model_type '{mt}' is not supported",
+            hint="supported architectures: " + ", ".join(sorted(SUPPORTED)),
+        )
+    if not any((model_dir / n).is_file() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+        raise BertoptError(f"{model_dir}: no weights (model.safetensors or pytorch_model.bin)", hint="save the model with `save_pretrained`")
+    if not any((model_dir / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        raise BertoptError(f"{model_dir}: no tokenizer files", hint="save the tokenizer into the same folder with `tokenizer.save_pretrained`")
+    return cfg
+
+
+def is_hf_folder(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "manifest.json").is_file()
+
+
+def sentence_transformers_pooling(model_dir: Path) -> str | None:
+    """'mean' / 'cls' / 'max' when the folder is a sentence-transformers model, else None."""
+    pcfg = Path(model_dir) / "1_Pooling" / "config.json"
+    if not pcfg.is_file():
+        return None
+    cfg = json.loads(pcfg.read_text())
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    if cfg.get("pooling_mode_max_tokens"):
+        return "max"
+    return None
+
+
+def sentence_transformers_normalize(model_dir: Path) -> bool:
+    mods = Path(model_dir) / "modules.json"
+    if not mods.is_file():
+        return False
+    return any("Normalize" in m.get("type", "") for m in json.loads(mods.read_text()))
+
+
+def default_task(cfg: dict) -> str:
+    archs = cfg.get("architectures") or []
+    return "sequence-classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "feature-extraction"
+
+
+def model_summary(cfg: dict, task: str) -> dict:
+    return {
+        "architecture": cfg.get("model_type"),
+        "task": task,
+        "inputs": list(SUPPORTED[cfg["model_type"]]),
+        "hidden_size": cfg.get("hidden_size") or cfg.get("dim"),
+        "num_layers": cfg.get("num_hidden_layers") or cfg.get("n_layers"),
+        "num_heads": cfg.get("num_attention_heads") or cfg.get("n_heads"),
+        "max_length": cfg.get("max_position_embeddings"),
+        "num_labels": len(cfg.get("id2label") or {}) if task == "sequence-classification" else None,
+        "id2label": cfg.get("id2label") if task == "sequence-classification" else None,
+    }
