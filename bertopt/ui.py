@@ -8,8 +8,11 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+import sys
+
+# Tables are wide: when output goes to a file or CI log (no terminal), don't wrap them at 80 columns.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def progress(transient: bool = False) -> Progress:

@@ -1,0 +1,1 @@
+"""bench: latency/throughput sweeps, fidelity and task accuracy against a reference."""

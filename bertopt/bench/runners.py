@@ -1,0 +1,130 @@
+"""Open anything ``bench`` can run: an HF folder (PyTorch eager, the reference), an ONNX artifact
+or bare .onnx (ONNX Runtime CPU, with the session config a ``build`` saved), a TensorRT engine artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bertopt.errors import BertoptError
+from bertopt.paths import resolve_path
+
+
+@dataclass
+class Runner:
+    name: str
+    path: Path
+    backend: str  # pytorch | onnxruntime | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    stage: str
+    task: str
+    input_names: tuple[str, ...]
+    outputs: list[str]
+    tokenizer_dir: Path | None
+    max_length: int
+    id2label: dict | None
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(repr=False)
+    # TensorRT runners may also time without host<->device copies
+    run_device_only: Callable | None = field(default=None, repr=False)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run(feeds)
+
+
+def onnx_precision(model_path: Path) -> str:
+    """int8 when the graph holds Q/DQ or integer ops, fp16 when its weights are half, else fp32."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    ops = {n.op_type for n in m.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear",
+              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def open_runner(path: str | Path, threads: int | None, name: str | None = None) -> Runner:
+    from bertopt.models import is_hf_folder
+
+    p = resolve_path(path)
+    if is_hf_folder(p):
+        return _torch_runner(p, threads, name)
+    from bertopt.artifacts import load_artifact
+
+    art = load_artifact(p)
+    build = art.manifest.get("build", {})
+    info = art.model_info
+    common = dict(
+        name=name or (p.name if p.is_dir() else p.stem),
+        path=p,
+        stage=art.stage,
+        task=info.get("task", "feature-extraction"),
+        input_names=tuple(info.get("inputs") or ("input_ids", "attention_mask", "token_type_ids")),
+        tokenizer_dir=art.tokenizer_dir,
+        max_length=int(info.get("max_length") or 512),
+        id2label=info.get("id2label"),
+    )
+    if build.get("backend") == "tensorrt":
+        from bertopt.backends.tensorrt import TensorRTRunner
+
+        trt = TensorRTRunner(art)
+        return Runner(backend="tensorrt", precision=build.get("precision", "int8"), outputs=list(trt.output_names),
+                      run=trt, run_device_only=getattr(trt, "run_device_only", None), **common)
+    from bertopt.backends.onnxruntime import load_session_config, make_session
+
+    model_path = art.model_path
+    try:
+        sess = make_session(model_path, load_session_config(art.path), threads)
+    except Exception as e:  # noqa: BLE001 - ORT's load errors are about the user's file
+        raise BertoptError(f"{model_path}: ONNX Runtime cannot load it ({str(e)[:300]})", hint="re-run the stage that wrote it") from None
+    sess_inputs = [i.name for i in sess.get_inputs()]
+    missing = [n for n in sess_inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
+    if missing:
+        raise BertoptError(f"{model_path}: unexpected model inputs {missing}", hint="bench runs BERT-style encoders with input_ids/attention_mask/token_type_ids")
+    common["input_names"] = tuple(sess_inputs)
+    outs = [o.name for o in sess.get_outputs()]
+    if "logits" in outs:
+        common["task"] = "sequence-classification"
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
+
+    return Runner(backend="onnxruntime", precision=build.get("precision") or onnx_precision(model_path), outputs=outs, run=run, **common)
+
+
+def _torch_runner(model_dir: Path, threads: int | None, name: str | None) -> Runner:
+    import torch
+
+    from bertopt.export import load_torch_model, make_wrapper, output_names
+    from bertopt.models import SUPPORTED, default_task, model_summary, read_config, sentence_transformers_normalize, sentence_transformers_pooling
+
+    cfg = read_config(model_dir)
+    task = default_task(cfg)
+    pooling = (sentence_transformers_pooling(model_dir) or "none") if task == "feature-extraction" else "none"
+    normalize = pooling != "none" and sentence_transformers_normalize(model_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    input_names = SUPPORTED[cfg["model_type"]]
+    wrapper = make_wrapper(load_torch_model(model_dir, task), task, input_names, pooling, normalize)
+    outs = output_names(task, pooling)
+
+    @torch.inference_mode()
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = wrapper(*(torch.from_numpy(feeds[n]) for n in input_names))
+        return {o: r.numpy() for o, r in zip(outs, res)}
+
+    info = model_summary(cfg, task)
+    return Runner(
+        name=name or (model_dir.parent.name if model_dir.name == "model" else model_dir.name) + " (pytorch)", path=model_dir, backend="pytorch", precision="fp32", stage="hf", task=task,
+        input_names=input_names, outputs=outs, tokenizer_dir=model_dir, max_length=int(info.get("max_length") or 512),
+        id2label=info.get("id2label"), run=run,
+    )
+
+
+def describe(r: Runner) -> dict:
+    return {"name": r.name, "path": str(r.path), "backend": r.backend, "precision": r.precision, "stage": r.stage, "task": r.task}

