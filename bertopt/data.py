@@ -45,6 +45,8 @@ def load_texts(
     except (OSError, UnicodeDecodeError) as e:
         raise BertoptError(f"{p}: unreadable ({e})", hint="data files must be UTF-8 text") from None
 
+    if not raw.strip():
+        raise BertoptError(f"{p}: no texts (the file is empty)", hint="pass a data file with at least one text")
     labels: list | None = None
     if suffix == ".txt":
         if label_column:

