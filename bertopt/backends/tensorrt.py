@@ -1,0 +1,620 @@
+"""TensorRT backend (GPU hosts): strongly typed engines from Q/DQ or FP16-typed ONNX, TensorRT 10.x and 11.x.
+
+What is TensorRT-specific is kept thin and imported lazily (``require_tensorrt``): network creation,
+builder config, profiles, timing cache, serialization, the engine inspector and the runner. What can
+be checked without a GPU is plain Python here and tested on any machine: preparing the ONNX
+(``prepare_onnx``), the GEMMs a Q/DQ graph quantizes (``expected_int8_gemms``), parsing the inspector's
+layer JSON of either TensorRT version (``parse_layer_info``) and the INT8 check (``check_int8``).
+
+TensorRT 10 vs 11, as used here:
+- 10.x: ``create_network(1 << STRONGLY_TYPED)``; precision flags (FP16/INT8) must not be set for a
+  strongly typed network, so none are set. 11.x: strong typing is always on, the STRONGLY_TYPED flag
+  is deprecated and ignored, and BuilderFlag.FP16/INT8, implicit INT8 calibration and
+  platform_has_fast_* are removed. Both: INT8 only from Q/DQ, FP16 only from the ONNX types.
+- Inspector JSON: 10.x gives each tensor a ``"Format/Datatype"`` string ("Row major linear Int8
+  format"); 11.x splits it into ``"Format"`` and ``"DataType"`` and replaces ``"Bindings"`` with
+  ``"I/O Tensors"``. ``parse_layer_info`` reads both.
+- Runtime: name-based I/O (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) in both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bertopt.errors import BertoptError, MissingDependencyError
+
+ENGINE_FILE = "engine.plan"
+PRECISION_MAP_FILE = "precision_map.json"
+PROFILES_FILE = "profiles.json"
+GEMM_OPS = ("MatMul", "Gemm")
+INSTALL_HINT = (
+    "TensorRT needs an NVIDIA GPU and its Python wheel: on a GPU host `pip install tensorrt` (10.x or 11.x, "
+    "matching the CUDA driver) or use an NGC TensorRT container; on this machine use --backend onnxruntime"
+)
+
+
+def default_timing_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "bertopt" / "trt-timing.cache"
+
+
+# ===================================================================================== availability
+def require_tensorrt():
+    """``import tensorrt`` and check for a CUDA device; a user error with an install hint otherwise."""
+    try:
+        import tensorrt as trt  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"--backend tensorrt: the tensorrt Python package is not installed ({e})", hint=INSTALL_HINT) from None
+    n = cuda_device_count()
+    if n < 1:
+        raise MissingDependencyError("--backend tensorrt: no CUDA GPU is visible to this process", hint=INSTALL_HINT)
+    return trt
+
+
+def cuda_device_count() -> int:
+    """CUDA devices through the runtime library (no torch, no pycuda); 0 when there is no driver/runtime."""
+    import ctypes
+    import ctypes.util
+
+    names = ["libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"]
+    found = ctypes.util.find_library("cudart")
+    if found:
+        names.insert(0, found)
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+        except AttributeError:
+            return 0
+    try:  # polygraphy's wrapper also finds pip-installed CUDA runtimes (nvidia-cuda-runtime-cu12)
+        from polygraphy import cuda as pcuda  # noqa: F401
+        from polygraphy.cuda.cuda import wrapper
+
+        lib = wrapper().handle
+        count = ctypes.c_int(0)
+        return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return 0
+
+
+def tensorrt_available() -> bool:
+    try:
+        require_tensorrt()
+        return True
+    except BertoptError:
+        return False
+
+
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+# ===================================================================================== ONNX preparation
+@dataclass
+class Prepared:
+    model: Any  # onnx.ModelProto
+    precision: str
+    expected_int8: list[str]
+    fp16: dict | None = None
+
+
+def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> Prepared:
+    """The ONNX the engine is built from: precision checked against the graph, FP16 in the types.
+
+    int8 needs Q/DQ (TensorRT 11 has no implicit calibration); its float rest is converted to FP16
+    (``keep_fp32`` op types stay FP32). fp16 converts a float graph the same way. fp32 builds as is.
+    """
+    import onnx
+
+    from bertopt.backends.fp16 import convert_to_fp16
+    from bertopt.backends.onnxruntime import detect_precision
+
+    model = onnx.load(str(src))
+    graph_precision = detect_precision(model)
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise BertoptError(
+            f"{src}: TensorRT's ONNX parser cannot read ONNX Runtime contrib ops: {', '.join(foreign[:6])}",
+            hint="build TensorRT engines from the export/calibrate/qat artifact, not from a graph fused for ONNX Runtime",
+        )
+    if precision is None:
+        precision = "int8" if graph_precision == "int8" else ("fp16" if graph_precision in ("fp32", "fp16") else graph_precision)
+    if precision == "int8" and graph_precision != "int8":
+        raise BertoptError(
+            f"{src}: --precision int8 needs a Q/DQ graph, but this one is {graph_precision}",
+            hint="run `bertopt calibrate` (or qat) first: TensorRT 11 removed implicit INT8 calibration, INT8 comes only from Q/DQ",
+        )
+    if precision in ("fp16", "fp32") and graph_precision == "int8":
+        raise BertoptError(
+            f"{src}: this graph is INT8 (it has Q/DQ nodes), but --precision {precision} was asked for",
+            hint="use --precision int8, or build fp16/fp32 from the export or fuse artifact",
+        )
+    if precision == "fp32" and graph_precision == "fp16":
+        raise BertoptError(f"{src}: this graph is already FP16", hint="build fp32 from the FP32 export")
+    expected = expected_int8_gemms(model) if precision == "int8" else []
+    if precision == "int8" and not expected:
+        raise BertoptError(
+            f"{src}: the Q/DQ graph quantizes no MatMul/Gemm (no GEMM has dequantized inputs)",
+            hint="calibrate with MatMul/Gemm quantization enabled",
+        )
+    fp16 = None
+    if precision in ("int8", "fp16") and graph_precision != "fp16":
+        model, rep = convert_to_fp16(model, keep_fp32=tuple(keep_fp32))
+        fp16 = rep.to_json()
+    return Prepared(model=model, precision=precision, expected_int8=expected, fp16=fp16)
+
+
+def expected_int8_gemms(model) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose both operands come out of DequantizeLinear (possibly
+    through a Transpose/Reshape), i.e. the GEMMs TensorRT should run in INT8."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    passthrough = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast"}
+
+    def from_dq(name: str, depth: int = 0) -> bool:
+        n = producers.get(name)
+        if n is None or depth > 3:
+            return False
+        if n.op_type == "DequantizeLinear":
+            return True
+        return n.op_type in passthrough and bool(n.input) and from_dq(n.input[0], depth + 1)
+
+    out = []
+    for i, n in enumerate(model.graph.node):
+        if n.op_type in GEMM_OPS and len(n.input) >= 2 and from_dq(n.input[0]) and from_dq(n.input[1]):
+            out.append(n.name or f"{n.op_type}_{i}")
+    return out
+
+
+# ===================================================================================== inspector JSON
+_DTYPES = (  # (pattern in a TensorRT format/type string, precision), most specific first
+    (r"\bbfloat16\b|\bbf16\b", "BF16"),
+    (r"\bfp8\b|\bfloat8", "FP8"),
+    (r"\bint8\b", "INT8"),
+    (r"\buint8\b", "UINT8"),
+    (r"\bint4\b", "INT4"),
+    (r"\bfp16\b|\bhalf\b", "FP16"),
+    (r"\bfp32\b|\bfloat\b", "FP32"),
+    (r"\bint32\b", "INT32"),
+    (r"\bint64\b", "INT64"),
+    (r"\bbool\b", "BOOL"),
+)
+
+
+def tensor_precision(t: dict) -> str:
+    """Precision of one tensor record: 11.x ``DataType``, else the 10.x ``Format/Datatype`` string."""
+    for text in (t.get("DataType"), t.get("Format/Datatype"), t.get("Format")):
+        if not text:
+            continue
+        s = str(text).lower()
+        for pattern, name in _DTYPES:
+            if re.search(pattern, s):
+                return name
+    return "UNKNOWN"
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    layer_type: str
+    parameter_type: str | None
+    inputs: list[str]
+    outputs: list[str]
+    onnx_nodes: list[str]
+    tactic: str | None = None
+
+    @property
+    def precision(self) -> str:
+        """The precision the layer computes in: its first data input's (trex's convention)."""
+        return self.inputs[0] if self.inputs else (self.outputs[0] if self.outputs else "UNKNOWN")
+
+    @property
+    def is_gemm(self) -> bool:
+        kind = f"{self.layer_type} {self.parameter_type or ''}".lower()
+        return any(k in kind for k in ("matrixmultiply", "gemm", "fullyconnected", "convolution"))
+
+    @property
+    def is_opaque(self) -> bool:
+        """A fused region (Myelin / ForeignNode) whose inner GEMMs the inspector does not itemize."""
+        kind = f"{self.layer_type} {self.name}".lower()
+        return "myelin" in kind or "foreignnode" in kind
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "type": self.layer_type, "parameter_type": self.parameter_type, "precision": self.precision,
+                "inputs": self.inputs, "outputs": self.outputs, "onnx_nodes": self.onnx_nodes, "tactic": self.tactic}
+
+
+_ONNX_META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+
+
+def parse_layer_info(info: str | dict) -> list[LayerRecord]:
+    """``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` -> layer records.
+
+    Needs an engine built with ``ProfilingVerbosity.DETAILED``; with LAYER_NAMES_ONLY the layers are
+    bare strings, which is a user-visible error (no precisions to check).
+    """
+    doc = json.loads(info) if isinstance(info, str) else info
+    layers = doc.get("Layers", []) if isinstance(doc, dict) else []
+    out = []
+    for raw in layers:
+        if isinstance(raw, str):
+            raise BertoptError(
+                "the engine inspector returned layer names only: the engine was not built with detailed profiling verbosity",
+                hint="rebuild; bertopt sets ProfilingVerbosity.DETAILED so the precision map can be written",
+            )
+        meta = str(raw.get("Metadata") or "").replace("\x1e", "+").replace("\x1f", "+")
+        nodes = [n.strip() for m in _ONNX_META.findall(meta) for n in m.split("+") if n.strip()]
+        out.append(LayerRecord(
+            name=str(raw.get("Name", "")),
+            layer_type=str(raw.get("LayerType", "")),
+            parameter_type=raw.get("ParameterType"),
+            inputs=[tensor_precision(t) for t in raw.get("Inputs", []) if isinstance(t, dict)],
+            outputs=[tensor_precision(t) for t in raw.get("Outputs", []) if isinstance(t, dict)],
+            onnx_nodes=nodes,
+            tactic=str(raw.get("TacticName") or raw.get("TacticValue") or "") or None,
+        ))
+    return out
+
+
+def precision_map(layers: Sequence[LayerRecord]) -> dict:
+    """What goes into ``precision_map.json``: every layer, plus GEMM counts per precision."""
+    gemms: dict[str, int] = {}
+    for layer in layers:
+        if layer.is_gemm:
+            gemms[layer.precision] = gemms.get(layer.precision, 0) + 1
+    return {"layers": [layer.to_json() for layer in layers], "gemm_precisions": gemms, "opaque_layers": sum(1 for x in layers if x.is_opaque)}
+
+
+@dataclass
+class Int8Check:
+    int8: list[str] = field(default_factory=list)  # expected GEMMs found in INT8 layers
+    fell_back: dict[str, str] = field(default_factory=dict)  # expected GEMM -> the precision it ran in
+    unverified: list[str] = field(default_factory=list)  # inside fused (Myelin) regions or not itemized
+
+    @property
+    def ok(self) -> bool:
+        return not self.fell_back
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "int8": len(self.int8), "fell_back": self.fell_back, "unverified": self.unverified}
+
+
+def check_int8(layers: Sequence[LayerRecord], expected: Sequence[str]) -> Int8Check:
+    """Did every GEMM the Q/DQ graph quantizes run in INT8?
+
+    An expected ONNX node is matched to the engine layers that name it (layer name or ``[ONNX Layer:]``
+    metadata). In a GEMM layer it must compute in INT8; if it only appears in fused Myelin regions (or
+    nowhere, e.g. folded away) it is *unverified*: reported, not failed, since the inspector does not
+    itemize those GEMMs.
+    """
+    res = Int8Check()
+    for node in expected:
+        hits = [x for x in layers if node in x.onnx_nodes or _name_has(x.name, node)]
+        gemm_hits = [x for x in hits if x.is_gemm and not x.is_opaque]
+        if gemm_hits:
+            bad = [x.precision for x in gemm_hits if x.precision != "INT8"]
+            if bad:
+                res.fell_back[node] = bad[0]
+            else:
+                res.int8.append(node)
+        else:
+            res.unverified.append(node)
+    return res
+
+
+def _name_has(layer_name: str, node: str) -> bool:
+    parts = [p.strip() for p in re.split(r"\s\+\s|\|\|", layer_name)]
+    return node in parts
+
+
+# ===================================================================================== build
+@dataclass
+class EngineBuild:
+    engine: bytes
+    layer_info: str
+    tensorrt_version: str
+    build_seconds: float
+    timing_cache: dict
+
+
+def build_engine(onnx_path: Path, profiles, input_names: Sequence[str], *, timing_cache: Path, workspace_mib: int | None = None,
+                 log: Any = None) -> EngineBuild:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine (TensorRT 10/11)."""
+    trt = require_tensorrt()
+    say = log or (lambda _m: None)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if trt_major(trt) < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # 11.x: strong typing is always on; the flag is deprecated and ignored, so it is not passed.
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BertoptError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[:600]}", hint="check the op support of your TensorRT version (trtexec --onnx=... --verbose)")
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector's precision map needs it
+    if workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    net_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    for prof in profiles:
+        p = builder.create_optimization_profile()
+        lo, opt, hi = prof.shapes()
+        for name in input_names:
+            if name in net_inputs:
+                p.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(p)
+
+    cache_info: dict[str, Any] = {"path": str(timing_cache)}
+    old = b""
+    if timing_cache.is_file():
+        old = timing_cache.read_bytes()
+    try:
+        cache = config.create_timing_cache(old)
+        usable = cache is not None and config.set_timing_cache(cache, False)
+    except Exception:  # noqa: BLE001 - a cache from another TensorRT version or GPU
+        usable = False
+    if not usable:
+        if old:
+            cache_info["note"] = "existing cache was made by another TensorRT version or GPU; started a new one"
+        old = b""
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    cache_info["loaded_bytes"] = len(old)
+
+    say(f"building the TensorRT {trt.__version__} engine ({len(profiles)} profile(s))")
+    t = time.perf_counter()
+    engine_bytes = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t
+    if engine_bytes is None:
+        raise BertoptError(f"{onnx_path}: TensorRT could not build an engine (see the TensorRT log above)",
+                           hint="try fewer/smaller profiles, or check unsupported ops with trtexec --verbose")
+    _save_timing_cache(config, timing_cache, cache_info)
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    inspector = engine.create_engine_inspector()
+    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    return EngineBuild(engine=bytes(engine_bytes), layer_info=info, tensorrt_version=str(trt.__version__),
+                       build_seconds=round(seconds, 2), timing_cache=cache_info)
+
+
+def _save_timing_cache(config, path: Path, info: dict) -> None:
+    """Merge the build's cache into the file (written atomically: concurrent builds never see half a file)."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    if path.is_file():
+        try:
+            prev = config.create_timing_cache(path.read_bytes())
+            if prev is not None:
+                cache.combine(prev, True)
+        except Exception:  # noqa: BLE001 - an unreadable old cache is replaced, not fatal
+            info["note"] = "old cache could not be merged; replaced"
+    data = bytes(cache.serialize())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    info["saved_bytes"] = len(data)
+
+
+# ===================================================================================== stage
+def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, text_column, timing_cache, keep_fp32, force, verbose):
+    """``run_build(backend="tensorrt")``: options are validated before TensorRT is imported."""
+    from bertopt.artifacts import MODEL_FILE, describe_input, load_artifact, up_to_date, write_artifact
+    from bertopt.backends import profiles as prof
+    from bertopt.ui import console, note, skipped
+
+    keep = tuple(k.strip() for k in (keep_fp32 or "").split(",") if k.strip())
+    max_length = int(art.model_info.get("max_length") or 512)
+    input_names = list(art.model_info.get("inputs") or ("input_ids", "attention_mask", "token_type_ids"))
+
+    planned_from = None
+    hist = None
+    if profile and profile.strip().lower() != "auto":
+        profiles = prof.parse_profiles(profile, max_length=max_length)
+    elif data_path is not None:
+        from bertopt.data import load_texts, load_tokenizer
+
+        texts = load_texts(data_path, text_column=text_column).texts
+        tok = load_tokenizer(art.tokenizer_dir, where=str(art.path))
+        lengths = prof.token_lengths(tok, texts, max_length)
+        profiles = prof.plan_profiles(lengths, max_length=max_length)
+        planned_from = {"data": str(data_path), "texts": len(lengths), "max_tokens": max(lengths)}
+        hist = prof.length_histogram(lengths, max_length)
+    elif profile:
+        raise BertoptError("--profile auto plans profiles from real texts, but no --data was given", hint="pass --data FILE, or give explicit profiles")
+    else:
+        profiles = prof.default_profiles(max_length)
+    prepared = prepare_onnx(src, precision, keep)
+
+    cache_path = Path(timing_cache).expanduser() if timing_cache else default_timing_cache()
+    inputs = {"model": describe_input(art.path if (art.path / "manifest.json").is_file() else src)}
+    if data_path is not None:
+        inputs["data"] = describe_input(data_path)
+    params = {"backend": "tensorrt", "precision": prepared.precision, "profiles": [p.spec() for p in profiles], "keep_fp32": list(keep)}
+    if (done := up_to_date(out, "build", inputs, params, force)) is not None:
+        skipped("build", out)
+        return done
+    trt = require_tensorrt()
+
+    with write_artifact(out, "build", inputs, params) as w:
+        import onnx
+
+        onnx_out = w.add_output("onnx", MODEL_FILE)
+        onnx.save(prepared.model, str(onnx_out))
+        with console.status("build: tensorrt") as status, w.timed("build"):
+            eb = build_engine(onnx_out, profiles, input_names, timing_cache=cache_path, log=lambda m: status.update(f"build: {m}"))
+        w.add_output("model", ENGINE_FILE).write_bytes(eb.engine)
+        layers = parse_layer_info(eb.layer_info)
+        pmap = precision_map(layers)
+        check = check_int8(layers, prepared.expected_int8) if prepared.precision == "int8" else None
+        pmap["int8_check"] = check.to_json() if check else None
+        w.add_output("precision_map", PRECISION_MAP_FILE).write_text(json.dumps(pmap, indent=1) + "\n")
+        w.add_output("profiles", PROFILES_FILE).write_text(json.dumps([p.to_json() for p in profiles], indent=1) + "\n")
+        w.copy_tokenizer(art.tokenizer_dir)
+        w.model = dict(art.model_info)
+        w.extra["build"] = {
+            "backend": "tensorrt",
+            "precision": prepared.precision,
+            "tensorrt": eb.tensorrt_version,
+            "strongly_typed": True,
+            "keep_fp32": list(keep),
+            "fp16_conversion": prepared.fp16,
+            "profiles": [p.to_json() for p in profiles],
+            "profiles_planned_from": planned_from,
+            "length_histogram": hist,
+            "max_sequence_length": max(p.seq[2] for p in profiles),
+            "max_batch": max(p.batch[2] for p in profiles),
+            "timing_cache": eb.timing_cache,
+            "build_seconds": eb.build_seconds,
+            "gemm_precisions": pmap["gemm_precisions"],
+            "int8_check": pmap["int8_check"],
+        }
+        if check is not None and not check.ok:
+            bad = ", ".join(f"{k} ({v})" for k, v in list(check.fell_back.items())[:8])
+            raise BertoptError(
+                f"{len(check.fell_back)} GEMM(s) that the Q/DQ graph quantizes did not run in INT8: {bad}",
+                hint="TensorRT could not fuse their Q/DQ (check the per-layer precisions with --verbose, or re-calibrate with "
+                     "Q/DQ on both MatMul inputs); nothing was written",
+            )
+    note(f"build: {out / ENGINE_FILE}  backend=tensorrt {eb.tensorrt_version} precision={prepared.precision} "
+         f"GEMMs by precision {pmap['gemm_precisions']} profiles: {'; '.join(p.spec() for p in profiles)}")
+    if check is not None and check.unverified:
+        note(f"build: {len(check.unverified)} quantized GEMM(s) sit in fused Myelin regions the inspector does not itemize: unverified")
+    if verbose:
+        for layer in layers:
+            note(f"  {layer.precision:6s} {layer.layer_type:28s} {layer.name[:100]}")
+    _ = trt
+    return load_artifact(out)
+
+
+# ===================================================================================== runner
+class TensorRTRunner:
+    """Run a built engine from numpy feeds; used by ``bench`` (and by a user's service).
+
+    ``runner(feeds) -> {output: array}`` copies host->device, executes and copies back.
+    ``runner.run_device_only(feeds)`` executes on inputs already on the device (uploaded on the
+    first call with these arrays) without copying anything, so ``bench`` can time both.
+    """
+
+    def __init__(self, artifact_or_path: Any):
+        from bertopt.artifacts import Artifact, load_artifact
+        from bertopt.backends.profiles import Profile
+
+        trt = require_tensorrt()
+        from polygraphy import cuda
+
+        art = artifact_or_path if isinstance(artifact_or_path, Artifact) else load_artifact(artifact_or_path)
+        self.path = art.model_path
+        build = art.manifest.get("build", {})
+        self.profiles = [Profile(batch=tuple(p["batch"]), seq=tuple(p["seq"])) for p in build.get("profiles", [])]
+        self._trt = trt
+        self._cuda = cuda
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise BertoptError(f"{self.path}: TensorRT cannot deserialize this engine",
+                               hint="engines are tied to the TensorRT version and GPU they were built with: rebuild it here")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self._profile = 0
+        self._device: dict[str, Any] = {}
+        self._staged: tuple | None = None
+
+    def _select_profile(self, batch: int, seq: int) -> None:
+        from bertopt.backends.profiles import select_profile
+
+        idx = select_profile(self.profiles, batch, seq) if self.profiles else 0
+        if idx < 0:
+            spans = "; ".join(p.spec() for p in self.profiles)
+            raise BertoptError(f"{self.path}: shape batch={batch} seq={seq} is outside the engine's profiles ({spans})",
+                               hint="tokenize with truncation to the engine's max sequence length / split batches, or rebuild with a wider --profile")
+        if idx != self._profile:
+            if not self.context.set_optimization_profile_async(idx, self.stream.ptr):
+                raise BertoptError(f"{self.path}: TensorRT refused optimization profile {idx}", hint="rebuild the engine")
+            self._profile = idx
+
+    def _stage(self, feeds: dict[str, np.ndarray]) -> None:
+        first = feeds[self.input_names[0]]
+        self._select_profile(int(first.shape[0]), int(first.shape[1]))
+        for name in self.input_names:
+            if name not in feeds:
+                raise BertoptError(f"{self.path}: the engine needs input '{name}'", hint="feed " + ", ".join(self.input_names))
+            arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+            buf = self._device.get(name)
+            if buf is None:
+                buf = self._device[name] = self._cuda.DeviceArray(shape=arr.shape, dtype=arr.dtype)
+            buf.resize(arr.shape)
+            buf.copy_from(arr, stream=self.stream)
+            if not self.context.set_input_shape(name, arr.shape):
+                raise BertoptError(f"{self.path}: input '{name}' shape {arr.shape} rejected by the engine", hint="check the engine's profiles")
+            self.context.set_tensor_address(name, buf.ptr)
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            buf = self._device.get(name)
+            if buf is None:
+                buf = self._device[name] = self._cuda.DeviceArray(shape=shape, dtype=self.dtypes[name])
+            buf.resize(shape)
+            self.context.set_tensor_address(name, buf.ptr)
+        self._staged = tuple((id(feeds[n]), feeds[n].shape) for n in self.input_names)
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise BertoptError(f"{self.path}: TensorRT execution failed (see the TensorRT log)", hint="rebuild the engine on this GPU")
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._stage(feeds)
+        self._execute()
+        out = {}
+        for name in self.output_names:
+            buf = self._device[name]
+            host = np.empty(buf.shape, dtype=self.dtypes[name])
+            buf.copy_to(host, stream=self.stream)
+            out[name] = host
+        self.stream.synchronize()
+        return {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in out.items()}
+
+    def run_device_only(self, feeds: dict[str, np.ndarray]) -> None:
+        """Execute without host<->device copies (inputs uploaded once per distinct feeds)."""
+        key = tuple((id(feeds[n]), feeds[n].shape) for n in self.input_names)
+        if key != self._staged:
+            self._stage(feeds)
+            self.stream.synchronize()
+        self._execute()
+        self.stream.synchronize()
+
+    def time(self, feeds: dict[str, np.ndarray], iters: int = 50, warmup: int = 10, copies: bool = True) -> np.ndarray:
+        """Latencies (ms) of ``iters`` calls, with (``copies``) or without host<->device copies."""
+        fn = self.__call__ if copies else self.run_device_only
+        for _ in range(warmup):
+            fn(feeds)
+        ts = np.empty(iters)
+        for i in range(iters):
+            t = time.perf_counter()
+            fn(feeds)
+            ts[i] = (time.perf_counter() - t) * 1000
+        return ts
+
+    def close(self) -> None:
+        for buf in self._device.values():
+            buf.free()
+        self._device.clear()
+        self.stream.free()
