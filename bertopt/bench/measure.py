@@ -122,13 +122,18 @@ def fidelity(ref: dict, got: dict) -> dict:
         "n": int(len(cos)),
         "cosine_min": round(float(cos.min()), 6),
         "cosine_mean": round(float(cos.mean()), 6),
-        "max_abs_diff": round(float(np.abs(a - b).max()), 6),
+        "max_abs_diff": _sig(float(np.abs(a - b).max())),
         "top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if kind_r == "logits" else None,
     }
     if "last_hidden_state" in ref and "last_hidden_state" in got:
-        res["hidden_max_abs_diff"] = round(max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-                                               for x, y in zip(ref["last_hidden_state"], got["last_hidden_state"])), 6)
+        res["hidden_max_abs_diff"] = _sig(max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                                               for x, y in zip(ref["last_hidden_state"], got["last_hidden_state"])))
     return res
+
+
+def _sig(x: float) -> float:
+    """Four significant digits: small differences must not round to zero."""
+    return float(f"{x:.4g}")
 
 
 def accuracy(runner: Runner, outputs: dict, labels: list) -> dict | None:

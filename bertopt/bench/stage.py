@@ -10,7 +10,8 @@ The JSON report (``--json``) has a stable schema, ``bertopt.bench/1``:
                "fidelity": {"cosine_min", "cosine_mean", "max_abs_diff", "top1_agreement", "n", "compared"} | null,
                "accuracy": {"value", "n"} | null}]}
 
-``speedup`` and ``fidelity`` are relative to the first artifact (the reference).
+``speedup`` and ``fidelity`` are relative to the first artifact (the reference). A report that a
+recipe re-used because nothing changed carries ``"cached": true``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def run_bench(
             inputs[extra] = describe_input(_resolve(params[extra]))
     if out is not None and (done := up_to_date(out, "bench", inputs, params, force)) is not None:
         skipped("bench", out)
-        report = json.loads((Path(out) / REPORT_FILE).read_text())
+        report = json.loads((Path(out) / REPORT_FILE).read_text()) | {"cached": True}
         _write_json(report, json_path)
         _gates(report, min_cosine, max_accuracy_drop)
         return report
