@@ -1,0 +1,188 @@
+"""build --backend onnxruntime on the real MiniLM: offline-optimized graph + session.json, INT8 from Q/DQ,
+the measured session search, errors, and the artifact as bench opens it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from bertopt.artifacts import load_artifact
+from bertopt.backends import onnxruntime as ortb
+from bertopt.backends.stage import run_build
+from bertopt.data import load_tokenizer, tokenize
+from bertopt.errors import BertoptError
+from conftest import run_cli
+
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+@pytest.fixture(scope="session")
+def qdq_minilm(exported_minilm, slabs_dir, tmp_path_factory):
+    """The exported MiniLM with ONNX Runtime's static QDQ quantization (MatMul weights and activations,
+    calibrated on 32 real S-Labs texts): a stand-in for the calibrate stage's output."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bertopt.data import load_texts
+
+    d = tmp_path_factory.mktemp("qdq")
+    texts = load_texts(slabs_dir / "train.csv", text_column="text", limit=32).texts
+    tok = load_tokenizer(exported_minilm / "tokenizer")
+    batches = [tokenize(tok, texts[i:i + 8], INPUTS, 128) for i in range(0, 32, 8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = d / "pre.onnx"
+    quant_pre_process(str(exported_minilm / "model.onnx"), str(pre), skip_symbolic_shape=True)
+    art = d / "int8"
+    art.mkdir()
+    quantize_static(str(pre), str(art / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    import shutil
+
+    shutil.copytree(exported_minilm / "tokenizer", art / "tokenizer")
+    return art / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def feeds(exported_minilm, slabs_texts):
+    tok = load_tokenizer(exported_minilm / "tokenizer")
+    return tokenize(tok, slabs_texts[:16], INPUTS, 128)
+
+
+@pytest.fixture(scope="module")
+def ort_fp32(exported_minilm, tmp_path_factory):
+    return run_build(exported_minilm, tmp_path_factory.mktemp("build") / "ort-fp32")
+
+
+@pytest.fixture(scope="module")
+def ort_int8(qdq_minilm, tmp_path_factory):
+    return run_build(qdq_minilm, tmp_path_factory.mktemp("build") / "ort-int8")
+
+
+def _cos(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_fp32_artifact_matches_its_input(ort_fp32, exported_minilm, feeds):
+    art = ort_fp32
+    build = art.manifest["build"]
+    assert build["backend"] == "onnxruntime" and build["precision"] == "fp32"
+    assert build["offline_optimization"] == "ORT_ENABLE_EXTENDED" and not build["tuned"]
+    # the manifest's model block and tokenizer travel on
+    assert art.model_info["outputs"] == ["last_hidden_state", "sentence_embedding"]
+    assert (art.tokenizer_dir / "tokenizer.json").is_file() or (art.tokenizer_dir / "vocab.txt").is_file()
+    # ORT's optimizer really ran offline: fused ops are in the saved graph, not in the input
+    ops = ortb.op_counts(art.model_path)
+    assert ops.get("com.microsoft.BiasGelu", 0) == 6 and "com.microsoft.BiasGelu" not in build["ops_before"]
+    assert ops.get("Constant", 0) == 0 < build["ops_before"].get("Constant", 0)
+    cfg = ortb.load_session_config(art.path)
+    assert cfg == build["session"]
+    assert cfg["graph_optimization_level"] == "ORT_DISABLE_ALL" and cfg["intra_op_num_threads"] == ortb.physical_cores()
+    built = ortb.make_session(art.model_path, cfg).run(None, feeds)
+    plain = ortb.make_session(exported_minilm / "model.onnx").run(None, feeds)
+    for a, b in zip(built, plain):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
+def test_int8_from_qdq(ort_int8, qdq_minilm, exported_minilm, feeds):
+    build = ort_int8.manifest["build"]
+    assert build["precision"] == "int8" and ort_int8.manifest["params"]["precision"] == "int8"
+    ops = ortb.op_counts(ort_int8.model_path)
+    assert ops.get("QLinearMatMul", 0) >= 24  # Q/DQ pairs folded into integer GEMMs offline
+    cfg = ortb.load_session_config(ort_int8.path)
+    built = ortb.make_session(ort_int8.model_path, cfg).run(None, feeds)[1]
+    plain = ortb.make_session(qdq_minilm).run(None, feeds)[1]
+    fp32 = ortb.make_session(exported_minilm / "model.onnx").run(None, feeds)[1]
+    assert _cos(built, plain).min() > 0.9999  # same quantized model, loaded the built way
+    assert _cos(built, fp32).mean() > 0.85  # and still MiniLM (static QDQ on an unfused graph is lossy)
+
+
+def test_second_build_is_skipped(ort_fp32, exported_minilm):
+    again = run_build(exported_minilm, ort_fp32.path)
+    assert again.skipped and again.manifest["fingerprint"] == ort_fp32.manifest["fingerprint"]
+
+
+def test_bench_sees_backend_and_precision(ort_int8):
+    from bertopt.bench.runners import open_runner
+
+    r = open_runner(ort_int8.path, threads=None)
+    assert (r.backend, r.precision) == ("onnxruntime", "int8")
+
+
+def test_session_search_measures_and_keeps_the_fastest(exported_minilm, tmp_path):
+    """The --tune search on the real model (small shapes, one round, to stay fast)."""
+    d = tmp_path / "tune"
+    d.mkdir()
+    src = exported_minilm / "model.onnx"
+    decision = ortb.build_onnxruntime(src, d, input_names=INPUTS, tune=True, seq=16, batches=(1, 2), rounds=1)
+    search = decision["search"]["latency_ms"]
+    assert {"input model, plain", "extended", "spinning off", "arena off"} <= set(search)
+    assert all(v > 0 for lat in search.values() for v in lat.values())
+    confirm = decision["confirm"]["score_vs_plain"]
+    assert decision["chosen"] in confirm and confirm[decision["chosen"]] == min(confirm.values())
+    assert confirm[decision["chosen"]] <= 1.0  # never slower than the plain run, in the same measurement
+    saved = json.loads((d / "session.json").read_text())
+    assert saved == decision["session"]
+    assert set(decision["winners"]) <= set(ortb.candidate_configs(ortb.default_session_config()))
+    ortb.make_session(d / "model.onnx", saved)  # loads the way it was measured
+
+
+def test_precision_must_match_the_graph(exported_minilm, tmp_path):
+    with pytest.raises(BertoptError) as e:
+        run_build(exported_minilm, tmp_path / "x", precision="int8")
+    assert "model.onnx" in e.value.message and "fp32" in e.value.message and "calibrate" in e.value.hint
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(backend="cuda"), "backend 'cuda'"),
+    (dict(precision="int4"), "precision 'int4'"),
+    (dict(profile="batch=1:8:32,seq=1:128:256"), "--profile applies to --backend tensorrt"),
+    (dict(timing_cache="/tmp/x.cache"), "--timing-cache applies to --backend tensorrt"),
+    (dict(data="/nonexistent/texts.csv"), "/nonexistent/texts.csv"),
+])
+def test_option_errors(exported_minilm, tmp_path, kwargs, words):
+    with pytest.raises(BertoptError) as e:
+        run_build(exported_minilm, tmp_path / "x", **kwargs)
+    assert words in e.value.message and e.value.hint
+
+
+def test_not_an_onnx_input(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(BertoptError, match="not an ONNX file"):
+        run_build(tmp_path / "notes.txt", tmp_path / "x")
+
+
+def test_physical_cores_is_sane():
+    import os
+
+    n = ortb.physical_cores()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_detect_precision(exported_minilm, qdq_minilm):
+    assert ortb.detect_precision(exported_minilm / "model.onnx") == "fp32"
+    assert ortb.detect_precision(qdq_minilm) == "int8"
+    m = onnx.load(str(exported_minilm / "model.onnx"))
+    from bertopt.backends.fp16 import convert_to_fp16
+
+    assert ortb.detect_precision(convert_to_fp16(m)[0]) == "fp16"
+
+
+def test_cli_build(ort_fp32, exported_minilm, tmp_path):
+    r = run_cli("build", str(exported_minilm), "-o", str(tmp_path / "b"), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "backend=onnxruntime precision=fp32" in r.stderr
+    assert ortb.load_session_config(tmp_path / "b")["intra_op_num_threads"] == 1
+    assert load_artifact(tmp_path / "b").manifest["params"]["threads"] == 1
+    bad = run_cli("build", str(exported_minilm), "-o", str(tmp_path / "c"), "--backend", "tensorrt", "--precision", "int8")
+    assert bad.returncode == 1 and "error:" in bad.stderr and "Q/DQ" in bad.stderr and "Traceback" not in bad.stderr
