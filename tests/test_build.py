@@ -186,3 +186,24 @@ def test_cli_build(ort_fp32, exported_minilm, tmp_path):
     assert load_artifact(tmp_path / "b").manifest["params"]["threads"] == 1
     bad = run_cli("build", str(exported_minilm), "-o", str(tmp_path / "c"), "--backend", "tensorrt", "--precision", "int8")
     assert bad.returncode == 1 and "error:" in bad.stderr and "Q/DQ" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tensorrt_int8_preparation_of_the_real_qdq_minilm(qdq_minilm, exported_minilm, feeds):
+    """What a TensorRT int8 build feeds the parser, checked on ONNX Runtime: the Q/DQ MiniLM moved to
+    opset 19 with FP16 scales and float rest, LayerNorm/Softmax in FP32, as faithful as the Q/DQ graph."""
+    from bertopt.backends.tensorrt import expected_int8_gemms, prepare_onnx
+
+    p = prepare_onnx(qdq_minilm, None, ("LayerNormalization", "Softmax"))
+    assert p.precision == "int8" and p.fp16["opset_to"] == 19
+    src = onnx.load(str(qdq_minilm))
+    gemms = [n for n in src.graph.node if n.op_type == "MatMul"]
+    # every MatMul whose two operands are dequantized: the 36 weight GEMMs + the attention's Q.K and P.V
+    assert len(p.expected_int8) == len(expected_int8_gemms(src)) and 36 <= len(p.expected_int8) <= len(gemms)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(p.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = sess.run(["sentence_embedding"], feeds)[0]
+    qdq = ortb.make_session(qdq_minilm).run(["sentence_embedding"], feeds)[0]
+    fp32 = ortb.make_session(exported_minilm / "model.onnx").run(["sentence_embedding"], feeds)[0]
+    assert not np.isnan(half).any()
+    assert abs(_cos(half, fp32).mean() - _cos(qdq, fp32).mean()) < 0.01
