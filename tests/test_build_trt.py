@@ -77,6 +77,16 @@ def test_plan_narrow_and_wide():
         prof.plan_profiles([])
 
 
+def test_plan_cover_and_auto_spec(slabs_lengths):
+    profiles = prof.plan_profiles(slabs_lengths, max_length=512, cover=128)
+    _check_tiling(profiles, slabs_lengths, 512)
+    assert profiles[-1].seq[2] == 128 and prof.select_profile(profiles, 8, 128) == len(profiles) - 1
+    assert prof.parse_auto("auto") == 0 and prof.parse_auto("AUTO:128") == 128 and prof.parse_auto("seq=8") is None
+    for bad in ("auto:x", "auto:0", "auto:1024"):
+        with pytest.raises(BertoptError, match="auto:N|positions"):
+            prof.parse_auto(bad, 512)
+
+
 def test_select_profile_prefers_the_narrowest():
     ps = prof.parse_profiles("batch=1:8:32,seq=1:128:512;batch=1:8:32,seq=1:16:32")
     assert prof.select_profile(ps, 8, 20) == 1

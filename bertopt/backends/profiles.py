@@ -6,7 +6,8 @@ histogram of real token lengths puts opt where the traffic is and, when lengths 
 short and long texts separate profiles. Pure Python: no TensorRT needed.
 
 Flag syntax: ``batch=1:8:32,seq=1:128:256`` (min:opt:max per axis; one number fixes the axis), several
-profiles separated by ``;``. ``auto`` plans from ``--data``.
+profiles separated by ``;``. ``auto`` plans from ``--data``; ``auto:N`` also makes the last profile
+reach N tokens (e.g. the sequence length a benchmark runs).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def plan_profiles(
     batch: tuple[int, int, int] = DEFAULT_BATCH,
     max_profiles: int = MAX_PROFILES,
     spread: float = 4.0,
+    cover: int = 0,
 ) -> list[Profile]:
     """Profiles planned from the token lengths of real texts (special tokens included).
 
@@ -121,7 +123,8 @@ def plan_profiles(
       ``spread`` x (max / lower edge), splitting the sorted lengths into k bands of equal text count;
     - each band's opt is its median length (rounded up to 8): the shape most of its traffic has;
     - the bands tile 1..(longest length seen) without gaps, so every planning text has a profile; the
-      last band's max is the longest length seen (inputs longer than that must be truncated to it).
+      last band's max is the longest length seen (inputs longer than that must be truncated to it),
+      or ``cover`` when that is longer (e.g. the shapes a benchmark will run).
     """
     if not lengths:
         raise BertoptError("no texts to plan profiles from", hint="pass --data with real texts, or give --profile explicitly")
@@ -136,7 +139,7 @@ def plan_profiles(
     profiles = []
     lower = 1
     for i, band in enumerate(bands):
-        hi = band[-1] if i < len(bands) - 1 else rounded[-1]
+        hi = band[-1] if i < len(bands) - 1 else max(rounded[-1], min(cover, max_length))
         opt = min(max(min(round_up(_median(band)), max_length), lower), hi)
         profiles.append(Profile(batch=batch, seq=(lower, opt, hi), share=round(len(band) / len(rounded), 4)))
         lower = hi + 1
@@ -199,3 +202,19 @@ def select_profile(profiles: Sequence[Profile], batch: int, seq: int) -> int:
     if not fits:
         return -1
     return min(fits, key=lambda i: (profiles[i].seq[2] - profiles[i].seq[0], abs(profiles[i].seq[1] - seq)))
+
+
+def parse_auto(spec: str, max_length: int = 512) -> int | None:
+    """``auto`` -> 0, ``auto:N`` -> N (the length the last planned profile must reach); None if not auto."""
+    s = spec.strip().lower()
+    if s == "auto":
+        return 0
+    if not s.startswith("auto:"):
+        return None
+    try:
+        n = int(s[5:])
+    except ValueError:
+        raise BertoptError(f"--profile '{spec}': expected auto or auto:N (N tokens)", hint="e.g. --profile auto:128") from None
+    if not 1 <= n <= max_length:
+        raise BertoptError(f"--profile '{spec}': N must be from 1 to the model's {max_length} positions", hint="e.g. --profile auto:128")
+    return n

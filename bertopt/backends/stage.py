@@ -46,7 +46,7 @@ def run_build(
       checks it; TensorRT builds int8 from a Q/DQ graph (the float rest in FP16), fp16 from a float
       graph (converted in the ONNX types, ``keep_fp32`` op types stay FP32), fp32 as is.
     - ``profile`` (TensorRT): ``"batch=1:8:32,seq=1:128:256"``, several separated by ``;``, or ``auto``
-      to plan them from the sequence lengths of the texts in ``data``.
+      to plan them from the sequence lengths of the texts in ``data`` (``auto:N``: the last one reaches N).
     - ``tune`` (ORT): measure a small search of session options on this machine (~30 s) instead of
       the fixed defaults; what was measured goes into the manifest.
     - ``timing_cache`` (TensorRT): the tactic timing cache file, kept between builds

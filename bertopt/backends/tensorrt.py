@@ -423,7 +423,8 @@ def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, tex
 
     planned_from = None
     hist = None
-    if profile and profile.strip().lower() != "auto":
+    cover = prof.parse_auto(profile, max_length) if profile else 0
+    if profile and cover is None:
         profiles = prof.parse_profiles(profile, max_length=max_length)
     elif data_path is not None:
         from bertopt.data import load_texts, load_tokenizer
@@ -431,7 +432,7 @@ def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, tex
         texts = load_texts(data_path, text_column=text_column).texts
         tok = load_tokenizer(art.tokenizer_dir, where=str(art.path))
         lengths = prof.token_lengths(tok, texts, max_length)
-        profiles = prof.plan_profiles(lengths, max_length=max_length)
+        profiles = prof.plan_profiles(lengths, max_length=max_length, cover=cover or 0)
         planned_from = {"data": str(data_path), "texts": len(lengths), "max_tokens": max(lengths)}
         hist = prof.length_histogram(lengths, max_length)
     elif profile:

@@ -21,7 +21,7 @@ def command(
     out: Out,
     backend: Annotated[str, typer.Option(help="onnxruntime (CPU) or tensorrt (NVIDIA GPU with TensorRT 10/11).")] = "onnxruntime",
     precision: Annotated[Optional[str], typer.Option(help="int8, fp16 or fp32 (default: int8 for Q/DQ graphs; ORT: the graph's own; TensorRT: fp16 for float graphs).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="TensorRT shape profiles, e.g. 'batch=1:8:32,seq=1:128:256' (';' between profiles), or 'auto' to plan them from --data.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="TensorRT shape profiles, e.g. 'batch=1:8:32,seq=1:128:256' (';' between profiles), or 'auto' / 'auto:N' to plan them from --data (the last reaching N tokens).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Real texts: TensorRT plans profiles from their token lengths; ORT --tune times on them.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data (csv/tsv/jsonl).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="ORT intra-op threads (default: physical cores).")] = None,
