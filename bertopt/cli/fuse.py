@@ -1,0 +1,29 @@
+"""Fuse attention, LayerNorm and GELU for a target runtime (graph-surgeon passes, each reporting its count).
+
+onnxruntime: MultiHeadAttention and Gelu (com.microsoft), only the fusions ONNX Runtime's CPU kernels
+run faster; tensorrt: standard ONNX ops only, LayerNorm as opset-17 LayerNormalization and attention
+in the shape TensorRT fuses. The fused model is checked against its input on sample text; a pattern
+family that is in the model but did not fuse is reported, and --verbose says which guard failed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bertopt.cli.options import Force, Out, Verbose
+
+
+def command(
+    input: Annotated[str, typer.Argument(help="Artifact folder (from export) or a bare .onnx file (a tokenizer/ folder beside it is used for the check).")],
+    out: Out,
+    target: Annotated[str, typer.Option(help="onnxruntime (CPU, com.microsoft fused ops) or tensorrt (standard ONNX ops only).")] = "onnxruntime",
+    force: Force = False,
+    verbose: Verbose = False,
+) -> None:
+    from bertopt.passes.pipeline import run_fuse, summary_table
+    from bertopt.ui import stdout
+
+    art = run_fuse(input, out, target=target, verbose=verbose, force=force)
+    stdout.print(summary_table(art))

@@ -1,0 +1,114 @@
+"""Word + position (+ token type) embedding Gathers, summed, + LayerNormalization ->
+``com.microsoft`` ``EmbedLayerNormalization`` (onnxruntime target).
+
+Guards: every summand is a Gather from a constant [vocab, hidden] table; the word and token-type
+indices are graph inputs; the position indices are checked by the probe to be 0..seq-1 on every row
+(so RoBERTa-style positions derived from the padding are left alone: the op would compute them
+wrong). The op's 1-D mask_index output is not used: attention takes the 2-D mask, which is right
+for left padding too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from bertopt.passes.common import MS_DOMAIN, PassContext, const_value, ensure_ms_domain, is_op, producer, single_use
+
+NAME = "embed_layernorm"
+FAMILY = "embedding"
+
+
+def _summands(graph: gs.Graph, t: gs.Tensor, depth: int = 0) -> list[gs.Tensor] | None:
+    p = producer(t)
+    if p is not None and p.op == "Add" and depth < 3 and (depth == 0 or single_use(graph, t)):
+        out = []
+        for i in p.inputs:
+            s = _summands(graph, i, depth + 1)
+            if s is None:
+                return None
+            out += s
+        return out
+    return [t]
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> int:
+    cands = []
+    inputs = set(id(t) for t in graph.inputs)
+    for ln in [n for n in graph.nodes if is_op(n, "LayerNormalization")]:
+        add = producer(ln.inputs[0])
+        if add is None or add.op != "Add":
+            continue
+        parts = _summands(graph, ln.inputs[0])
+        gathers = [producer(t) for t in parts or []]
+        if not parts or not all(g is not None and g.op == "Gather" and int(g.attrs.get("axis", 0)) == 0 for g in gathers):
+            continue  # not an embedding sum: a residual LayerNorm, not a miss
+        tables = [const_value(g.inputs[0]) for g in gathers]
+        if any(tb is None or tb.ndim != 2 for tb in tables) or len({tb.shape[1] for tb in tables}) != 1:
+            ctx.miss("embedding Gathers do not all read constant [vocab, hidden] tables")
+            continue
+        if len(ln.inputs) < 3 or const_value(ln.inputs[1]) is None or const_value(ln.inputs[2]) is None:
+            ctx.miss("embedding LayerNormalization has no constant gamma/beta")
+            continue
+        roles: dict[str, gs.Node] = {}
+        for g in gathers:
+            idx = g.inputs[1]
+            if id(idx) in inputs:
+                role = "segment" if any(s in idx.name.lower() for s in ("token_type", "segment")) else "word"
+            else:
+                role = "position"
+            if role in roles:
+                roles = {}
+                break
+            roles[role] = g
+        if "word" not in roles or "position" not in roles:
+            ctx.miss("embedding sum lacks a word Gather on a graph input and a position Gather")
+            continue
+        cands.append((ln, roles))
+    if not cands:
+        return 0
+    vals = ctx.values(graph, [r["position"].inputs[1] for _, r in cands])
+    count = 0
+    casts: dict[str, gs.Variable] = {}
+    for ln, roles in cands:
+        pos = vals[roles["position"].inputs[1].name]
+        seq = pos.shape[-1] if pos.ndim else 0
+        if pos.ndim not in (1, 2) or not np.all(pos == np.arange(seq)) or seq != ctx.feeds[roles["word"].inputs[1].name].shape[1]:
+            ctx.miss("position ids are not 0..seq-1 on every row")
+            continue
+        word, segment = roles["word"], roles.get("segment")
+        empty = gs.Variable.empty
+        ins = [
+            _int32(graph, word.inputs[1], casts),
+            _int32(graph, segment.inputs[1], casts) if segment is not None else empty(),
+            word.inputs[0],
+            roles["position"].inputs[0],
+            segment.inputs[0] if segment is not None else empty(),
+            ln.inputs[1],
+            ln.inputs[2],
+        ]
+        y = ln.outputs[0]
+        ln.outputs.clear()
+        mask_index = gs.Variable(f"{ln.name}_mask_index", dtype=np.int32)
+        node = gs.Node(
+            "EmbedLayerNormalization",
+            name=(ln.name or "embed") + "_Embed",
+            domain=MS_DOMAIN,
+            attrs={"epsilon": float(ln.attrs.get("epsilon", 1e-5))},
+            inputs=ins,
+            outputs=[y, mask_index],
+        )
+        graph.nodes.append(node)
+        count += 1
+    if count:
+        ensure_ms_domain(graph)
+    return count
+
+
+def _int32(graph: gs.Graph, t: gs.Tensor, cache: dict) -> gs.Variable:
+    if t.name not in cache:
+        out = gs.Variable(f"{t.name}_int32", dtype=np.int32, shape=t.shape)
+        graph.nodes.append(gs.Node("Cast", name=f"{t.name}_to_int32", attrs={"to": onnx.TensorProto.INT32}, inputs=[t], outputs=[out]))
+        cache[t.name] = out
+    return cache[t.name]
