@@ -130,6 +130,7 @@ def test_session_search_measures_and_keeps_the_fastest(exported_minilm, tmp_path
     confirm = decision["confirm"]["score_vs_plain"]
     assert decision["chosen"] in confirm and confirm[decision["chosen"]] == min(confirm.values())
     assert confirm[decision["chosen"]] <= 1.0  # never slower than the plain run, in the same measurement
+    assert decision["load_average"]["cores"] == ortb.physical_cores()
     saved = json.loads((d / "session.json").read_text())
     assert saved == decision["session"]
     assert set(decision["winners"]) <= set(ortb.candidate_configs(ortb.default_session_config()))

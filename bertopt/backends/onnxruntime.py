@@ -295,6 +295,7 @@ def build_onnxruntime(
             for name, c in candidate_configs(base).items():
                 variants[name] = (model_out, c)
             say(f"measuring {len(variants)} session variants x {rounds} rounds (batch {'/'.join(map(str, feeds))}, seq {seq})")
+            load_before = _loadavg()
             lat1 = _measure(variants, feeds, rounds)
             ref = lat1["extended"]
             plain = lat1["input model, plain"]
@@ -327,6 +328,9 @@ def build_onnxruntime(
                 winners=winners,
                 confirm={"latency_ms": _jsonable(lat2), "score_vs_plain": scores2},
                 chosen=best,
+                # Spinning threads and pool sizes win or lose with the machine's load: a choice made on a
+                # busy shared host (load above the core count) can be slower on a quiet one, and back.
+                load_average={"before": load_before, "after": _loadavg(), "cores": physical_cores()},
                 plain_latency_ms=_jsonable({"search": plain, "confirm": ref2}),
             )
             if best == "input model, plain":
@@ -359,3 +363,10 @@ def _jsonable(d: Any) -> Any:
     if isinstance(d, dict):
         return {str(k): _jsonable(v) for k, v in d.items()}
     return d
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None

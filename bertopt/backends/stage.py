@@ -145,6 +145,10 @@ def _report_ort(out: Path, precision: str, d: dict, verbose: bool) -> None:
         conf = d["confirm"]["latency_ms"]
         rows = "  ".join(f"{k}: " + "/".join(f"b{b} {v:.1f}" for b, v in lat.items()) + " ms" for k, lat in conf.items())
         note(f"build: measured (interleaved) {rows}; chose '{d['chosen']}'")
+        load = d.get("load_average") or {}
+        if (load.get("before") or 0) > load.get("cores", 1):
+            note(f"build: the machine was busy while measuring (load {load['before']} on {load['cores']} cores): the choice "
+                 "reflects that; re-run --tune on the machine state you deploy to")
     if verbose:
         before, after = d["ops_before"], d["ops_after"]
         changed = {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after)) if before.get(k, 0) != after.get(k, 0)}
