@@ -22,7 +22,8 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 @pytest.fixture(scope="session")
 def qdq_minilm(exported_minilm, slabs_dir, tmp_path_factory):
     """The exported MiniLM with ONNX Runtime's static QDQ quantization (MatMul weights and activations,
-    calibrated on 32 real S-Labs texts): a stand-in for the calibrate stage's output."""
+    symmetric signed INT8 as TensorRT needs, calibrated on 32 real S-Labs texts): a stand-in for the
+    calibrate stage's output."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -45,7 +46,8 @@ def qdq_minilm(exported_minilm, slabs_dir, tmp_path_factory):
     art = d / "int8"
     art.mkdir()
     quantize_static(str(pre), str(art / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     import shutil
 
     shutil.copytree(exported_minilm / "tokenizer", art / "tokenizer")
@@ -103,7 +105,7 @@ def test_int8_from_qdq(ort_int8, qdq_minilm, exported_minilm, feeds):
     plain = ortb.make_session(qdq_minilm).run(None, feeds)[1]
     fp32 = ortb.make_session(exported_minilm / "model.onnx").run(None, feeds)[1]
     assert _cos(built, plain).min() > 0.9999  # same quantized model, loaded the built way
-    assert _cos(built, fp32).mean() > 0.85  # and still MiniLM (static QDQ on an unfused graph is lossy)
+    assert _cos(built, fp32).mean() > 0.8  # and still MiniLM (symmetric static QDQ on an unfused graph is lossy: ~0.85)
 
 
 def test_second_build_is_skipped(ort_fp32, exported_minilm):

@@ -252,6 +252,22 @@ def test_prepare_checks_precision_against_the_graph(exported_minilm, tmp_path):
     assert p32.fp16 is None and p32.expected_int8 == []
 
 
+def test_prepare_rejects_asymmetric_qdq(tmp_path):
+    m = _tiny_attention_model(qdq=True)
+    zp = next(t for t in m.graph.initializer if t.name == "zp")
+    zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), "zp"))
+    q = tmp_path / "asym.onnx"
+    onnx.save(m, q)
+    assert trtb.asymmetric_qdq(m) == ["qx", "dqx", "dqw"]
+    with pytest.raises(BertoptError) as e:
+        trtb.prepare_onnx(q, "int8", ())
+    assert "symmetric" in e.value.message and "ActivationSymmetric" in e.value.hint
+    u8 = _tiny_attention_model(qdq=True)
+    u8.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), "zpu"))
+    next(n for n in u8.graph.node if n.name == "qx").input[2] = "zpu"
+    assert trtb.asymmetric_qdq(u8) == ["qx"]
+
+
 def test_prepare_rejects_ort_contrib_ops(tmp_path, exported_minilm):
     from bertopt.backends.onnxruntime import offline_optimize
 
@@ -370,11 +386,12 @@ def engine_int8(tmp_path_factory, exported_minilm, slabs_dir):
     quant_pre_process(str(exported_minilm / "model.onnx"), str(d / "pre.onnx"), skip_symbolic_shape=True)
     (d / "q").mkdir()
     quantize_static(str(d / "pre.onnx"), str(d / "q" / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     import shutil
 
     shutil.copytree(exported_minilm / "tokenizer", d / "q" / "tokenizer")
-    return run_build(d / "q" / "model.onnx", d / "engine", backend="tensorrt", data=str(slabs_dir / "validation.csv"),
+    return run_build(d / "q" / "model.onnx", d / "engine", backend="tensorrt", profile="auto:128", data=str(slabs_dir / "validation.csv"),
                      text_column="text", timing_cache=str(d / "cache.bin"))
 
 

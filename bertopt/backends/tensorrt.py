@@ -143,6 +143,15 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
         )
     if precision == "fp32" and graph_precision == "fp16":
         raise BertoptError(f"{src}: this graph is already FP16", hint="build fp32 from the FP32 export")
+    if precision == "int8":
+        bad = asymmetric_qdq(model)
+        if bad:
+            raise BertoptError(
+                f"{src}: {len(bad)} Q/DQ node(s) use a non-zero or unsigned zero point (e.g. {', '.join(bad[:3])}); "
+                "TensorRT supports only symmetric signed INT8 (zero point 0, int8)",
+                hint="calibrate for TensorRT with symmetric INT8 (ONNX Runtime's quantize_static: "
+                     "extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True}, QInt8)",
+            )
     expected = expected_int8_gemms(model) if precision == "int8" else []
     if precision == "int8" and not expected:
         raise BertoptError(
@@ -154,6 +163,30 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
         model, rep = convert_to_fp16(model, keep_fp32=tuple(keep_fp32))
         fp16 = rep.to_json()
     return Prepared(model=model, precision=precision, expected_int8=expected, fp16=fp16)
+
+
+def asymmetric_qdq(model) -> list[str]:
+    """Q/DQ nodes TensorRT cannot take: a zero point that is not all 0, or not int8 (uint8)."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    bad = []
+    for i, n in enumerate(model.graph.node):
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3 or not n.input[2]:
+            continue
+        zp = n.input[2]
+        if zp in inits:
+            arr, dtype = numpy_helper.to_array(inits[zp]), inits[zp].data_type
+        elif zp in consts:
+            t = next(a.t for a in consts[zp].attribute if a.name == "value")
+            arr, dtype = numpy_helper.to_array(t), t.data_type
+        else:
+            continue
+        if dtype != onnx.TensorProto.INT8 or np.any(arr != 0):
+            bad.append(n.name or f"{n.op_type}_{i}")
+    return bad
 
 
 def expected_int8_gemms(model) -> list[str]:
