@@ -78,9 +78,15 @@ def test_plan_narrow_and_wide():
 
 
 def test_plan_cover_and_auto_spec(slabs_lengths):
+    plain = prof.plan_profiles(slabs_lengths, max_length=512)
     profiles = prof.plan_profiles(slabs_lengths, max_length=512, cover=128)
     _check_tiling(profiles, slabs_lengths, 512)
     assert profiles[-1].seq[2] == 128 and prof.select_profile(profiles, 8, 128) == len(profiles) - 1
+    assert profiles[:len(plain)][:-1] == plain[:-1]  # the planned bands stay as they were
+    near = prof.plan_profiles([20] * 10 + [40] * 10, cover=48)
+    assert near[-1].seq[2] == 48 and len(near) == len(prof.plan_profiles([20] * 10 + [40] * 10))  # extended
+    far = prof.plan_profiles([10] * 20, cover=256)
+    assert [p.seq for p in far] == [(1, 16, 16), (17, 256, 256)] and far[-1].share == 0.0  # own profile at 256
     assert prof.parse_auto("auto") == 0 and prof.parse_auto("AUTO:128") == 128 and prof.parse_auto("seq=8") is None
     for bad in ("auto:x", "auto:0", "auto:1024"):
         with pytest.raises(BertoptError, match="auto:N|positions"):

@@ -123,8 +123,9 @@ def plan_profiles(
       ``spread`` x (max / lower edge), splitting the sorted lengths into k bands of equal text count;
     - each band's opt is its median length (rounded up to 8): the shape most of its traffic has;
     - the bands tile 1..(longest length seen) without gaps, so every planning text has a profile; the
-      last band's max is the longest length seen (inputs longer than that must be truncated to it),
-      or ``cover`` when that is longer (e.g. the shapes a benchmark will run).
+      last band's max is the longest length seen (inputs longer than that must be truncated to it);
+    - ``cover`` (e.g. the length a benchmark runs) extends the last band to it, or, when that would
+      break the spread, adds a profile of its own tuned at ``cover``.
     """
     if not lengths:
         raise BertoptError("no texts to plan profiles from", hint="pass --data with real texts, or give --profile explicitly")
@@ -139,10 +140,18 @@ def plan_profiles(
     profiles = []
     lower = 1
     for i, band in enumerate(bands):
-        hi = band[-1] if i < len(bands) - 1 else max(rounded[-1], min(cover, max_length))
+        hi = band[-1] if i < len(bands) - 1 else rounded[-1]
         opt = min(max(min(round_up(_median(band)), max_length), lower), hi)
         profiles.append(Profile(batch=batch, seq=(lower, opt, hi), share=round(len(band) / len(rounded), 4)))
         lower = hi + 1
+    cover = min(cover, max_length)
+    if cover > rounded[-1]:
+        last = profiles[-1]
+        if cover / max(last.seq[0], bands[-1][0], ALIGN) > spread:
+            # lengths no text had: their own profile, tuned at the length asked for
+            profiles.append(Profile(batch=batch, seq=(lower, cover, cover), share=0.0))
+        else:
+            profiles[-1] = Profile(batch=batch, seq=(last.seq[0], last.seq[1], cover), share=last.share)
     return profiles
 
 
