@@ -1,0 +1,59 @@
+"""Quantization-aware training with distillation from the FP32 model, exported as Q/DQ ONNX (INT8).
+
+The FP32 model teaches its fake-quantized copy (same Q/DQ placement as calibrate) on --data: text
+alone, or text + --labels-column for classifiers. Early stopping on a held-out split; a killed run
+resumes from its checkpoint when started again. Data-parallel with no change:
+`torchrun --nproc_per_node 2 -m bertopt qat ...` (gloo on the CPU, nccl on GPUs; rank 0 writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bertopt.cli.options import Force, Out, Verbose
+
+
+def command(
+    model_dir: Annotated[str, typer.Argument(help="Hugging Face model folder (the FP32 teacher), pkg:<package>, or its export artifact.")],
+    out: Out,
+    data: Annotated[str, typer.Option(help="Training text: .txt (one per line), .csv, .tsv, .jsonl.")],
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of --data (csv/tsv/jsonl).")] = None,
+    labels_column: Annotated[Optional[str], typer.Option("--labels-column", "--label-column", help="Label column: adds the task loss (classifiers).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Held-out file for early stopping (default: --val-fraction of --data).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of --data held out for early stopping.")] = 0.1,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N texts of --data.")] = None,
+    epochs: Annotated[float, typer.Option(help="Training epochs (fractions allowed).")] = 1.0,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps (overrides --epochs); a step is one batch per process.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size per process.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warmup, linear decay).")] = 2e-5,
+    eval_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between held-out evaluations/checkpoints (default: a tenth of the run).")] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after this many evaluations without improvement.")] = 3,
+    max_length: Annotated[int, typer.Option(min=8, help="Truncate texts to this many tokens.")] = 128,
+    init_from: Annotated[Optional[str], typer.Option(help="A `bertopt calibrate` artifact: start from its quantizer ranges (and float layers).")] = None,
+    calib_batches: Annotated[int, typer.Option(min=1, help="Training batches for the initial max calibration (without --init-from).")] = 16,
+    exclude: Annotated[Optional[str], typer.Option(help="Comma-separated module names/globs kept in float (default: pooler,classifier; '' for none).")] = None,
+    quantize_bmm: Annotated[bool, typer.Option(help="Also quantize the attention batched MatMuls.")] = False,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature for logits.")] = 2.0,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state distillation loss (0 turns it off).")] = 1.0,
+    attention_weight: Annotated[float, typer.Option(help="Weight of the attention-probability distillation loss.")] = 0.0,
+    task_weight: Annotated[float, typer.Option(help="Weight of the task loss (with --labels-column).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for the split, batch order and dropout.")] = 0,
+    min_cosine: Annotated[float, typer.Option(help="Exported ONNX (ORT int8) vs fake-quant torch: minimum mean cosine over held-out texts.")] = 0.99,
+    checkpoint_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (default: .<out>.qat-checkpoint beside --out).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume a killed run from its checkpoint.")] = True,
+    force: Force = False,
+    verbose: Verbose = False,
+) -> None:
+    from bertopt.qat.stage import run_qat
+
+    excl = None if exclude is None else [x.strip() for x in exclude.split(",") if x.strip()]
+    run_qat(
+        model_dir, out, data=data, text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction,
+        limit=limit, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+        max_length=max_length, init_from=init_from, calib_batches=calib_batches, exclude=excl, quantize_bmm=quantize_bmm,
+        temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight, task_weight=task_weight, seed=seed,
+        min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, resume=resume, force=force, verbose=verbose,
+    )

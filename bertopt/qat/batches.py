@@ -1,0 +1,105 @@
+"""Tokenized texts and the batch schedule: length-bucketed, seeded, resumable, sharded across ranks.
+
+The schedule is a pure function of (seed, epoch, step, rank), so a resumed run sees exactly the
+batches the killed run would have seen, and under torchrun each rank takes its own batches of the
+same global order (rank r takes batch ``step * world + r``): one step = ``world`` batches.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Encoded:
+    """Token ids per text (unpadded), optional class labels."""
+
+    ids: list[list[int]]
+    labels: np.ndarray | None
+    pad_id: int
+    type_ids: bool  # the model takes token_type_ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: list[int]) -> "Encoded":
+        return Encoded([self.ids[i] for i in rows], None if self.labels is None else self.labels[rows], self.pad_id, self.type_ids)
+
+
+def encode(tokenizer, texts: list[str], labels: np.ndarray | None, max_length: int, type_ids: bool) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Encoded(ids, labels, pad, type_ids)
+
+
+def collate(data: Encoded, rows: list[int], device=None) -> dict:
+    """Pad the chosen rows to their own longest length; int64 tensors (+ ``labels`` when known)."""
+    import torch
+
+    width = max(len(data.ids[i]) for i in rows)
+    input_ids = torch.full((len(rows), width), data.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, i in enumerate(rows):
+        input_ids[r, : len(data.ids[i])] = torch.tensor(data.ids[i])
+        mask[r, : len(data.ids[i])] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if data.type_ids:
+        batch["token_type_ids"] = torch.zeros_like(input_ids)
+    if data.labels is not None:
+        batch["labels"] = torch.as_tensor(data.labels[rows], dtype=torch.long)
+    if device is not None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+    return batch
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bucket: int = 50) -> list[list[int]]:
+    """One epoch's batches: shuffle, sort by length within windows of ``bucket`` batches, cut, shuffle batches.
+
+    Batches hold texts of similar length (little padding) while every epoch sees a new order."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    win = batch_size * bucket
+    for s in range(0, len(order), win):
+        chunk = sorted(order[s : s + win], key=lambda i: lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Schedule:
+    """Which rows rank ``rank`` trains on at global step ``step``."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, world: int, rank: int):
+        self.lengths, self.batch_size, self.seed, self.world, self.rank = lengths, batch_size, seed, world, rank
+        n_batches = -(-len(lengths) // batch_size)
+        self.steps_per_epoch = n_batches // world
+        self._epoch, self._batches = -1, []
+
+    def rows(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+        return self._batches[k * self.world + self.rank]
+
+
+def eval_batches(data: Encoded, batch_size: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+    """Held-out batches sorted by length (little padding), this rank's share of them."""
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return batches[rank::world]
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows): a seeded random ``fraction`` of the rows is held out."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    k = max(1, int(round(n * fraction)))
+    held = sorted(order[:k])
+    train = sorted(order[k:])
+    return train, held

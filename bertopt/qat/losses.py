@@ -1,0 +1,86 @@
+"""The QAT loss: distillation from the FP32 teacher (+ the task loss when labels are given).
+
+- output: classifiers - KL(teacher || student) of the temperature-softened logits, times T^2
+  (Hinton et al.); encoders - 1 - cosine of the sentence embeddings (mean/cls pooled as the model
+  pools; per token when it does not), the metric ``bench`` reports for embeddings;
+- hidden: MSE of every layer's hidden states over real (unpadded) tokens, divided by the teacher's
+  mean square for that layer so that the weight means the same for every model (TinyBERT-style);
+- attention: KL of every layer's attention probabilities over real query rows (optional);
+- task: cross-entropy against the labels (classifiers, only when ``--labels-column`` is given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LossWeights:
+    output: float = 1.0
+    hidden: float = 1.0
+    attention: float = 0.0
+    task: float = 1.0
+    temperature: float = 2.0
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.hidden > 0
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.attention > 0
+
+
+def pool(hidden, mask, pooling: str):
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "none":
+        return hidden
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # cosine ignores a final L2 normalization
+
+
+def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str, w: LossWeights) -> tuple:
+    """(total loss tensor, {part: float}) for one batch."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = batch["attention_mask"]
+    valid = mask.to(torch.bool)
+    parts: dict = {}
+    total = 0.0
+    if task == "sequence-classification":
+        T = w.temperature
+        s = F.log_softmax(student_out.logits / T, dim=-1)
+        t = F.softmax(teacher_out.logits / T, dim=-1)
+        kd = F.kl_div(s, t, reduction="batchmean") * (T * T)
+        if "labels" in batch and w.task > 0:
+            ce = F.cross_entropy(student_out.logits, batch["labels"])
+            parts["task"] = ce
+            total = total + w.task * ce
+    else:
+        if pooling == "none":
+            cos = F.cosine_similarity(student_out.last_hidden_state[valid], teacher_out.last_hidden_state[valid], dim=-1)
+        else:
+            cos = F.cosine_similarity(pool(student_out.last_hidden_state, mask, pooling), pool(teacher_out.last_hidden_state, mask, pooling), dim=-1)
+        kd = (1 - cos).mean()
+    parts["output"] = kd
+    total = total + w.output * kd
+    if w.needs_hidden:
+        hs = []
+        for s_h, t_h in zip(student_out.hidden_states[1:], teacher_out.hidden_states[1:]):
+            t_v = t_h[valid]
+            hs.append(((s_h[valid] - t_v) ** 2).mean() / (t_v**2).mean().clamp(min=1e-12))
+        hid = torch.stack(hs).mean()
+        parts["hidden"] = hid
+        total = total + w.hidden * hid
+    if w.needs_attention:
+        at = []
+        for s_a, t_a in zip(student_out.attentions, teacher_out.attentions):
+            rows = valid[:, None, :, None].expand_as(t_a)  # real query rows; padded keys carry ~0 probability
+            kl = t_a * (t_a.clamp(min=1e-12).log() - s_a.clamp(min=1e-12).log())
+            at.append(kl.masked_fill(~rows, 0).sum() / rows[..., 0].sum().clamp(min=1))
+        att = torch.stack(at).mean()
+        parts["attention"] = att
+        total = total + w.attention * att
+    return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,0 +1,295 @@
+"""Q/DQ ONNX out of the fake-quantized student, and its parity check.
+
+modelopt exports each quantizer as QuantizeLinear -> DequantizeLinear through the legacy exporter;
+for a weight that is ``W[out,in] (float) -> Q -> DQ(axis 0) -> Transpose -> MatMul``. ``fold_weights``
+turns it into the usual form of a Q/DQ model (what ORT's quantize_static and ``bertopt calibrate``
+write, and what TensorRT and ORT's QDQ fusions look for): an int8 initializer ``[in,out]`` ->
+``DequantizeLinear(axis 1)`` -> MatMul, which is bit-identical (the float weight is quantized once
+instead of at load time) and a quarter of the size.
+
+Each GEMM keeps its own QuantizeLinear -> DequantizeLinear pair even where Q, K and V read the same
+tensor: merging them into one shared Q (or DQ) stops ORT's QDQ fusion for those GEMMs (measured: 18
+instead of 36 MatMulIntegerToFloat on MiniLM-L6, the other 18 fall back to float MatMul).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def export_qdq(wrapper, args: tuple, path: Path, input_names, outs, axes: dict, opset: int) -> None:
+    """torch.onnx.export (legacy) of the fake-quant model. modelopt refuses to export narrow-range signed
+    quantizers, so the weight quantizers are exported as full range and ``fold_weights(narrow=True)``
+    then clips the int8 weights to [-127, 127], which is what the narrow-range fake quant computed."""
+    narrow = [m for n, m in wrapper.named_modules() if n.endswith("weight_quantizer") and getattr(m, "narrow_range", False)]
+    for m in narrow:
+        m.narrow_range = False
+    try:
+        _export(wrapper, args, path, input_names, outs, axes, opset)
+    finally:
+        for m in narrow:
+            m.narrow_range = True
+
+
+def _export(wrapper, args, path, input_names, outs, axes, opset) -> None:
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings from transformers' mask code; parity checks the trace
+        torch.onnx.export(
+            wrapper, args, str(path), input_names=list(input_names), output_names=list(outs),
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+
+
+def _attr(node, name, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _set_attr(node, name, value) -> None:
+    import onnx
+
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def postprocess(path: Path) -> dict:
+    """Drop identity Casts, fold weight quantization into int8 initializers; returns counts."""
+    import onnx
+
+    model = onnx.load(str(path))
+    counts = {"identity_casts_removed": remove_identity_casts(model), "weights_folded": fold_weights(model, narrow=True)}
+    _prune(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return counts
+
+
+def remove_identity_casts(model) -> int:
+    """Drop Casts to the type their input already has (modelopt's quantizer export leaves float->float Casts
+    that chain Q, K and V's input quantizers one behind another instead of reading the same tensor)."""
+    import onnx
+
+    g = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(g.input) + list(g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    outputs = {o.name for o in g.output}
+    rename, drop = {}, set()
+    for n in g.node:
+        if n.op_type != "Cast" or n.output[0] in outputs:
+            continue
+        src = rename.get(n.input[0], n.input[0])
+        if types.get(src) and types.get(src) == _attr(n, "to"):
+            rename[n.output[0]] = src
+            drop.add(n.output[0])
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    _keep_nodes(g, drop)
+    return len(drop)
+
+
+def _keep_nodes(g, drop: set[str]) -> None:
+    """Remove the nodes whose first output is in ``drop`` (nodes are keyed by output name: protobuf's
+    Python wrappers are not stable objects, so ``id()`` cannot name them)."""
+    import onnx
+
+    keep = []
+    for n in g.node:
+        if not n.output or n.output[0] not in drop:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            keep.append(c)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _values(g):
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        n = consts.get(name)
+        if n is not None and n.attribute and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+        return None
+
+    return inits, value
+
+
+def fold_weights(model, narrow: bool = True) -> int:
+    """``W(float) -> Q -> DQ [-> Transpose]`` becomes ``W(int8) -> DQ`` (transposed when a Transpose followed).
+
+    ``narrow``: signed int8 weights are clipped to [-127, 127] (the weight quantizers' narrow range)."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits, value = _values(g)
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in g.node for o in n.output}
+    drop, count = set(), 0
+    for dq in list(g.node):
+        if dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+            continue
+        if len(consumers.get(q.output[0], [])) != 1:
+            continue
+        w = value(q.input[0])
+        scale, zp = value(q.input[1]), value(q.input[2]) if len(q.input) > 2 else None
+        if w is None or scale is None or w.ndim != 2:
+            continue
+        axis = _attr(q, "axis", 1) % w.ndim
+        s = scale.astype(np.float32)
+        if s.size > 1:
+            shape = [1, 1]
+            shape[axis] = -1
+            s = s.reshape(shape)
+        z = 0 if zp is None else zp.astype(np.int32).reshape(s.shape if s.ndim else ())
+        qmin, qmax = (-128, 127) if zp is None or zp.dtype == np.int8 else (0, 255)
+        if narrow and qmin < 0:
+            qmin = -127
+        # ONNX QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point)
+        qv = np.clip(np.rint(w.astype(np.float32) / s) + z, qmin, qmax).astype(np.int8 if qmin < 0 else np.uint8)
+        outs = consumers.get(dq.output[0], [])
+        transpose = len(outs) == 1 and outs[0].op_type == "Transpose" and list(_attr(outs[0], "perm", [1, 0])) == [1, 0]
+        if transpose:
+            qv = np.ascontiguousarray(qv.T)
+            _set_attr(dq, "axis", 1 - axis)
+        name = q.input[0] + "_int8"
+        g.initializer.append(numpy_helper.from_array(qv, name))
+        dq.input[0] = name
+        drop.add(q.output[0])
+        if transpose:
+            t = outs[0]
+            for n in consumers.get(t.output[0], []):
+                for k, i in enumerate(n.input):
+                    if i == t.output[0]:
+                        n.input[k] = dq.output[0]
+            for k, o in enumerate(g.output):
+                if o.name == t.output[0]:
+                    raise RuntimeError("a transposed weight is a graph output")
+            drop.add(t.output[0])
+        count += 1
+    _keep_nodes(g, drop)
+    return count
+
+
+def _prune(model) -> None:
+    """Drop initializers and Constant nodes nothing reads any more."""
+    import onnx
+
+    g = model.graph
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
+        for n in dead:
+            g.node.remove(n)
+        if not dead:
+            break
+    used = {i for n in g.node for i in n.input}
+    keep = []
+    for i in g.initializer:
+        if i.name in used:
+            c = onnx.TensorProto()
+            c.CopyFrom(i)
+            keep.append(c)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+# --------------------------------------------------------------------------------------- checks
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
+
+
+def ort_kernel_counts(path: Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs (after its optimizations): the int8 kernels
+    show up as MatMulIntegerToFloat / QLinearMatMul / DynamicQuantizeMatMul / MatMulInteger."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
+
+
+INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
+
+
+def int8_gemms(kernel_counts: dict[str, int]) -> int:
+    return sum(v for k, v in kernel_counts.items() if k in INT8_KERNELS)
+
+
+def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str) -> dict:
+    """The exported Q/DQ model on ONNX Runtime (int8 kernels) against the fake-quant torch model.
+
+    Quantization turns float rounding noise into whole quantization steps wherever a value sits on a
+    rounding boundary, so max |diff| is not the yardstick: cosine (embeddings, logits rows) and
+    argmax agreement (classifiers) are, with max |diff| recorded alongside."""
+    import torch
+
+    from bertopt.backends.onnxruntime import make_session
+
+    sess = make_session(onnx_path)
+    refs, gots, masks = [], [], []
+    for feeds in feeds_list:
+        with torch.no_grad():
+            ref = wrapper(*(torch.from_numpy(v) for v in feeds.values()))
+        got = sess.run(outs, feeds)
+        refs.append([r.numpy() for r in ref])
+        gots.append(got)
+        masks.append(feeds["attention_mask"].astype(bool))
+    res: dict = {"texts": int(sum(m.shape[0] for m in masks)), "max_abs_diff": 0.0, "per_output": {}}
+    for k, name in enumerate(outs):
+        if name == "last_hidden_state":
+            r = np.concatenate([x[k][m] for x, m in zip(refs, masks)])
+            o = np.concatenate([x[k][m] for x, m in zip(gots, masks)])
+        else:
+            r = np.concatenate([x[k] for x in refs])
+            o = np.concatenate([x[k] for x in gots])
+        cos = np.sum(r * o, -1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(o, axis=-1), 1e-12)
+        d = float(np.max(np.abs(r - o)))
+        entry = {"max_abs_diff": d, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+        if name == "logits":
+            entry["argmax_agreement"] = float(np.mean(r.argmax(-1) == o.argmax(-1)))
+        res["per_output"][name] = entry
+        res["max_abs_diff"] = max(res["max_abs_diff"], d)
+    main = "logits" if task == "sequence-classification" else ("sentence_embedding" if "sentence_embedding" in outs else outs[0])
+    res["cosine_min"] = res["per_output"][main]["cosine_min"]
+    res["cosine_mean"] = res["per_output"][main]["cosine_mean"]
+    if "argmax_agreement" in res["per_output"][main]:
+        res["argmax_agreement"] = res["per_output"][main]["argmax_agreement"]
+    res["checked_output"] = main
+    return res

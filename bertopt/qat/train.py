@@ -1,0 +1,293 @@
+"""The QAT loop: distillation steps, held-out evaluation, early stopping, resumable checkpoints.
+
+Determinism: batch order is a function of (seed, epoch, step) (``batches.Schedule``) and the dropout
+RNG is re-seeded from (seed, rank, step) at the start and after every evaluation, which is also where
+checkpoints are taken. A run killed at any point and started again resumes from its last checkpoint
+and ends with the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bertopt.errors import BertoptError
+from bertopt.qat.batches import Encoded, Schedule, collate, eval_batches
+from bertopt.qat.dist import DistEnv
+from bertopt.qat.losses import LossWeights, distill_loss, pool
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None
+    patience: int = 3
+    min_delta: float = 0.0
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """One resumable checkpoint, written atomically by rank 0 (a hidden sibling of the output folder)."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = Path(folder)
+        self.path = self.folder / CHECKPOINT_FILE
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        import torch
+
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a torn or foreign file is not resumable; start over
+            return None
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(CHECKPOINT_FILE + f".tmp-{os.getpid()}")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------- teacher cache
+def teacher_reference(teacher, held: Encoded, task: str, pooling: str, batch_size: int, env: DistEnv) -> list:
+    """The teacher's outputs on this rank's held-out batches, computed once (the teacher never changes)."""
+    import torch
+
+    refs = []
+    with torch.inference_mode():
+        for rows in eval_batches(held, batch_size, env.world, env.rank):
+            b = collate(held, rows, env.device)
+            out = teacher(**_model_inputs(b))
+            if task == "sequence-classification":
+                refs.append(out.logits.float())
+            else:
+                refs.append(pool(out.last_hidden_state, b["attention_mask"], pooling).float())
+    return refs
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossWeights, batch_size: int, env: DistEnv) -> dict:
+    """Held-out metrics over all ranks: ``loss`` (output distillation + task; early stopping minimises
+    it), teacher agreement / cosine, and accuracy when labels are known."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, agreement-or-cosine*n, correct, n
+    with torch.inference_mode():
+        for rows, ref in zip(eval_batches(held, batch_size, env.world, env.rank), refs):
+            b = collate(held, rows, env.device)
+            out = model(**_model_inputs(b))
+            n = len(rows)
+            if task == "sequence-classification":
+                T = w.temperature
+                kd = F.kl_div(F.log_softmax(out.logits / T, -1), F.softmax(ref / T, -1), reduction="batchmean") * T * T
+                loss = w.output * kd
+                if "labels" in b and w.task > 0:
+                    loss = loss + w.task * F.cross_entropy(out.logits, b["labels"])
+                    sums[2] += float((out.logits.argmax(-1) == b["labels"]).sum())
+                sums[1] += float((out.logits.argmax(-1) == ref.argmax(-1)).sum())
+            else:
+                cos = F.cosine_similarity(pool(out.last_hidden_state, b["attention_mask"], pooling), ref, dim=-1)
+                if pooling == "none":  # per token: the loss over real tokens, the metric per text
+                    m = b["attention_mask"].to(cos.dtype)
+                    loss = w.output * (1 - cos[m.bool()]).mean()
+                    sums[1] += float(((cos * m).sum(1) / m.sum(1).clamp(min=1)).sum())
+                else:
+                    loss = w.output * (1 - cos).mean()
+                    sums[1] += float(cos.sum())
+            sums[0] += float(loss) * n
+            sums[3] += n
+    model.train(was_training)
+    tot = env.all_sum(sums)
+    n = max(tot[3], 1.0)
+    res = {"loss": tot[0] / n, "n": int(tot[3])}
+    if task == "sequence-classification":
+        res["teacher_agreement"] = tot[1] / n
+        if held.labels is not None:
+            res["accuracy"] = tot[2] / n
+    else:
+        res["cosine"] = tot[1] / n
+    return res
+
+
+# --------------------------------------------------------------------------------------- training
+def _seed(cfg: TrainConfig, env: DistEnv, step: int) -> None:
+    import torch
+
+    torch.manual_seed((cfg.seed * 1_000_003 + env.rank * 7919 + step) % (2**63))
+
+
+def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, pooling: str, weights: LossWeights,
+          cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer | None, show_progress: bool = True) -> dict:
+    """Train ``student`` in place (it ends holding the best held-out weights); returns the history."""
+    import torch
+
+    from bertopt.ui import note, progress
+
+    lengths = [len(x) for x in train_data.ids]
+    sched = Schedule(lengths, cfg.batch_size, cfg.seed, env.world, env.rank)
+    if sched.steps_per_epoch < 1:
+        raise BertoptError(
+            f"{len(train_data)} training texts make fewer than {env.world} batch(es) of {cfg.batch_size}",
+            hint="use more data or a smaller --batch-size",
+        )
+    total = cfg.steps if cfg.steps else max(1, math.ceil(cfg.epochs * sched.steps_per_epoch))
+    eval_every = cfg.eval_every or max(1, round(total / 10))
+    warm = int(cfg.warmup * total)
+
+    params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups = [
+        {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+    )
+    model = student
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(student, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
+
+    refs = teacher_reference(teacher, held, task, pooling, cfg.batch_size * 2, env)
+
+    def snapshot() -> dict:
+        return {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+
+    start, history, best, bad = 0, [], None, 0
+    state = ckpt.load() if ckpt is not None else None
+    if state is not None:
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["scheduler"])
+        start, history, best, bad = state["step"], state["history"], state["best"], state["bad_evals"]
+        if env.main:
+            note(f"qat: resuming from the checkpoint at step {start}/{total} ({ckpt.path})")
+    else:
+        ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
+        history.append({"step": 0, **ev, "train_loss": None})
+        best = {"step": 0, "loss": ev["loss"], "state": snapshot()}
+
+    stopped_early = start < total and bad >= cfg.patience
+    t0 = time.perf_counter()
+    _seed(cfg, env, start)
+    model.train()
+    teacher.eval()
+    run_sum, run_n, parts_sum = 0.0, 0, {}
+    with progress() if (show_progress and env.main) else _NoProgress() as p:
+        bar = p.add_task(f"qat ({env.world} proc)" if env.enabled else "qat", total=total, completed=start, status=_status(history, best))
+        step = start
+        while step < total and not stopped_early:
+            b = collate(train_data, sched.rows(step), env.device)
+            inputs = _model_inputs(b)
+            with torch.no_grad():
+                t_out = teacher(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
+            s_out = model(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
+            loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights)
+            if not torch.isfinite(loss.detach()):
+                raise BertoptError(f"qat: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            opt.step()
+            lr_sched.step()
+            step += 1
+            run_sum += float(loss.detach())
+            run_n += 1
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            p.update(bar, advance=1, status=f"loss {run_sum / run_n:.4f} " + _status(history, best))
+            if step % eval_every == 0 or step == total:
+                ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
+                train_loss = env.all_sum([run_sum, run_n])
+                entry = {"step": step, **ev, "train_loss": train_loss[0] / max(train_loss[1], 1),
+                         "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}}
+                history.append(entry)
+                run_sum, run_n, parts_sum = 0.0, 0, {}
+                if ev["loss"] < best["loss"] - cfg.min_delta:
+                    best, bad = {"step": step, "loss": ev["loss"], "state": snapshot()}, 0
+                else:
+                    bad += 1
+                stopped_early = bad >= cfg.patience and step < total
+                if ckpt is not None and env.main and step < total and not stopped_early:
+                    ckpt.save({"step": step, "model": student.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": lr_sched.state_dict(), "history": history, "best": best, "bad_evals": bad})
+                env.barrier()
+                _seed(cfg, env, step)
+                p.update(bar, status=_status(history, best))
+    student.load_state_dict(best["state"])
+    student.eval()
+    seconds = time.perf_counter() - t0
+    return {
+        "total_steps": total,
+        "steps_run": step,
+        "resumed_from": start if state is not None else None,
+        "steps_per_epoch": sched.steps_per_epoch,
+        "eval_every": eval_every,
+        "stopped_early": stopped_early,
+        "best_step": best["step"],
+        "best": {k: v for k, v in next(h for h in history if h["step"] == best["step"]).items() if k != "train_parts"},
+        "initial": {k: v for k, v in history[0].items() if k not in ("train_loss", "train_parts")},
+        "history": history,
+        "train_seconds": round(seconds, 1),
+        "config": asdict(cfg) | {"world_size": env.world, "global_batch": cfg.batch_size * env.world},
+    }
+
+
+def _status(history: list, best: dict | None) -> str:
+    if not history:
+        return ""
+    h = history[-1]
+    bits = [f"val {h['loss']:.4f}"]
+    if "accuracy" in h:
+        bits.append(f"acc {h['accuracy']:.4f}")
+    if best is not None:
+        bits.append(f"best@{best['step']}")
+    return " ".join(bits)
+
+
+class _NoProgress:
+    """Stand-in for the progress bar on ranks other than 0."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
