@@ -216,6 +216,10 @@ def test_fp16_qdq_moves_to_opset_19_with_half_scales():
     assert (rep.opset_from, rep.opset_to) == (17, 19)
     types = {t.name: t.data_type for t in m16.graph.initializer}
     assert types["ws"] == TensorProto.FLOAT16 and types["xs"] == TensorProto.FLOAT16 and types["Wq"] == TensorProto.INT8
+    assert rep.qdq_scales_subnormal == 0
+    tiny = _tiny_attention_model(qdq=True)
+    next(t for t in tiny.graph.initializer if t.name == "ws").CopyFrom(numpy_helper.from_array(np.array(1e-5, np.float32), "ws"))
+    assert convert_to_fp16(tiny)[1].qdq_scales_subnormal == 1
     assert trtb.expected_int8_gemms(m16) == ["gemm"]
     ref = _run(m, feeds)[0]
     out = _run(m16, feeds)[0]

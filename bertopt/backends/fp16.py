@@ -29,6 +29,7 @@ class Fp16Report:
     casts_inserted: int = 0
     initializers_converted: int = 0
     values_clamped: int = 0
+    qdq_scales_subnormal: int = 0  # Q/DQ scales below FP16's normal range (~6.1e-5): they lose precision
     opset_from: int | None = None
     opset_to: int | None = None
 
@@ -58,11 +59,10 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] | list[str] = DEFAULT_KEEP
         except Exception as e:  # noqa: BLE001 - the converter's failures are about this graph
             raise BertoptError(
                 f"cannot move the Q/DQ graph from opset {rep.opset_from} to 19 for FP16 scales ({type(e).__name__}: {str(e)[:200]})",
-                hint="export at opset 19 or newer, or build --precision int8 with --keep-fp32 covering the float ops",
+                hint="export (and quantize) at opset 19 or newer",
             ) from None
     rep.opset_to = default_opset(model)
 
-    g = model.graph
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     g = model.graph
     ftype: dict[str, int] = {}
@@ -78,13 +78,12 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] | list[str] = DEFAULT_KEEP
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in g.output}
 
     def is_float(name: str) -> bool:
         return ftype.get(name) == TensorProto.FLOAT
 
-    # Q/DQ nodes follow their scale: they stay FP16-capable (opset 19) but their zero point and
-    # integer side are untouched; a kept node is never a Q/DQ node.
+    # Q/DQ nodes are converted like any node (opset 19 takes FP16 x and scale); their int8 side is
+    # untouched. A kept op type never includes them.
     def kept(n) -> bool:
         return n.op_type in keep
 
@@ -96,11 +95,11 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] | list[str] = DEFAULT_KEEP
             arr = numpy_helper.to_array(t)
             rep.values_clamped += int(np.count_nonzero(np.abs(arr) > FP16_MAX))
             arr16 = np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16)
+            if any(u.op_type in QDQ_OPS and len(u.input) > 1 and u.input[1] == t.name for u in users):
+                rep.qdq_scales_subnormal += int(np.count_nonzero((arr != 0) & (np.abs(arr) < np.finfo(np.float16).tiny)))
             new_inits.append(numpy_helper.from_array(arr16, t.name))
             ftype[t.name] = TensorProto.FLOAT16
             rep.initializers_converted += 1
-            if any(kept(u) for u in users):
-                pass  # kept readers get a Cast below like any FP16 tensor
         else:
             new_inits.append(t)
     del g.initializer[:]

@@ -79,7 +79,6 @@ def cuda_device_count() -> int:
         except AttributeError:
             return 0
     try:  # polygraphy's wrapper also finds pip-installed CUDA runtimes (nvidia-cuda-runtime-cu12)
-        from polygraphy import cuda as pcuda  # noqa: F401
         from polygraphy.cuda.cuda import wrapper
 
         lib = wrapper().handle
@@ -162,6 +161,10 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
     if precision in ("int8", "fp16") and graph_precision != "fp16":
         model, rep = convert_to_fp16(model, keep_fp32=tuple(keep_fp32))
         fp16 = rep.to_json()
+        if rep.qdq_scales_subnormal:
+            from bertopt.ui import note
+
+            note(f"build: {rep.qdq_scales_subnormal} Q/DQ scale value(s) are below FP16's normal range and lose precision in FP16")
     return Prepared(model=model, precision=precision, expected_int8=expected, fp16=fp16)
 
 
