@@ -1,0 +1,200 @@
+"""`bertopt fuse` on the real MiniLM: both exporters, both targets, real S-Labs text, the CLI and its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bertopt.errors import BertoptError
+from bertopt.passes.common import session
+from bertopt.passes.pipeline import fuse_model, run_fuse
+
+from conftest import ROOT, run_cli
+
+
+def _ops(path) -> Counter:
+    m = onnx.load(str(path))
+    return Counter((f"{n.domain}::" if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in m.graph.node)
+
+
+@pytest.fixture(scope="session")
+def dynamo_minilm(minilm_dir, tmp_path_factory) -> Path:
+    """MiniLM through torch.onnx.export(dynamo=True) with sdpa attention: a bare .onnx bertopt did not write."""
+    spec = importlib.util.spec_from_file_location("fuse_bench", ROOT / "benchmarks" / "fuse_vs_ort_optimizer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.dynamo_export(minilm_dir, tmp_path_factory.mktemp("dynamo") / "minilm")
+
+
+@pytest.fixture(scope="session")
+def fused(exported_minilm, dynamo_minilm, tmp_path_factory):
+    """{(exporter, target): fused artifact}, built once."""
+    root = tmp_path_factory.mktemp("fused")
+    srcs = {"legacy": exported_minilm, "dynamo": dynamo_minilm}
+    return {(e, t): run_fuse(src, root / f"{e}-{t}", target=t) for e, src in srcs.items() for t in ("onnxruntime", "tensorrt")}
+
+
+def _model_of(src: Path) -> Path:
+    return src / "model.onnx" if src.is_dir() else src
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_onnxruntime_target_fuses_every_layer(fused, exporter):
+    art = fused[(exporter, "onnxruntime")]
+    m = art.manifest["metrics"]
+    assert m["passes"]["attention"] == 6 and m["passes"]["gelu"] == 6
+    assert m["expected"] == {"attention": 6, "layernorm": 0, "gelu": 6} and m["warnings"] == []
+    ops = _ops(art.model_path)
+    assert ops["com.microsoft::MultiHeadAttention"] == 6 and ops["com.microsoft::Gelu"] == 6
+    assert ops["Softmax"] == 0 and ops["Erf"] == 0 and ops["LayerNormalization"] == 13
+    assert ops["MatMul"] == 36  # 6 x (Q, K, V, output, FFN in, FFN out) GEMMs stay standard for Q/DQ
+    # the fusions ORT runs slower on the CPU are left out, and say why
+    assert ops["com.microsoft::SkipLayerNormalization"] == 0 and ops["com.microsoft::BiasGelu"] == 0
+    assert set(m["not_run"]) == {"skip_layernorm", "embed_layernorm", "bias_gelu"}
+    # the artifact carries what the next stages need
+    assert art.manifest["model"]["num_heads"] == 12 and art.manifest["model"]["hidden_size"] == 384
+    assert art.manifest["model"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert (art.tokenizer_dir / "tokenizer.json").is_file()
+    assert art.manifest["metrics"]["parity"]["inputs"].startswith("sample sentences")
+    assert art.manifest["metrics"]["parity"]["max_rel_diff"] < 1e-4
+
+
+def test_model_block_is_carried_forward(fused, exported_minilm):
+    src = json.loads((exported_minilm / "manifest.json").read_text())["model"]
+    got = fused[("legacy", "onnxruntime")].manifest["model"]
+    assert {k: got[k] for k in src} == src
+
+
+def test_every_fusion_profile_gives_the_issue_counts(exported_minilm, slabs_texts):
+    """ort_fusions="all": 6 attention, 12 SkipLayerNorm + 1 EmbedLayerNorm, 6 (Bias)Gelu, still exact."""
+    src = onnx.load(str(exported_minilm / "model.onnx"))
+    out, rep = fuse_model(src, "onnxruntime", options={"ort_fusions": "all"})
+    assert rep.passes["attention"] == 6 and rep.passes["gelu"] == 6 and rep.passes["bias_gelu"] == 6
+    assert rep.passes["skip_layernorm"] == 12 and rep.passes["embed_layernorm"] == 1
+    assert rep.ops_after.get("LayerNormalization", 0) == 0
+    _assert_parity(src, out, exported_minilm / "tokenizer", slabs_texts[:64])
+
+
+def _run_texts(sess, tok, texts, batch=16):
+    """Every output of ``sess`` over ``texts`` in batches (dynamic padding): [output][batch] arrays."""
+    from bertopt.data import tokenize
+
+    names = [i.name for i in sess.get_inputs()]
+    outs = [sess.run(None, tokenize(tok, texts[i : i + batch], names, max_length=128)) for i in range(0, len(texts), batch)]
+    return [[o[k] for o in outs] for k in range(len(outs[0]))]
+
+
+def _assert_parity(reference, fused_model, tokenizer_dir, texts, atol=1e-4):
+    """Reference and fused on real text, ORT optimizations off, every output within ``atol``."""
+    from bertopt.data import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    a = _run_texts(session(reference), tok, texts)
+    b = _run_texts(session(fused_model), tok, texts)
+    worst = 0.0
+    for xs, ys in zip(a, b):
+        for x, y in zip(xs, ys):
+            worst = max(worst, float(np.abs(x - y).max()))
+    assert worst <= atol, worst
+    return worst
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_fused_matches_unfused_on_real_text(fused, exported_minilm, dynamo_minilm, slabs_texts, exporter, target):
+    src = _model_of(exported_minilm if exporter == "legacy" else dynamo_minilm)
+    _assert_parity(str(src), str(fused[(exporter, target)].model_path), exported_minilm / "tokenizer", slabs_texts)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_tensorrt_target_is_standard_onnx_that_passes_the_checker(fused, exporter):
+    art = fused[(exporter, "tensorrt")]
+    m = onnx.load(str(art.model_path))
+    assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"}
+    assert {o.domain for o in m.opset_import} <= {"", "ai.onnx"}
+    onnx.checker.check_model(str(art.model_path), full_check=True)
+    ops = _ops(art.model_path)
+    assert ops["LayerNormalization"] == 13 and ops["ReduceMean"] == 0
+    assert ops["Softmax"] == 6 and ops["IsNaN"] == 0  # sdpa's NaN guard is gone
+    assert art.manifest["metrics"]["passes"]["attention_standard"] == 6
+    # GELU stays as Erf arithmetic below opset 20, and the manifest says why
+    assert any("< 20 has no standard Gelu" in r for r in art.manifest["metrics"]["misses"]["gelu"])
+
+
+def test_decomposed_layernorm_export_gets_layernormalization(minilm_dir, tmp_path):
+    """An opset-14 export writes LayerNorm out; the tensorrt target turns it into opset-17 LayerNormalization."""
+    from bertopt.export import run_export
+
+    exp = run_export(minilm_dir, tmp_path / "op14", opset=14)
+    assert _ops(exp.model_path)["LayerNormalization"] == 0
+    art = run_fuse(exp.path, tmp_path / "trt", target="tensorrt")
+    assert art.manifest["metrics"]["passes"]["layernorm"] == 13
+    m = onnx.load(str(art.model_path))
+    assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert _ops(art.model_path)["LayerNormalization"] == 13
+    onnx.checker.check_model(str(art.model_path), full_check=True)
+    assert art.manifest["metrics"]["parity"]["max_rel_diff"] < 1e-4
+
+
+def test_bare_onnx_with_a_tokenizer_beside_it(fused, dynamo_minilm):
+    art = fused[("dynamo", "onnxruntime")]
+    assert art.manifest["inputs"]["model"]["path"] == str(dynamo_minilm.resolve())
+    assert art.manifest["model"]["architecture"] == "bert"  # what load_artifact assumes for a bare file
+    assert art.manifest["model"]["num_heads"] == 12  # found by the attention pass
+    assert art.tokenizer_dir is not None
+
+
+def test_up_to_date_output_is_skipped(fused, exported_minilm):
+    art = fused[("legacy", "tensorrt")]
+    again = run_fuse(exported_minilm, art.path, target="tensorrt")
+    assert again.skipped and again.manifest["fingerprint"] == art.manifest["fingerprint"]
+
+
+def test_user_errors(exported_minilm, fused, tmp_path):
+    with pytest.raises(BertoptError, match="--target"):
+        run_fuse(exported_minilm, tmp_path / "x", target="tflite")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(BertoptError, match="not an ONNX file"):
+        run_fuse(txt, tmp_path / "y")
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00not a model")
+    with pytest.raises(BertoptError, match="not a readable ONNX model"):
+        run_fuse(bad, tmp_path / "z")
+    # an ORT-fused model has com.microsoft ops: no tensorrt target from it
+    with pytest.raises(BertoptError, match="standard ONNX ops only"):
+        run_fuse(fused[("legacy", "onnxruntime")].path, tmp_path / "w", target="tensorrt")
+    assert not any((tmp_path / n).exists() for n in "xyzw")
+
+
+def test_cli_says_so_when_a_family_does_not_fuse(exported_minilm, tmp_path):
+    """Softmax over another axis: attention cannot fuse; the warning and --verbose name the failed guard."""
+    m = onnx.load(str(exported_minilm / "model.onnx"))
+    for n in m.graph.node:
+        if n.op_type == "Softmax":
+            n.attribute[0].i = 2
+    src = tmp_path / "odd" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save(m, str(src))
+    shutil.copytree(exported_minilm / "tokenizer", src.parent / "tokenizer")
+    res = run_cli("fuse", str(src), "-o", str(tmp_path / "out"), "--verbose")
+    assert res.returncode == 0, res.stderr
+    assert "warning: attention: fused 0 of 6 in the model (Softmax is not over the last axis (x6))" in res.stderr
+    assert "attention: fired 0 times: Softmax is not over the last axis (x6)" in res.stderr
+    assert "skip_layernorm: fired 0 times: not run:" in res.stderr
+    assert "gelu" in res.stdout and "6" in res.stdout
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["metrics"]["warnings"] and man["metrics"]["passes"]["attention"] == 0
+
+
+def test_cli_rejects_an_unknown_target(exported_minilm, tmp_path):
+    bad = run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "bad"), "--target", "coreml")
+    assert bad.returncode == 1 and "error: --target: unknown target 'coreml'" in bad.stderr and "hint:" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
