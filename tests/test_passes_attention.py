@@ -146,3 +146,18 @@ def test_not_attention_is_not_fused_and_says_why(kwargs, reason, module):
     assert res.count == 0
     assert res.ops["Softmax"] == 1 and res.ops["com.microsoft::MultiHeadAttention"] == 0
     assert any(reason in r for r in res.misses), res.misses
+
+
+def test_a_graph_ort_cannot_run_is_left_alone_with_the_reason():
+    m = block("eager")
+    m.graph.node.append(helper.make_node("Frobnicate", ["x"], ["extra"], domain="org.example"))
+    m.graph.output.append(helper.make_empty_tensor_value_info("extra"))
+    m.opset_import.append(helper.make_opsetid("org.example", 1))
+    import onnx_graphsurgeon as gs
+
+    from bertopt.passes.common import PassContext, probe_feeds
+
+    graph = gs.import_onnx(m)
+    ctx = PassContext(target="onnxruntime", feeds=probe_feeds(graph), current="attention")
+    assert attention.run(graph, ctx) == 0
+    assert any(r.startswith("probe run failed") for r in ctx.misses["attention"]), ctx.misses

@@ -191,10 +191,20 @@ class PassContext:
         """Record that a candidate failed a guard (reported by --verbose when the pass fired 0 times)."""
         self.misses.setdefault(self.current, Counter())[reason] += 1
 
-    def values(self, graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> dict[str, np.ndarray]:
-        """Run the graph on the probe feeds and return the named tensors' values."""
+    def values(self, graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> dict[str, np.ndarray] | None:
+        """Run the graph on the probe feeds and return the tensors' values by name.
+
+        None when ONNX Runtime cannot run the graph (recorded as a miss for every candidate): a
+        pass then leaves the graph alone instead of guessing.
+        """
         self.probe_runs += 1
-        return evaluate(graph, list(tensors), self.feeds, self.ir_version)
+        tensors = list(tensors)
+        try:
+            return evaluate(graph, tensors, self.feeds, self.ir_version)
+        except Exception as e:  # noqa: BLE001 - ORT's reasons vary; the miss carries its message
+            msg = str(e).split("Status Message:")[-1].strip().splitlines()[0][-160:] if str(e) else ""
+            self.miss(f"probe run failed ({type(e).__name__}: {msg})")
+            return None
 
 
 # --------------------------------------------------------------------------------------- probe

@@ -69,6 +69,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
     if not cands:
         return 0
     vals = ctx.values(graph, [r["position"].inputs[1] for _, r in cands])
+    if vals is None:
+        return 0
     count = 0
     casts: dict[str, gs.Variable] = {}
     for ln, roles in cands:

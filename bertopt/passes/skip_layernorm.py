@@ -38,6 +38,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
     if not cands:
         return 0
     vals = ctx.values(graph, [t for _, add in cands for t in add.inputs])
+    if vals is None:
+        return 0
     count = 0
     for ln, add in cands:
         a, b = add.inputs
