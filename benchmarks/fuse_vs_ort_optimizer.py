@@ -162,6 +162,9 @@ def main(args) -> int:
     for k, v in stats.items():
         print(f"  {k}: {v}", file=sys.stderr)
     cpu = cpu_times(runs, tok, args) if args.cputime else None
+    if args.no_bench:
+        print_cpu(cpu or {})
+        return 0
     report = run_bench([str(r) for r in runs], work / "bench", batch=args.batch, seq=args.seq, threads=args.threads,
                        iters=args.iters, repeats=args.repeats, data=args.data, samples=args.samples, force=True)
     table = summarize(report)
@@ -210,6 +213,8 @@ def cpu_times(runs: list[Path], tokenizer: Path, args) -> dict:
 
 
 def print_cpu(cpu: dict) -> None:
+    if not cpu:
+        return
     print("\nthread CPU time per call, ms (1 intra-op thread, calls alternating between models; median)")
     names = list(next(iter(cpu.values())))
     print("| shape | " + " | ".join(names) + " |")
@@ -337,6 +342,7 @@ def parse(argv=None):
     ap.add_argument("--kernel-iters", type=int, default=300)
     ap.add_argument("--cputime", action="store_true", help="also measure thread CPU time per call with one thread (robust to load)")
     ap.add_argument("--cpu-rounds", type=int, default=60)
+    ap.add_argument("--no-bench", action="store_true", help="with --cputime: skip the wall-clock bertopt bench run")
     return ap.parse_args(argv)
 
 

@@ -198,3 +198,30 @@ def test_cli_rejects_an_unknown_target(exported_minilm, tmp_path):
     bad = run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "bad"), "--target", "coreml")
     assert bad.returncode == 1 and "error: --target: unknown target 'coreml'" in bad.stderr and "hint:" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_other_bert_family_architectures(arch, minilm_dir, tmp_path):
+    """A tiny random RoBERTa / DistilBERT (MiniLM's tokenizer): every layer's attention and GELU fuse."""
+    import torch
+    from transformers import AutoModel, DistilBertConfig, RobertaConfig
+
+    from bertopt.export import run_export
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=30522)
+    cfg = (RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, pad_token_id=0, **small)
+           if arch == "roberta" else DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, **small))
+    AutoModel.from_config(cfg).eval().save_pretrained(tmp_path / "hf")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy2(minilm_dir / f, tmp_path / "hf" / f)
+    exp = run_export(tmp_path / "hf", tmp_path / "exp", pooling="none")
+    for target, attn in (("onnxruntime", "attention"), ("tensorrt", "attention_standard")):
+        art = run_fuse(exp.path, tmp_path / target, target=target)
+        m = art.manifest["metrics"]
+        assert m["passes"][attn] == 2 and not m["warnings"]
+        assert m["parity"]["max_rel_diff"] < 1e-5
+    assert m["passes"]["attention_standard"] == 2
+    if arch == "roberta":  # its position (cumsum of the padding) and token-type ids are not what the op computes
+        _, rep = fuse_model(onnx.load(str(exp.model_path)), "onnxruntime", options={"ort_fusions": "all"})
+        assert rep.passes["embed_layernorm"] == 0 and rep.passes["attention"] == 2
