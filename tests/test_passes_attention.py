@@ -161,3 +161,15 @@ def test_a_graph_ort_cannot_run_is_left_alone_with_the_reason():
     ctx = PassContext(target="onnxruntime", feeds=probe_feeds(graph), current="attention")
     assert attention.run(graph, ctx) == 0
     assert any(r.startswith("probe run failed") for r in ctx.misses["attention"]), ctx.misses
+
+
+def test_static_batch_of_one_still_proves_the_key_padding_mask():
+    m = block("eager")
+    for vi in m.graph.input:
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    res = apply_pass(m, attention)
+    assert res.count == 1
+    mha = next(n for n in res.after.graph.node if n.op_type == "MultiHeadAttention")
+    assert len(mha.input) > 4 and mha.input[4], "the padding mask was recognised as a key-padding mask"
+    feeds = {"x": FEEDS["x"][1:], "attention_mask": MASK[1:]}
+    np.testing.assert_allclose(*res.compare(feeds), rtol=1e-4, atol=1e-5)

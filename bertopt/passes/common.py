@@ -229,9 +229,11 @@ def probe_feeds(graph: gs.Graph, batch: int = PROBE_BATCH, seq: int = PROBE_SEQ,
         if dtype.kind in "iub":
             if "mask" in name:
                 v = np.ones(shape, dtype=np.int64)
-                if len(shape) == 2:
-                    for b in range(1, shape[0]):
-                        v[b, max(1, shape[1] - 2 * b):] = 0
+                if len(shape) == 2:  # row b pads its last 2b positions (a static batch of 1 pads 2)
+                    for b in range(shape[0]):
+                        pad = 2 * b if shape[0] > 1 else 2
+                        if pad:
+                            v[b, max(1, shape[1] - pad):] = 0
             elif "token_type" in name or "segment" in name:
                 v = np.zeros(shape, dtype=np.int64)
                 if len(shape) == 2:
