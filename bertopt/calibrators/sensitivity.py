@@ -1,0 +1,106 @@
+"""How far a model's output moves from the FP32 reference, and which GEMMs move it most.
+
+The compared vector is the one a user consumes: ``sentence_embedding`` when the model has one,
+else ``logits``, else the mask-aware mean of the first [batch, sequence, hidden] output. Candidate
+models run on ONNX Runtime with its optimizations on, i.e. with the INT8 kernels a user gets.
+
+Per-layer sensitivity (``calibrate --report``) is the output error when only that GEMM is quantized
+(with its equalization and bias correction), everything else in float: the error it adds alone.
+``calibrate --skip-sensitive N`` leaves the N worst in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bertopt.calibrators.collect import Batch
+from bertopt.calibrators.qdq import GemmTarget
+
+
+def primary_output(model) -> str:
+    names = [o.name for o in model.graph.output]
+    for preferred in ("sentence_embedding", "logits"):
+        if preferred in names:
+            return preferred
+    return names[0]
+
+
+def _session(model, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Evaluator:
+    """Runs models over fixed batches and compares their primary output with the reference's."""
+
+    batches: list[Batch]
+    output: str
+    ref: np.ndarray
+    threads: int | None = None
+
+    @classmethod
+    def for_model(cls, model, batches: Sequence[Batch], threads: int | None = None) -> "Evaluator":
+        out = primary_output(model)
+        ev = cls(list(batches), out, np.zeros(0), threads)
+        ev.ref = ev.vectors(model)
+        return ev
+
+    def vectors(self, model) -> np.ndarray:
+        sess = _session(model, self.threads)
+        rows = []
+        order = []
+        for b in self.batches:
+            y = sess.run([self.output], b.feeds)[0].astype(np.float64)
+            if y.ndim == 3:  # [batch, sequence, hidden]: mean over real tokens
+                m = b.feeds["attention_mask"].astype(np.float64)[..., None]
+                y = (y * m).sum(1) / np.maximum(m.sum(1), 1.0)
+            rows.append(y.reshape(y.shape[0], -1))
+            order += b.indices
+        out = np.concatenate(rows)
+        return out[np.argsort(order, kind="stable")]
+
+    def compare(self, got: np.ndarray) -> dict:
+        a, b = self.ref, got
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        rel = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-30)
+        res = {
+            "output": self.output,
+            "n": int(len(cos)),
+            "cosine_min": round(float(cos.min()), 6),
+            "cosine_mean": round(float(cos.mean()), 6),
+            "rel_error_mean": float(rel.mean()),
+            "rel_error_max": float(rel.max()),
+        }
+        if self.output == "logits":
+            res["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).mean()), 6)
+        return res
+
+    def error(self, model) -> dict:
+        return self.compare(self.vectors(model))
+
+
+def layer_sensitivity(
+    targets: Sequence[GemmTarget],
+    build: Callable[[Sequence[GemmTarget]], object],
+    evaluator: Evaluator,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[dict]:
+    """One row per target, worst first: the output error with only that GEMM quantized."""
+    rows = []
+    for t in targets:
+        res = evaluator.error(build([t]))
+        rows.append({"node": t.node, "kind": t.kind, "module": t.module, **res})
+        advance(1)
+    rows.sort(key=lambda r: (-r["rel_error_mean"], r["node"]))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return rows

