@@ -162,8 +162,9 @@ def candidates(graph: gs.Graph, ctx: PassContext) -> list[AttentionMatch]:
             fv = scalar_value(fill)
             sc = _scores(scores)
             if sc is not None and fv is not None and fv <= MASK_MIN:
-                zero = gs.Constant(f"{p.name}_zero", np.zeros((), dtype=np.float32))
-                mask = gs.Variable(f"{p.name}_additive_mask", dtype=np.float32)
+                dtype = const_value(fill).dtype
+                zero = gs.Constant(f"{p.name}_zero", np.zeros((), dtype=dtype))
+                mask = gs.Variable(f"{p.name}_additive_mask", dtype=dtype)
                 graph.nodes.append(gs.Node("Where", name=f"{p.name}_additive", inputs=[cond, fill, zero], outputs=[mask]))
             else:
                 sc = None

@@ -399,7 +399,7 @@ def summary_table(art):
 
     m = art.manifest.get("metrics", {})
     par = m.get("parity", {})
-    t = Table(title=f"fuse ({art.manifest.get('params', {}).get('target')}): {art.path}", title_justify="left", min_width=60)
+    t = Table(title=f"fuse ({art.manifest.get('params', {}).get('target')}): {art.path}", title_justify="left")
     t.add_column("pass")
     t.add_column("fired", justify="right")
     for name, n in m.get("passes", {}).items():
