@@ -166,9 +166,13 @@ def run_export(
                         dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
                     )
                 else:
+                    from torch.export import Dim
+
+                    dims = {0: Dim("batch"), 1: Dim("sequence")}
                     prog = torch.onnx.export(
-                        wrapper, args, input_names=list(input_names), output_names=outs,
-                        dynamic_axes=axes, opset_version=max(opset, 18), dynamo=True, optimize=True, verbose=False,
+                        _named(wrapper, input_names), args, input_names=list(input_names), output_names=outs,
+                        dynamic_shapes={n: dims for n in input_names}, opset_version=max(opset, 18), dynamo=True,
+                        optimize=True, verbose=False,
                     )
                     prog.save(str(onnx_path))
             except Exception as e:  # noqa: BLE001
@@ -191,6 +195,25 @@ def run_export(
         markup=False,
     )
     return art
+
+
+def _named(wrapper, input_names):
+    """torch.export matches ``dynamic_shapes`` to named arguments: give the wrapper real names."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = wrapper
+
+    if len(input_names) == 3:
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids, attention_mask, token_type_ids)
+    else:
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids, attention_mask)
+    Named.forward = forward
+    return Named().eval()
 
 
 def _feeds(tokenizer, texts, input_names, pad_to):

@@ -74,3 +74,15 @@ def test_bad_option_values(minilm_dir, tmp_path):
         with pytest.raises(BertoptError, match=needle):
             run_export(minilm_dir, tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_dynamo_exporter(minilm_dir, tmp_path):
+    """The dynamo exporter (offered for comparison) also exports with dynamic axes and parity."""
+    from bertopt.export import run_export
+
+    art = run_export(minilm_dir, tmp_path / "dyn", exporter="dynamo")
+    assert art.manifest["params"]["exporter"] == "dynamo"
+    assert art.manifest["metrics"]["parity"]["max_abs_diff"] < 1e-4
+    g = onnx.load(str(art.model_path)).graph
+    assert all(not i.type.tensor_type.shape.dim[0].HasField("dim_value") for i in g.input)
+    assert all(not i.type.tensor_type.shape.dim[1].HasField("dim_value") for i in g.input)
