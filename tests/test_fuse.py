@@ -225,3 +225,17 @@ def test_other_bert_family_architectures(arch, minilm_dir, tmp_path):
     if arch == "roberta":  # its position (cumsum of the padding) and token-type ids are not what the op computes
         _, rep = fuse_model(onnx.load(str(exp.model_path)), "onnxruntime", options={"ort_fusions": "all"})
         assert rep.passes["embed_layernorm"] == 0 and rep.passes["attention"] == 2
+
+
+def test_run_fuse_ort_fusions_all_and_bad_values(exported_minilm, tmp_path):
+    """The stage (CLI/recipe) exposes every com.microsoft fusion the issue lists, and validates options."""
+    from bertopt.errors import BertoptError
+    from bertopt.passes.pipeline import run_fuse
+
+    art = run_fuse(str(exported_minilm), tmp_path / "all", ort_fusions="all")
+    passes = art.manifest["metrics"]["passes"]
+    assert passes["attention"] == 6 and passes["skip_layernorm"] >= 12 and art.manifest["params"]["ort_fusions"] == "all"
+    for kwargs in ({"ort_fusions": "some"}, {"attention_op": "FlashAttention"}):
+        with pytest.raises(BertoptError):
+            run_fuse(str(exported_minilm), tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad").exists()

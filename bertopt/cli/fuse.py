@@ -20,11 +20,13 @@ def command(
     input: Annotated[str, typer.Argument(help="Artifact folder (from export) or a bare .onnx file (a tokenizer/ folder beside it is used for the check).")],
     out: Out,
     target: Annotated[str, typer.Option(help="onnxruntime (CPU, com.microsoft fused ops) or tensorrt (standard ONNX ops only).")] = "onnxruntime",
+    ort_fusions: Annotated[str, typer.Option(help="onnxruntime target: measured (only fusions faster on ORT's CPU kernels) or all.")] = "measured",
+    attention_op: Annotated[str, typer.Option(help="onnxruntime target: MultiHeadAttention (Q/K/V GEMMs stay visible to calibrate) or Attention (packed QKV).")] = "MultiHeadAttention",
     force: Force = False,
     verbose: Verbose = False,
 ) -> None:
     from bertopt.passes.pipeline import run_fuse, summary_table
     from bertopt.ui import stdout
 
-    art = run_fuse(input, out, target=target, verbose=verbose, force=force)
+    art = run_fuse(input, out, target=target, ort_fusions=ort_fusions, attention_op=attention_op, verbose=verbose, force=force)
     stdout.print(summary_table(art))

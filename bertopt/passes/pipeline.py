@@ -51,6 +51,7 @@ SLOWER_ON_ORT_CPU = {
     "bias_gelu": "ORT's CPU BiasGelu kernel is 1.1-1.5x slower than Add + Gelu (measured)",
 }
 ORT_FUSIONS = ("measured", "all")
+ATTENTION_OPS = ("MultiHeadAttention", "Attention")
 
 
 def pass_modules(target: str, ort_fusions: str = "measured") -> list[ModuleType]:
@@ -271,8 +272,19 @@ def parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
 
 
 # ----------------------------------------------------------------------------------- stage
-def run_fuse(input, out, *, target: str = "onnxruntime", verbose: bool = False, force: bool = False):
-    """Fuse an exported artifact (or a bare .onnx) for ``target``; write the fused artifact to ``out``."""
+def run_fuse(
+    input,
+    out,
+    *,
+    target: str = "onnxruntime",
+    ort_fusions: str = "measured",
+    attention_op: str = "MultiHeadAttention",
+    verbose: bool = False,
+    force: bool = False,
+):
+    """Fuse an exported artifact (or a bare .onnx) for ``target``; write the fused artifact to ``out``.
+
+    ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``."""
     import onnx
 
     from bertopt import ui
@@ -280,6 +292,12 @@ def run_fuse(input, out, *, target: str = "onnxruntime", verbose: bool = False, 
 
     if target not in TARGETS:
         raise _bad_target(target)
+    if ort_fusions not in ORT_FUSIONS:
+        raise BertoptError(f"ort_fusions '{ort_fusions}' is not one of: {', '.join(ORT_FUSIONS)}",
+                           hint="measured: only fusions faster on ORT's CPU kernels; all: every com.microsoft fusion")
+    if attention_op not in ATTENTION_OPS:
+        raise BertoptError(f"attention_op '{attention_op}' is not one of: {', '.join(ATTENTION_OPS)}",
+                           hint="MultiHeadAttention keeps the Q/K/V GEMMs visible to calibrate")
     art = load_artifact(input)
     src = art.model_path
     inputs = {"model": describe_input(input)}
@@ -287,6 +305,10 @@ def run_fuse(input, out, *, target: str = "onnxruntime", verbose: bool = False, 
     for i, f in enumerate(data_files):
         inputs[f"model_data{i or ''}"] = describe_input(f)
     params = {"target": target}
+    options = {}
+    if target == "onnxruntime":
+        options = {"ort_fusions": ort_fusions, "attention_op": attention_op}
+        params.update(options)
     existing = up_to_date(out, STAGE, inputs, params, force)
     if existing is not None:
         ui.skipped(STAGE, out)
@@ -305,13 +327,13 @@ def run_fuse(input, out, *, target: str = "onnxruntime", verbose: bool = False, 
 
     with write_artifact(out, STAGE, inputs, params) as w:
         with ui.progress(transient=True) as bar:
-            task = bar.add_task(f"fuse ({target})", total=len(pass_modules(target)) + 1, status="")
+            task = bar.add_task(f"fuse ({target})", total=len(pass_modules(target, ort_fusions)) + 1, status="")
 
             def on_pass(name: str) -> None:
                 bar.update(task, advance=1, status=name)
 
             with w.timed("passes"):
-                fused, report = fuse_model(model, target, on_pass=on_pass)
+                fused, report = fuse_model(model, target, options=options, on_pass=on_pass)
             bar.update(task, status="saving")
             model_file = w.add_output("model", MODEL_FILE)
             _save(fused, model_file, w)
