@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run test classifier bench-quantizers lint clean
+.PHONY: all venv run run-classifier test classifier clean
 
 all: run
 
@@ -30,6 +30,10 @@ venv: $(STAMP)
 
 run: venv
 	$(BIN)/bertopt run $(RECIPE)
+
+# The classifier recipe: FP32 PyTorch vs FP32 ORT vs INT8 ORT with S-Labs test accuracy.
+run-classifier: classifier
+	$(BIN)/bertopt run recipes/minilm-slabs-classifier.yaml
 
 # The MiniLM fine-tuned on S-Labs (a few minutes on the CPU; built once, cached in .cache/).
 $(CLASSIFIER)/config.json: | $(STAMP)
