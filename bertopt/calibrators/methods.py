@@ -71,6 +71,15 @@ def amax_entropy(h: Histogram, num_bits: int = 8, start_bin: int | None = None, 
     return float(min(best_i * h.width, h.amax)) if np.isfinite(best_kl) else float(h.amax)
 
 
+def entropy_divergences(h: Histogram, num_bits: int = 8, start_bin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate bin counts i, KL(P || Q) for each): the curve ``amax_entropy`` minimises."""
+    counts = h.counts.astype(np.float64)
+    levels = 1 << (num_bits - 1)
+    cand = np.arange(levels if start_bin is None else start_bin, h.bins + 1)
+    suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    return cand, _kl_rows(counts, cand, levels, suffix)
+
+
 def _kl_rows(counts: np.ndarray, cand: np.ndarray, levels: int, suffix: np.ndarray) -> np.ndarray:
     """KL(P || Q) for each candidate bin count in ``cand`` (one row each)."""
     width = int(cand.max())

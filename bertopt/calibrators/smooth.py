@@ -144,6 +144,24 @@ class _Editor:
         self.append_after: dict[int, list] = {}
         self.index = {(n.name or f"{n.op_type}_{i}:{n.output[0]}"): i for i, n in enumerate(self.g.node)}
 
+    def producer(self, name: str):
+        for n in self.g.node:
+            if name in n.output:
+                return n
+        return None
+
+    def readers(self, name: str) -> list:
+        return [n for n in self.g.node if name in n.input]
+
+    @staticmethod
+    def attr(node, name: str, default=None):
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
     def fresh(self, base: str) -> str:
         name, k = base, 1
         while name in self.taken:
@@ -223,7 +241,9 @@ def apply_equalization(model, targets: Sequence[GemmTarget], params: Mapping[str
     Each equalized tensor X gets ``Mul(X, 1/s)`` (and ``Add(., -c/s)`` when shifted) before its
     first quantized reader; those readers read the result, their weights are scaled by ``s`` along
     the input-channel axis and their biases absorb ``c W``. Other readers of X (the residual Add,
-    excluded GEMMs) keep reading X unchanged. The float model computes the same function.
+    excluded GEMMs) keep reading X unchanged. When X is the attention context and only quantized
+    GEMMs read it, ``1/s`` and ``-c/s`` are folded into the value projection instead (free at run
+    time; exact because every softmax row sums to 1). The float model computes the same function.
     """
     from onnx import helper
 
@@ -232,47 +252,108 @@ def apply_equalization(model, targets: Sequence[GemmTarget], params: Mapping[str
     for t in targets:
         if t.kind == "gemm" and t.activations[0][1] in params:
             by_tensor.setdefault(t.activations[0][1], []).append(t)
-    new_act: dict[str, str] = {}
-    new_weight: dict[tuple[str, int, str], str] = {}
+    outputs = {o.name for o in ed.g.output}
     for x, ts in by_tensor.items():
         eq = params[x]
         s = eq.scale.astype(np.float32)
         c = eq.shift.astype(np.float32) if eq.shift.size else np.zeros_like(s)
-        first = min(ed.index[t.node] for t in ts)
-        nodes = ed.insert_before.setdefault(first, [])
-        out = ed.fresh(f"{x}/smoothed")
-        if np.any(c != 0):
-            mid = ed.fresh(f"{x}/scaled")
-            nodes.append(helper.make_node("Mul", [x, ed.add_init(f"{x}/smooth_inv_scale", (1.0 / s).astype(np.float32))], [mid],
-                                          name=ed.fresh(f"{x}/SmoothMul")))
-            nodes.append(helper.make_node("Add", [mid, ed.add_init(f"{x}/smooth_shift", (-c / s).astype(np.float32))], [out],
-                                          name=ed.fresh(f"{x}/SmoothShift")))
+        fold = None
+        if x not in outputs and {id(r) for r in ed.readers(x)} == {id(ed.node(t)) for t in ts}:
+            fold = _value_projection(ed, x, s.shape[0])
+        if fold is not None:
+            vmm, w_idx, add, b_pos = fold
+            wv = ed.const(vmm.input[w_idx]).astype(np.float32)
+            ed.replaced.add(vmm.input[w_idx])
+            vmm.input[w_idx] = ed.add_init(f"{vmm.input[w_idx]}/folded", (wv / s[None, :]).astype(np.float32))
+            bv = ed.const(add.input[b_pos]).astype(np.float32)
+            ed.replaced.add(add.input[b_pos])
+            add.input[b_pos] = ed.add_init(f"{add.input[b_pos]}/folded", ((bv - c) / s).astype(np.float32))
+            out = x
         else:
-            nodes.append(helper.make_node("Mul", [x, ed.add_init(f"{x}/smooth_inv_scale", (1.0 / s).astype(np.float32))], [out],
-                                          name=ed.fresh(f"{x}/SmoothMul")))
-        new_act[x] = out
+            first = min(ed.index[t.node] for t in ts)
+            nodes = ed.insert_before.setdefault(first, [])
+            out = ed.fresh(f"{x}/smoothed")
+            inv = ed.add_init(f"{x}/smooth_inv_scale", (1.0 / s).astype(np.float32))
+            if np.any(c != 0):
+                mid = ed.fresh(f"{x}/scaled")
+                nodes.append(helper.make_node("Mul", [x, inv], [mid], name=ed.fresh(f"{x}/SmoothMul")))
+                nodes.append(helper.make_node("Add", [mid, ed.add_init(f"{x}/smooth_shift", (-c / s).astype(np.float32))], [out],
+                                              name=ed.fresh(f"{x}/SmoothShift")))
+            else:
+                nodes.append(helper.make_node("Mul", [x, inv], [out], name=ed.fresh(f"{x}/SmoothMul")))
         for t in ts:
             n = ed.node(t)
             n.input[t.activations[0][0]] = out
-            idx, wname, axis = t.weight
-            w = ed.const(wname).astype(np.float32)
-            key = (wname, axis, x)
-            if key not in new_weight:
-                shape = [1, 1]
-                shape[1 - axis] = -1  # the input-channel axis
-                new_weight[key] = ed.add_init(f"{wname}/smoothed", (w * s.reshape(shape)).astype(np.float32))
-            n.input[idx] = new_weight[key]
+            idx, _, axis = t.weight
+            w = ed.const(n.input[idx]).astype(np.float32)  # the current weight (a fold may have changed it)
+            shape = [1, 1]
+            shape[1 - axis] = -1  # the input-channel axis
+            ed.replaced.add(n.input[idx])
+            n.input[idx] = ed.add_init(f"{t.weight[1]}/smoothed", (w * s.reshape(shape)).astype(np.float32))
             if np.any(c != 0):
                 ed.add_to_bias(t, (c.astype(np.float64) @ w.astype(np.float64)) if axis == 1 else (w.astype(np.float64) @ c))
-    m = ed.finish(replaced={w for (w, _, _) in new_weight})
     new_targets = []
     for t in targets:
-        if t.kind == "gemm" and t.activations[0][1] in new_act:
-            idx, wname, axis = t.weight
-            x = t.activations[0][1]
-            t = replace(t, activations=((t.activations[0][0], new_act[x]),), weight=(idx, new_weight[(wname, axis, x)], axis))
-        new_targets.append(t)
-    return m, new_targets
+        n = ed.node(t)
+        acts = tuple((i, n.input[i]) for i, _ in t.activations)
+        weight = (t.weight[0], n.input[t.weight[0]], t.weight[2]) if t.weight is not None else None
+        new_targets.append(replace(t, activations=acts, weight=weight))
+    return ed.finish(), new_targets
+
+
+def _value_projection(ed: "_Editor", x: str, channels: int):
+    """(value MatMul, its weight input index, bias Add, bias input index) when ``x`` is an attention
+    context whose channels are the value projection's output channels, else None.
+
+    Recognised: ``com.microsoft.MultiHeadAttention`` output 0 with separate Q/K/V inputs, and the
+    standard ``Reshape(Transpose_0213(MatMul(Softmax(.), Transpose_0213(Reshape(V)))))``; V must be
+    ``Add(MatMul(h, W[K, channels]), b[channels])`` read only along that path.
+    """
+    p = ed.producer(x)
+    if p is None:
+        return None
+    if p.op_type == "MultiHeadAttention" and p.domain == "com.microsoft":
+        if p.output[0] != x or len(p.input) < 3 or not p.input[1] or (len(p.input) > 3 and p.input[3]):
+            return None
+        v = p.input[2]
+        if len(ed.readers(v)) != 1:
+            return None
+    elif p.op_type == "Reshape":
+        t1 = ed.producer(p.input[0])
+        if not (_is_transpose_0213(ed, t1) and len(ed.readers(t1.output[0])) == 1):
+            return None
+        mm = ed.producer(t1.input[0])
+        if mm is None or mm.op_type != "MatMul" or len(ed.readers(mm.output[0])) != 1:
+            return None
+        sm = ed.producer(mm.input[0])
+        if sm is None or sm.op_type != "Softmax" or ed.attr(sm, "axis", -1) not in (-1, 3):
+            return None
+        t0 = ed.producer(mm.input[1])
+        if not (_is_transpose_0213(ed, t0) and len(ed.readers(t0.output[0])) == 1):
+            return None
+        r0 = ed.producer(t0.input[0])
+        if r0 is None or r0.op_type != "Reshape" or len(ed.readers(r0.output[0])) != 1:
+            return None
+        v = r0.input[0]
+        if len(ed.readers(v)) != 1:
+            return None
+    else:
+        return None
+    add = ed.producer(v)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None
+    for b_pos in (0, 1):
+        bname, other = add.input[b_pos], add.input[1 - b_pos]
+        if bname in ed.consts and ed.const(bname).shape == (channels,):
+            vmm = ed.producer(other)
+            if (vmm is not None and vmm.op_type == "MatMul" and len(ed.readers(other)) == 1 and vmm.input[1] in ed.consts
+                    and ed.const(vmm.input[1]).ndim == 2 and ed.const(vmm.input[1]).shape[1] == channels):
+                return vmm, 1, add, b_pos
+    return None
+
+
+def _is_transpose_0213(ed: "_Editor", node) -> bool:
+    return node is not None and node.op_type == "Transpose" and list(ed.attr(node, "perm", [])) == [0, 2, 1, 3]
 
 
 def equalized_mean(mean: np.ndarray, eq: Equalization | None) -> np.ndarray:
