@@ -283,3 +283,20 @@ def test_ranges_file_checks(tmp_path):
         read_ranges(tmp_path / "other.json")
     with pytest.raises(BertoptError, match="no such ranges file"):
         read_ranges(tmp_path / "missing.json")
+
+
+def test_collect_drops_non_finite_cache_only_tensors_but_refuses_non_finite_gemm_inputs():
+    from bertopt.calibrators.collect import Batch, collect
+
+    # y = x * 1 (finite), m = log(relu(x)) (-inf wherever x <= 0, like a -inf attention mask)
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Log", ["r"], ["m"]), helper.make_node("Identity", ["x"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", 4]) for n in ("m", "y")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    b = Batch(feeds={"x": np.array([[[1.0, -2.0, 3.0, 0.5]]], dtype=np.float32)}, indices=[0])
+    hists, stats = collect(model, [b], histograms=["m", "y"], channels=["y"], lenient={"m"})
+    assert set(hists) == {"y"} and hists["y"].amax == 3.0
+    np.testing.assert_array_equal(stats["y"].max, [1.0, -2.0, 3.0, 0.5])
+    with pytest.raises(BertoptError, match=r"1 inf values in tensor 'm' on calibration texts #0"):
+        collect(model, [b], histograms=["m"], texts=["the text"])

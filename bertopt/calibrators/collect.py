@@ -117,11 +117,14 @@ def collect(
     mask_padding: bool = True,
     threads: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
+    lenient: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Histogram], dict[str, ChannelStats]]:
     """One pass over ``batches``: a streaming |x| histogram for each tensor in ``histograms`` and
     per-channel (last axis) min/max/sum for each tensor in ``channels``.
 
-    NaN or inf in an observed tensor is a user error naming the tensor and the texts that caused it.
+    NaN or inf in an observed tensor is a user error naming the tensor and the texts that caused it,
+    except for tensors in ``lenient`` (observed only for TensorRT's cache, e.g. a -inf attention
+    mask): those are dropped from the result.
     """
     names = list(dict.fromkeys(list(histograms) + list(channels)))
     hists = {t: Histogram(bins) for t in histograms}
@@ -130,13 +133,14 @@ def collect(
         return hists, stats
     sess = observing_session(model, names, threads)
     want_ch = set(channels)
+    dropped: set[str] = set()
     for b in batches:
         outs = sess.run(names, b.feeds)
         mask = b.feeds["attention_mask"].astype(bool) if mask_padding and "attention_mask" in b.feeds else None
         for name, x in zip(names, outs):
             if mask is not None:
                 x = _select_tokens(x, mask)
-            if x.size == 0:
+            if x.size == 0 or name in dropped:
                 continue
             try:
                 if name in hists:
@@ -150,7 +154,10 @@ def collect(
                     else:
                         stats[name] = ChannelStats.of(x)
             except NonFiniteError as e:
-                raise _nonfinite(e, name, b, texts) from None
+                if name not in lenient:
+                    raise _nonfinite(e, name, b, texts) from None
+                hists.pop(name, None)
+                dropped.add(name)
         advance(len(b.indices))
     return hists, stats
 

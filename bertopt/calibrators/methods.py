@@ -11,6 +11,13 @@
 - ``mse``: the threshold minimising the expected squared quantization error (rounding inside the
   range plus clipping above it), evaluated on the bin centres.
 
+Which to use on BERT (measured on MiniLM-L6 with bertopt's equalization, 200 held-out S-Labs texts,
+minimum embedding cosine vs FP32): max 0.9963, percentile 0.9960, mse 0.9960, entropy -0.06. Once
+the GEMM inputs are equalized their ranges are compact, so clipping buys little, while entropy
+clips the rare, very large activations that BERT's special tokens carry ("massive activations"):
+few in count, so KL divergence ignores them, but the attention depends on them. ``max`` is the
+default; ``entropy`` is here for parity with TensorRT (whose implicit calibration uses it).
+
 Every function takes a :class:`~bertopt.calibrators.histogram.Histogram` and returns a float;
 an all-zero histogram gives 0.0 (the caller leaves such tensors in float: a zero range has no
 valid INT8 scale). ``num_bits`` is a parameter only so tests can check hand-computed cases with

@@ -115,7 +115,7 @@ def run_calibrate(
         raise BertoptError(f"--max-length {max_length} is longer than the model's maximum ({model_max} positions)",
                            hint=f"use --max-length {model_max} or less; longer texts are truncated to --max-length")
 
-    job = _Job(art=art, model=model, params=params, exclude=exclude_all, threads=threads, verbose=verbose)
+    job = _Job(art=art, model=model, params=dict(params), exclude=exclude_all, threads=threads, verbose=verbose)
     with write_artifact(out, STAGE, inputs, params) as w:
         if ranges is not None:
             job.from_ranges(ranges)
@@ -234,7 +234,12 @@ class _Job:
         with progress() as prog:
             t1 = prog.add_task("calibrate: pass 1 (FP32 statistics)", total=n, status="")
             hists1, stats = collect.collect(self.model, batches, histograms=cache_tensors, channels=need_channels, texts=texts,
-                                            threads=self.threads, advance=lambda k: prog.advance(t1, k))
+                                            threads=self.threads, advance=lambda k: prog.advance(t1, k),
+                                            lenient=set(cache_tensors) - set(need_channels))
+            dropped = [x for x in cache_tensors if x not in hists1]
+            if dropped:
+                note(f"calibrate: {len(dropped)} tensor(s) held NaN/inf on calibration text (e.g. '{dropped[0]}', a -inf mask?): "
+                     "left out of the TensorRT cache")
             eq = equalization_params(self.model, targets, stats, p["smooth"], p["shift"]) if equalize else {}
             self.eq_model, self.targets_eq = apply_equalization(self.model, targets, eq) if eq else (self.model, list(targets))
             self.eq = eq
@@ -336,7 +341,7 @@ class _Job:
             raise BertoptError(f"{src}: no range for the input(s) of {len(missing)} GEMM(s), e.g. {missing[0]}",
                                hint="the ranges file and the model do not match; re-run calibrate with --data")
         self.quant = [t for t in self.targets_eq if t.node not in self.skipped]
-        self.trt_amax = doc.get("trt_cache") or None
+        self.trt_amax = (doc.get("trt_cache") or None) if self.p["trt_cache"] else None
         self.metrics["regenerated_from"] = src
 
     # ------------------------------------------------------------------ outputs and checks
@@ -376,6 +381,11 @@ class _Job:
             self.metrics["cosine_min"] = fid["cosine_min"]
             if "top1_agreement" in fid:
                 self.metrics["top1_agreement"] = fid["top1_agreement"]
+            low = fid.get("top1_agreement", 1.0) < 0.99 if fid["output"] == "logits" else fid["cosine_min"] < 0.99
+            if low:
+                note(f"calibrate: low INT8 fidelity on held-out text ({fid}); try --method max or percentile (entropy and mse "
+                     "can clip the rare, large activations BERT's special tokens carry), more --samples, or --skip-sensitive N "
+                     "(see --report)")
 
         doc = {
             "hashes": {"model": sha256_file(self.art.model_path),
