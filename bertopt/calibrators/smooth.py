@@ -258,7 +258,9 @@ def apply_equalization(model, targets: Sequence[GemmTarget], params: Mapping[str
         s = eq.scale.astype(np.float32)
         c = eq.shift.astype(np.float32) if eq.shift.size else np.zeros_like(s)
         fold = None
-        if x not in outputs and {id(r) for r in ed.readers(x)} == {id(ed.node(t)) for t in ts}:
+        # Compare nodes by their outputs, not id(): protobuf hands out fresh wrapper objects, so ids
+        # of nodes fetched at different times may or may not match (that made the fold flaky).
+        if x not in outputs and {tuple(r.output) for r in ed.readers(x)} == {tuple(ed.node(t).output) for t in ts}:
             fold = _value_projection(ed, x, s.shape[0])
         if fold is not None:
             vmm, w_idx, add, b_pos = fold
