@@ -100,8 +100,10 @@ def test_ranges_round_trip(quantized):
     assert set(r.linears) == {"fc1", "fc2"} and not r.unmatched_gemms
     for name in ("fc1", "fc2"):
         mod = getattr(q, name)
-        assert abs(r.linears[name]["input_amax"] - float(mod.input_quantizer.amax)) < 1e-4 * float(mod.input_quantizer.amax)
-        np.testing.assert_allclose(r.linears[name]["weight_amax"], mod.weight_quantizer.amax.reshape(-1).numpy(), rtol=1e-5)
+        gm = r.linears[name]
+        assert abs(gm.act_scale * 127 - float(mod.input_quantizer.amax)) < 1e-4 * float(mod.input_quantizer.amax)
+        np.testing.assert_allclose(gm.weight_scale * 127, mod.weight_quantizer.amax.reshape(-1).numpy(), rtol=1e-5)
+        assert gm.pre_mul is None and gm.bias is not None  # no equalization in front; the bias Add found
 
 
 def test_ranges_refuse_another_model(quantized):
@@ -109,5 +111,5 @@ def test_ranges_refuse_another_model(quantized):
     from bertopt.qat.ranges import match_ranges
 
     torch.manual_seed(1)
-    with pytest.raises(BertoptError, match="none of its 2 quantized GEMMs"):
+    with pytest.raises(BertoptError, match="0 of its 2 quantized GEMMs hold this model"):
         match_ranges(quantized["post"], MLP())

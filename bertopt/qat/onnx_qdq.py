@@ -66,11 +66,13 @@ def _set_attr(node, name, value) -> None:
 
 
 def postprocess(path: Path) -> dict:
-    """Drop identity Casts, fold weight quantization into int8 initializers; returns counts."""
+    """Drop identity Casts, fold weight quantization into int8 initializers, share duplicate
+    equalization Mul/Add; returns counts."""
     import onnx
 
     model = onnx.load(str(path))
-    counts = {"identity_casts_removed": remove_identity_casts(model), "weights_folded": fold_weights(model, narrow=True)}
+    counts = {"identity_casts_removed": remove_identity_casts(model), "weights_folded": fold_weights(model, narrow=True),
+              "equalization_ops_shared": share_constant_ops(model)}
     _prune(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -78,8 +80,9 @@ def postprocess(path: Path) -> dict:
 
 
 def remove_identity_casts(model) -> int:
-    """Drop Casts to the type their input already has (modelopt's quantizer export leaves float->float Casts
-    that chain Q, K and V's input quantizers one behind another instead of reading the same tensor)."""
+    """Drop Identity nodes and Casts to the type their input already has (modelopt's quantizer export
+    leaves float->float Casts that chain Q, K and V's input quantizers one behind another instead of
+    reading the same tensor; the exporter puts Identity nodes on initializers with equal values)."""
     import onnx
 
     g = model.graph
@@ -89,10 +92,10 @@ def remove_identity_casts(model) -> int:
     outputs = {o.name for o in g.output}
     rename, drop = {}, set()
     for n in g.node:
-        if n.op_type != "Cast" or n.output[0] in outputs:
+        if n.op_type not in ("Cast", "Identity") or n.output[0] in outputs:
             continue
         src = rename.get(n.input[0], n.input[0])
-        if types.get(src) and types.get(src) == _attr(n, "to"):
+        if n.op_type == "Identity" or (types.get(src) and types.get(src) == _attr(n, "to")):
             rename[n.output[0]] = src
             drop.add(n.output[0])
     for n in g.node:
@@ -195,6 +198,39 @@ def fold_weights(model, narrow: bool = True) -> int:
         count += 1
     _keep_nodes(g, drop)
     return count
+
+
+def share_constant_ops(model) -> int:
+    """Common-subexpression elimination of Mul/Add/Sub by a constant: the equalization that ``--init-from``
+    brings in runs once per GEMM in torch (a pre-hook on each Linear), so Q, K and V each export the same
+    ``Mul(x, 1/s) -> Add(-c/s)``; one shared pair is what calibrate writes (and one pass over x, not three)."""
+    g = model.graph
+    _, value = _values(g)
+    seen: dict = {}
+    rename: dict[str, str] = {}
+    drop: set[str] = set()
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+        if n.op_type not in ("Mul", "Add", "Sub") or len(n.input) != 2:
+            continue
+        vals = [value(i) for i in n.input]
+        if (vals[0] is None) == (vals[1] is None):
+            continue
+        k = 0 if vals[0] is not None else 1
+        c = vals[k]
+        key = (n.op_type, k, n.input[1 - k], c.tobytes(), c.shape, str(c.dtype))
+        if key in seen:
+            rename[n.output[0]] = seen[key]
+            drop.add(n.output[0])
+        else:
+            seen[key] = n.output[0]
+    for o in g.output:
+        if o.name in rename:
+            raise RuntimeError(f"cannot merge graph output {o.name}")
+    _keep_nodes(g, drop)
+    return len(drop)
 
 
 def _prune(model) -> None:

@@ -1,13 +1,27 @@
-"""Quantizer ranges taken from a ``bertopt calibrate`` artifact (``--init-from``).
+"""Start QAT from a ``bertopt calibrate`` artifact (``--init-from``): its exact INT8 model.
 
-The calibrated Q/DQ model itself is read, not a side file: for every GEMM it holds the activation
-scale (QuantizeLinear/DequantizeLinear on the GEMM input) and the weights as DequantizeLinear of int8
-(or Q/DQ of float) with per-channel scales. Each quantized GEMM weight is matched to the torch
-``nn.Linear`` it came from by value (the dequantized weight lies within half a quantization step of
-the FP32 weight, channel by channel), which works whatever the node names are and also when a fuse
-pass packed Q/K/V into one weight. Then ``amax = scale * 127`` (symmetric INT8), so the re-exported
-QAT model starts from exactly the calibrated scales, and GEMMs the calibrated model left in float
-stay float in QAT too (same placement).
+The calibrated Q/DQ model itself is read (not only ranges.json), because calibrate does more than
+pick ranges: it equalizes each GEMM input (``Mul(x, 1/s) -> Add(-c/s)`` in front of the
+QuantizeLinear, with ``diag(s) W`` folded into the weight), corrects the biases, and may leave
+sensitive GEMMs in float. For every quantized GEMM this module reads:
+
+- the activation scale (QuantizeLinear/DequantizeLinear on the GEMM input) -> ``input amax``;
+- the equalization in front of it, as a per-channel affine ``x * mul + add`` (absent: identity);
+- the weight as DequantizeLinear of int8 (or Q/DQ of float) with per-channel scales -> the weight
+  (already on its INT8 grid) and ``weight amax``;
+- the bias added to the GEMM output (bias-corrected by calibrate).
+
+``apply_ranges`` puts all of it into the fake-quantized torch student: the Linear's weight, bias
+and quantizer amax (``amax = scale * 127``), and the equalization as two buffers and a forward
+pre-hook on the Linear (exported as the same Mul/Add in front of the QuantizeLinear). The student
+then starts as calibrate's model (step 0 of the training history is calibrate's INT8 accuracy), and
+GEMMs calibrate left in float stay float (same placement, same kernels).
+
+A GEMM is matched to its ``nn.Linear`` by the module path in the node name (legacy export names
+nodes ``/model/<module path>/MatMul``), else by value (the teacher's weight times the equalization
+scale, to within half a quantization step). ``check_equivalent`` then runs the student with its
+quantizers off against the teacher: calibrate's rewrites are exact in float, so anything but a
+near-perfect match means the artifact was calibrated from another model, which is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +33,9 @@ import numpy as np
 
 from bertopt.errors import BertoptError
 
-GEMM_OPS = {"MatMul": 1, "Gemm": 1, "Attention": 1}  # op -> index of the weight input
+GEMM_OPS = {"MatMul": 1, "Gemm": 1}  # op -> index of the weight input
+QMAX = 127.0
+EQ_MUL, EQ_ADD = "_bertopt_eq_mul", "_bertopt_eq_add"
 
 
 @dataclass
@@ -28,17 +44,21 @@ class GemmRange:
     act_scale: float | None  # per-tensor activation scale at the GEMM input (None: float input)
     weight: np.ndarray  # dequantized weight, [in, N]
     weight_scale: np.ndarray  # [N]
+    pre_mul: np.ndarray | None = None  # equalization in front of the activation quantizer: x * mul + add
+    pre_add: np.ndarray | None = None
+    bias: np.ndarray | None = None  # [N], the constant added to the GEMM output
 
 
 @dataclass
 class InitRanges:
     source: str
-    linears: dict[str, dict] = field(default_factory=dict)  # module name -> {"input_amax", "weight_amax"}
+    linears: dict[str, GemmRange] = field(default_factory=dict)  # module name -> its GEMM
     unmatched_gemms: list[str] = field(default_factory=list)
+    exact: int = 0  # matched GEMMs whose weight was checked value by value
 
 
 def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
-    """Every GEMM of a Q/DQ model whose weight is quantized, with its scales."""
+    """Every GEMM of a Q/DQ model whose weight is quantized, with its scales, equalization and bias."""
     import onnx
     from onnx import numpy_helper
 
@@ -47,6 +67,10 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
     inits = {i.name: i for i in g.initializer}
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
 
     def value(name: str) -> np.ndarray | None:
         if name in inits:
@@ -65,19 +89,43 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
         return default
 
     def dq_of(name: str):
-        """(scale, zero point, axis, int values or None, source float or None) when ``name`` is a DQ output."""
+        """(scale, zero point, axis, int values or None, source float or None, Q input) for a DQ output."""
         n = producer.get(name)
         if n is None or n.op_type != "DequantizeLinear":
             return None
         scale = value(n.input[1])
         zp = value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         q = value(n.input[0])
-        src = None
-        if q is None:  # Q/DQ of a float initializer
-            qn = producer.get(n.input[0])
-            if qn is not None and qn.op_type == "QuantizeLinear":
-                src = value(qn.input[0])
-        return scale, zp, attr(n, "axis", 1), q, src
+        src, q_in = None, None
+        qn = producer.get(n.input[0])
+        if q is None and qn is not None and qn.op_type == "QuantizeLinear":
+            q_in = qn.input[0]
+            src = value(q_in)
+        return scale, zp, attr(n, "axis", 1), q, src, q_in
+
+    def pre_affine(t: str, width: int):
+        """Walk up from the activation quantizer's input through Mul/Add/Sub by per-channel constants."""
+        mul, add = np.ones(width, np.float32), np.zeros(width, np.float32)
+        found = False
+        for _ in range(4):
+            p = producer.get(t)
+            if p is None or p.op_type not in ("Mul", "Add", "Sub") or len(p.input) != 2:
+                break
+            c0, c1 = value(p.input[0]), value(p.input[1])
+            c, other = (c1, p.input[0]) if c1 is not None else (c0, p.input[1])
+            if c is None or (c0 is not None and c1 is not None) or c.ndim != 1 or c.shape[0] != width:
+                break
+            c = c.astype(np.float32)
+            if p.op_type == "Mul":
+                mul = mul * c
+            elif p.op_type == "Add":
+                add = add + c * mul
+            elif c1 is not None:  # x - c
+                add = add - c * mul
+            else:
+                break  # c - x flips the sign: not an equalization
+            t, found = other, True
+        return (mul, add) if found else (None, None)
 
     out = []
     for node in g.node:
@@ -91,7 +139,7 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
         w = dq_of(wname)
         if w is None:
             continue
-        scale, zp, axis, q, src = w
+        scale, zp, axis, q, src, _ = w
         if q is None and src is None:
             continue  # an activation x activation MatMul (attention), not a weight GEMM
         if zp is not None and np.any(zp != 0):
@@ -111,15 +159,41 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
             ws = scale_arr
         else:
             continue  # per-input-channel weight scales: not calibrate's placement
+        gr = GemmRange(node=node.name, act_scale=None, weight=wf, weight_scale=ws)
         a = dq_of(node.input[0])
-        act = None
-        if a is not None:
-            s, azp, _, _, _ = a
+        if a is not None and a[5] is not None:
+            s, azp = a[0], a[1]
             if azp is not None and np.any(azp != 0):
                 raise BertoptError(f"{onnx_path}: activation zero point of '{node.name}' is not 0", hint="--init-from needs symmetric INT8 (calibrate's)")
-            act = float(np.asarray(s).reshape(-1)[0])
-        out.append(GemmRange(node=node.name, act_scale=act, weight=wf, weight_scale=ws))
+            gr.act_scale = float(np.asarray(s).reshape(-1)[0])
+            gr.pre_mul, gr.pre_add = pre_affine(a[5], wf.shape[0])
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            b = value(node.input[2])
+            gr.bias = None if b is None else np.broadcast_to(b.astype(np.float32), (wf.shape[1],)).copy()
+            if float(_attr_f(node, "beta", 1.0)) != 1.0 and gr.bias is not None:
+                gr.bias = gr.bias * float(_attr_f(node, "beta", 1.0))
+        # every constant Add right after the GEMM is bias: fuse may hold the original as [1, N] and
+        # calibrate's bias correction adds its own Add in front of it
+        t, n_out = node.output[0], wf.shape[1]
+        while True:
+            outs = consumers.get(t, [])
+            if len(outs) != 1 or outs[0].op_type != "Add" or len(outs[0].input) != 2:
+                break
+            other = outs[0].input[1] if outs[0].input[0] == t else outs[0].input[0]
+            b = value(other)
+            if b is None or b.size != n_out or b.shape[-1] != n_out:
+                break
+            gr.bias = (0 if gr.bias is None else gr.bias) + b.astype(np.float32).reshape(-1)
+            t = outs[0].output[0]
+        out.append(gr)
     return out
+
+
+def _attr_f(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.f
+    return default
 
 
 def _bcast(scale, ndim: int, axis: int) -> np.ndarray:
@@ -135,10 +209,18 @@ def _same_weight(wq: np.ndarray, w: np.ndarray, scale: np.ndarray) -> bool:
     """``wq`` (dequantized, [in, out]) is ``w`` quantized with per-column ``scale``: every value within
     half a step, or clipped at the range end (a weight beyond its channel's amax) with the same sign."""
     s = scale[None, :]
-    near = np.abs(wq - w) <= s * 0.5 * 1.001 + 1e-7
+    near = np.abs(wq - w) <= s * 0.5 * 1.001 + 1e-6 * np.abs(w)
     edge = np.abs(wq) >= s * 126.999
     clipped = edge & (np.sign(wq) == np.sign(w)) & (np.abs(w) >= np.abs(wq) - s * 0.5)
     return bool(np.all(near | clipped))
+
+
+def _expected_weight(gm: GemmRange, w: np.ndarray) -> np.ndarray:
+    """The teacher weight ([in, out]) as the calibrated graph should hold it: ``diag(1/mul) W``."""
+    if gm.pre_mul is None:
+        return w
+    with np.errstate(divide="ignore"):
+        return w / gm.pre_mul[:, None]
 
 
 def resolve_init_from(path: str | Path) -> Path:
@@ -152,8 +234,18 @@ def resolve_init_from(path: str | Path) -> Path:
     return model
 
 
+def _module_of(node_name: str, names: set[str]) -> str | None:
+    """``/model/bert/encoder/layer.0/attention/self/query/MatMul`` -> ``bert.encoder.layer.0.attention.self.query``."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    for k in range(len(parts)):
+        cand = ".".join(parts[k:])
+        if cand in names:
+            return cand
+    return None
+
+
 def match_ranges(onnx_path: Path, teacher) -> InitRanges:
-    """Map the calibrated model's GEMM scales onto the torch model's Linear modules (by weight value)."""
+    """Map the calibrated model's GEMMs onto the torch model's Linear modules."""
     import torch
 
     gemms = read_qdq_gemms(onnx_path)
@@ -165,52 +257,102 @@ def match_ranges(onnx_path: Path, teacher) -> InitRanges:
     linears = {n: m for n, m in teacher.named_modules() if isinstance(m, torch.nn.Linear)}
     weights = {n: m.weight.detach().float().cpu().numpy().T for n, m in linears.items()}  # [in, out]
     res = InitRanges(source=str(onnx_path))
+    exact = 0  # GEMMs whose weight is the teacher's (times the equalization) to within half a step
     for gm in gemms:
-        found = False
-        n_in, n_cols = gm.weight.shape
-        for name, w in weights.items():
-            if name in res.linears or w.shape[0] != n_in or w.shape[1] > n_cols or n_cols % w.shape[1]:
-                continue
-            k = w.shape[1]
-            for j in range(0, n_cols, k):
-                s = gm.weight_scale[j : j + k]
-                if _same_weight(gm.weight[:, j : j + k], w, s):
-                    res.linears[name] = {
-                        "input_amax": None if gm.act_scale is None else gm.act_scale * 127.0,
-                        "weight_amax": (s * 127.0).astype(np.float32),
-                        "gemm": gm.node,
-                    }
-                    found = True
-                    break
-            if found and n_cols == w.shape[1]:
+        name = _module_of(gm.node, set(weights))
+        if name is not None and name not in res.linears and weights[name].shape == gm.weight.shape:
+            # Named: taken as it is. Equalization may also have rescaled its output columns or input
+            # rows without a Mul in the graph (the attention output's smoothing folds into V's
+            # columns and bias), so its value is only counted, not required, here.
+            res.linears[name] = gm
+            exact += _same_weight(gm.weight, _expected_weight(gm, weights[name]), gm.weight_scale)
+            continue
+        for n, w in weights.items():
+            if n not in res.linears and w.shape == gm.weight.shape and _same_weight(gm.weight, _expected_weight(gm, w), gm.weight_scale):
+                res.linears[n] = gm
+                exact += 1
                 break
-        if not found:
+        else:
             res.unmatched_gemms.append(gm.node)
-    if not res.linears:
+    if exact * 2 < max(len(res.linears), 1):
         raise BertoptError(
-            f"{onnx_path}: none of its {len(gemms)} quantized GEMMs has this model's weights",
-            hint="--init-from must be `bertopt calibrate`'s output for the same model (same MODEL_DIR)",
+            f"{onnx_path}: {exact} of its {len(gemms)} quantized GEMMs hold this model's weights",
+            hint="--init-from must be `bertopt calibrate`'s output for the same model (same MODEL_DIR / export)",
         )
+    res.exact = exact
     return res
 
 
+def _equalize_hook(module, args):
+    x = args[0]
+    return (x * getattr(module, EQ_MUL) + getattr(module, EQ_ADD),) + tuple(args[1:])
+
+
 def apply_ranges(student, ranges: InitRanges) -> dict:
-    """Set the student's quantizer amax from ``ranges``; GEMMs the calibrated model left float stay float."""
+    """Make the student calibrate's model: weights, biases, amax, equalization; unmatched GEMMs float."""
     import torch
 
     from bertopt.qat.placement import quantized_linears
 
-    set_, floated = 0, []
+    set_, floated, equalized = 0, [], 0
     for name, mod in quantized_linears(student).items():
-        r = ranges.linears.get(name)
-        if r is None or r["input_amax"] is None:
+        gm = ranges.linears.get(name)
+        if gm is None or gm.act_scale is None:
             mod.input_quantizer.disable()
             mod.weight_quantizer.disable()
             floated.append(name)
             continue
         dev = mod.weight.device
-        mod.input_quantizer.amax = torch.tensor(r["input_amax"], dtype=torch.float32, device=dev)
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(gm.weight.T)).to(dev))
+            if mod.bias is not None:
+                if gm.bias is not None:
+                    b = gm.bias
+                elif gm.pre_add is not None:  # no bias found: keep (x*mul + add) W' + b' == x W + b
+                    b = mod.bias.detach().cpu().numpy() - gm.pre_add @ gm.weight
+                else:
+                    b = None
+                if b is not None:
+                    mod.bias.copy_(torch.from_numpy(np.asarray(b, np.float32)).to(dev))
+        mod.input_quantizer.amax = torch.tensor(gm.act_scale * QMAX, dtype=torch.float32, device=dev)
         wq = mod.weight_quantizer
-        mod.weight_quantizer.amax = torch.as_tensor(r["weight_amax"], device=dev).reshape(wq.amax.shape)
+        wq.amax = torch.from_numpy(gm.weight_scale * QMAX).to(dev).reshape(wq.amax.shape)
+        if gm.pre_mul is not None:
+            mod.register_buffer(EQ_MUL, torch.from_numpy(gm.pre_mul.astype(np.float32)).to(dev))
+            mod.register_buffer(EQ_ADD, torch.from_numpy(gm.pre_add.astype(np.float32)).to(dev))
+            mod.register_forward_pre_hook(_equalize_hook)
+            equalized += 1
         set_ += 1
-    return {"from": ranges.source, "linears_set": set_, "left_float": floated, "unmatched_gemms": ranges.unmatched_gemms}
+    return {"from": ranges.source, "linears_set": set_, "weights_checked": ranges.exact, "equalized": equalized,
+            "left_float": floated, "unmatched_gemms": ranges.unmatched_gemms}
+
+
+def check_equivalent(student, teacher, batch: dict, source: str, min_cosine: float = 0.99) -> float:
+    """Mean cosine, over real tokens, between the teacher's last hidden states and those of the student
+    with its quantizers bypassed (calibrate's equalized float model with its rounded weights). It is
+    ~0.9999 for the model the artifact was calibrated from (0.979 when one bias was misread) and ~0.2
+    for another fine-tune of the same base, so anything under ``min_cosine`` is a user error."""
+    import torch
+    import torch.nn.functional as F
+
+    quantizers = [m for n, m in student.named_modules() if n.endswith("_quantizer") and getattr(m, "is_enabled", False)]
+    for q in quantizers:
+        q.disable()
+    was = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            a = student(**batch, output_hidden_states=True).hidden_states[-1]
+            b = teacher(**batch, output_hidden_states=True).hidden_states[-1]
+        m = batch["attention_mask"].bool()
+        cos = float(F.cosine_similarity(a[m].float(), b[m].float(), dim=-1).mean())
+    finally:
+        for q in quantizers:
+            q.enable()
+        student.train(was)
+    if cos < min_cosine:
+        raise BertoptError(
+            f"{source}: the calibrated model does not compute this model's function (hidden-state cosine {cos:.4f} < {min_cosine})",
+            hint="--init-from must be `bertopt calibrate`'s output for the same model (same MODEL_DIR / export)",
+        )
+    return cos

@@ -33,7 +33,6 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int | None = None
     patience: int = 3
-    min_delta: float = 0.0
     seed: int = 0
 
 
@@ -93,8 +92,8 @@ def _model_inputs(batch: dict) -> dict:
 
 
 def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossWeights, batch_size: int, env: DistEnv) -> dict:
-    """Held-out metrics over all ranks: ``loss`` (output distillation + task; early stopping minimises
-    it), teacher agreement / cosine, and accuracy when labels are known."""
+    """Held-out metrics over all ranks: ``loss`` (output distillation + task), teacher agreement /
+    cosine, and accuracy when labels are known (see ``_score`` for what early stopping keeps)."""
     import torch
     import torch.nn.functional as F
 
@@ -110,8 +109,9 @@ def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossW
                 T = w.temperature
                 kd = F.kl_div(F.log_softmax(out.logits / T, -1), F.softmax(ref / T, -1), reduction="batchmean") * T * T
                 loss = w.output * kd
-                if "labels" in b and w.task > 0:
-                    loss = loss + w.task * F.cross_entropy(out.logits, b["labels"])
+                if "labels" in b:
+                    if w.task > 0:
+                        loss = loss + w.task * F.cross_entropy(out.logits, b["labels"])
                     sums[2] += float((out.logits.argmax(-1) == b["labels"]).sum())
                 sums[1] += float((out.logits.argmax(-1) == ref.argmax(-1)).sum())
             else:
@@ -196,7 +196,7 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
     else:
         ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
         history.append({"step": 0, **ev, "train_loss": None})
-        best = {"step": 0, "loss": ev["loss"], "state": snapshot()}
+        best = {"step": 0, "score": _score(ev), "state": snapshot()}
 
     stopped_early = start < total and bad >= cfg.patience
     t0 = time.perf_counter()
@@ -235,8 +235,8 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
                          "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}}
                 history.append(entry)
                 run_sum, run_n, parts_sum = 0.0, 0, {}
-                if ev["loss"] < best["loss"] - cfg.min_delta:
-                    best, bad = {"step": step, "loss": ev["loss"], "state": snapshot()}, 0
+                if _score(ev) > best["score"]:
+                    best, bad = {"step": step, "score": _score(ev), "state": snapshot()}, 0
                 else:
                     bad += 1
                 stopped_early = bad >= cfg.patience and step < total
@@ -263,6 +263,12 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
         "train_seconds": round(seconds, 1),
         "config": asdict(cfg) | {"world_size": env.world, "global_batch": cfg.batch_size * env.world},
     }
+
+
+def _score(ev: dict) -> tuple:
+    """What early stopping maximises: held-out accuracy when labels are known (the held-out loss breaks
+    ties), else the held-out distillation loss (lower is better)."""
+    return (ev["accuracy"], -ev["loss"]) if "accuracy" in ev else (-ev["loss"],)
 
 
 def _status(history: list, best: dict | None) -> str:
