@@ -174,3 +174,47 @@ def test_cli_help_and_usage():
     assert r.returncode == 0 and "--labels-column" in r.stdout and "torchrun" in r.stdout
     r = run_cli("qat", "somewhere", "-o", "x")
     assert r.returncode == 2 and "--data" in r.stderr
+
+
+@pytest.fixture(scope="session")
+def calibrated_classifier(exported_classifier, slabs_dir, tmp_path_factory) -> Path:
+    from bertopt.calibrators.stage import run_calibrate
+
+    out = tmp_path_factory.mktemp("qat-cal") / "calibrated"
+    run_calibrate(str(exported_classifier), out, data=str(slabs_dir / "train.csv"), text_column="text", samples=64, max_length=64)
+    return out
+
+
+def test_init_from_calibrate_starts_as_the_calibrated_model(calibrated_classifier, classifier_dir, slabs_dir, tmp_path):
+    """With --init-from, step 0 is calibrate's INT8 model: same scales, equalization, biases, float layers,
+    so (with a vanishing learning rate) the exported QAT model gives calibrate's outputs on ORT's same kernels."""
+    from bertopt.backends.onnxruntime import make_session
+    from bertopt.data import load_texts, load_tokenizer, tokenize
+    from bertopt.qat.onnx_qdq import ort_kernel_counts
+    from bertopt.qat.stage import run_qat
+
+    out = tmp_path / "qat"
+    art = run_qat(str(classifier_dir), out, data=str(slabs_dir / "train.csv"), text_column="text", labels_column="label",
+                  init_from=str(calibrated_classifier), limit=120, steps=1, lr=1e-12, batch_size=16, max_length=64)
+    m = art.manifest
+    init = m["quantization"]["init_from"]
+    assert init["linears_set"] == 36 and init["equalized"] == 30 and not init["unmatched_gemms"]
+    assert init["left_float"] == ["bert.pooler.dense", "classifier"]  # calibrate's default, not qat's own
+    assert init["float_cosine_vs_teacher"] > 0.999
+    assert ort_kernel_counts(art.model_path) == ort_kernel_counts(load_artifact(calibrated_classifier).model_path)
+    tok = load_tokenizer(out / "tokenizer")
+    texts = load_texts(slabs_dir / "test.csv", text_column="text", limit=64).texts
+    feeds = tokenize(tok, texts, ["input_ids", "attention_mask", "token_type_ids"], max_length=64)
+    q = make_session(art.model_path).run(["logits"], feeds)[0]
+    c = make_session(load_artifact(calibrated_classifier).model_path).run(["logits"], feeds)[0]
+    assert (q.argmax(1) == c.argmax(1)).all() and np.abs(q - c).max() < 0.05
+
+
+def test_init_from_another_model_is_refused(calibrated_classifier, minilm_dir, slabs_dir, tmp_path):
+    from bertopt.errors import BertoptError
+    from bertopt.qat.stage import run_qat
+
+    with pytest.raises(BertoptError, match="hold this model's weights"):
+        run_qat(str(minilm_dir), tmp_path / "x", data=str(slabs_dir / "train.csv"), text_column="text",
+                init_from=str(calibrated_classifier), limit=40, steps=1)
+    assert not (tmp_path / "x").exists()

@@ -171,7 +171,6 @@ def run_qat(
 
 def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize, data_path, text_column, labels_column, val_data,
          val_fraction, limit, init_path, inputs, params, exclude, quantize_bmm, calib_batches, checkpoint_dir, resume, verbose) -> Artifact:
-    import numpy as np
     import torch
 
     from bertopt.data import load_texts
@@ -358,7 +357,7 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
             note("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
         w.copy_tokenizer(model_dir)
         w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": opset,
-                                              "exporter": "legacy", "precision": "int8"}
+                                              "exporter": "legacy", "precision": "int8", "quantization": "qdq"}
         w.add_output("history", "qat_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
 
 
