@@ -31,6 +31,9 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
     count = 0
     masks: dict[str, gs.Variable] = {}
     for m in matches:
+        if form == "Attention" and any(p.quantized for p in (m.q, m.k, m.v)):
+            ctx.miss("Attention form would pack quantized (Q/DQ) weights into a float GEMM")
+            continue
         if form == "Attention" and not _packable(m):
             ctx.miss("Attention form needs Q, K and V projected from one input with biases")
             continue

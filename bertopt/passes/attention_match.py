@@ -37,6 +37,7 @@ class Projection:
     weight: np.ndarray
     bias: np.ndarray | None
     bias_tensor: gs.Tensor | None
+    quantized: bool = False  # W is DequantizeLinear(int8 constant): a Q/DQ model (calibrate's, qat's)
 
 
 @dataclass
@@ -60,8 +61,27 @@ class AttentionMatch:
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
 
 
+def weight_value(t: gs.Tensor) -> tuple[np.ndarray | None, bool]:
+    """(float value, quantized?) of a GEMM weight: a constant, or ``DequantizeLinear`` of an int8
+    constant with constant scale/zero point (per-tensor or per output channel: a Q/DQ model)."""
+    w = const_value(t)
+    if w is not None:
+        return w, False
+    p = producer(t)
+    if p is None or p.op != "DequantizeLinear" or len(p.inputs) < 2:
+        return None, False
+    q, scale = const_value(p.inputs[0]), const_value(p.inputs[1])
+    zp = const_value(p.inputs[2]) if len(p.inputs) > 2 else np.zeros((), np.int8)
+    if q is None or scale is None or zp is None or q.ndim != 2 or scale.size not in (1, q.shape[1]):
+        return None, False
+    if scale.size > 1 and int(p.attrs.get("axis", 1)) % 2 != 1:
+        return None, False
+    return ((q.astype(np.float32) - zp.astype(np.float32)) * scale.astype(np.float32)), True
+
+
 def projection(t: gs.Tensor) -> Projection | None:
-    """``t`` = Add(MatMul(X, W), b) or MatMul(X, W) with constant 2-D W and 1-D b."""
+    """``t`` = Add(MatMul(X, W), b) or MatMul(X, W) with constant 2-D W (or DequantizeLinear of an
+    int8 constant) and 1-D b."""
     p = producer(t)
     if p is None:
         return None
@@ -70,14 +90,14 @@ def projection(t: gs.Tensor) -> Projection | None:
             bv = const_value(b)
             mm = producer(mm_out)
             if bv is not None and bv.ndim == 1 and mm is not None and mm.op == "MatMul":
-                w = const_value(mm.inputs[1])
+                w, quantized = weight_value(mm.inputs[1])
                 if w is not None and w.ndim == 2 and const_value(mm.inputs[0]) is None and w.shape[1] == bv.size:
-                    return Projection(t, mm, mm.inputs[0], w, bv, b)
+                    return Projection(t, mm, mm.inputs[0], w, bv, b, quantized)
         return None
     if p.op == "MatMul":
-        w = const_value(p.inputs[1])
+        w, quantized = weight_value(p.inputs[1])
         if w is not None and w.ndim == 2 and const_value(p.inputs[0]) is None:
-            return Projection(t, p, p.inputs[0], w, None, None)
+            return Projection(t, p, p.inputs[0], w, None, None, quantized)
     return None
 
 
