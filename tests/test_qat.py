@@ -218,3 +218,17 @@ def test_init_from_another_model_is_refused(calibrated_classifier, minilm_dir, s
         run_qat(str(minilm_dir), tmp_path / "x", data=str(slabs_dir / "train.csv"), text_column="text",
                 init_from=str(calibrated_classifier), limit=40, steps=1)
     assert not (tmp_path / "x").exists()
+
+
+def test_early_stopping_counts_only_real_improvements():
+    from bertopt.qat.train import _improves
+
+    # with labels: (accuracy, -loss); one more correct held-out text always counts
+    assert _improves((0.9891, -0.0600), (0.9886, -0.0551), 0.01)
+    assert not _improves((0.9881, -0.0100), (0.9886, -0.0551), 0.01)
+    # equal accuracy: the loss must fall by more than min_delta of the best loss
+    assert not _improves((0.9886, -0.05498), (0.9886, -0.05508), 0.01)
+    assert _improves((0.9886, -0.0540), (0.9886, -0.05508), 0.01)
+    assert _improves((0.9886, -0.05498), (0.9886, -0.05508), 0.0)
+    # text only: (-loss,)
+    assert _improves((-1.0e-4,), (-1.5e-4,), 0.01) and not _improves((-1.49e-4,), (-1.5e-4,), 0.01)

@@ -31,6 +31,7 @@ def command(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warmup, linear decay).")] = 2e-5,
     eval_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between held-out evaluations/checkpoints (default: a tenth of the run).")] = None,
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many held-out evaluations without improvement (accuracy with labels, else distillation loss).")] = 3,
+    min_delta: Annotated[float, typer.Option(help="At equal held-out accuracy, the held-out loss must fall by more than this fraction to count as better.")] = 0.01,
     max_length: Annotated[int, typer.Option(min=8, help="Truncate texts to this many tokens.")] = 128,
     init_from: Annotated[Optional[str], typer.Option(help="A `bertopt calibrate` artifact: start from its quantizer ranges (and float layers).")] = None,
     calib_batches: Annotated[int, typer.Option(min=1, help="Training batches for the initial max calibration (without --init-from).")] = 16,
@@ -53,7 +54,7 @@ def command(
     excl = None if exclude is None else [x.strip() for x in exclude.split(",") if x.strip()]
     run_qat(
         model_dir, out, data=data, text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction,
-        limit=limit, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+        limit=limit, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, min_delta=min_delta,
         max_length=max_length, init_from=init_from, calib_batches=calib_batches, exclude=excl, quantize_bmm=quantize_bmm,
         temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight, task_weight=task_weight, dropout=dropout, seed=seed,
         min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, resume=resume, force=force, verbose=verbose,

@@ -52,6 +52,7 @@ def run_qat(
     warmup: float = 0.1,
     eval_every: int | None = None,
     patience: int = 3,
+    min_delta: float = 0.01,
     max_length: int = 128,
     init_from: str | None = None,
     calib_batches: int = 16,
@@ -81,6 +82,8 @@ def run_qat(
     - held-out split for early stopping: ``val_data`` (a file with the same columns) or a seeded
       ``val_fraction`` of ``data``; the best held-out state is kept (accuracy when labels are given,
       else the distillation loss), and training stops after ``patience`` evaluations without one.
+      At equal held-out accuracy a state counts as better only when its held-out loss is lower by
+      more than ``min_delta`` (a fraction of the best loss so far).
     - ``epochs`` (fractions allowed) or ``steps`` (wins when given); one step is one batch per process.
     - ``init_from``: a ``bertopt calibrate`` artifact whose quantizer scales (and float layers) QAT
       starts from; otherwise max calibration on ``calib_batches`` training batches.
@@ -120,7 +123,7 @@ def run_qat(
     # pooler and head float); an explicit --exclude is applied on top.
     exclude = list((DEFAULT_EXCLUDE if not init_from else ()) if exclude is None else exclude)
     _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
-                   patience=patience, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
+                   patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
                    min_cosine=min_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
     if labels_column and task != "sequence-classification":
         raise BertoptError(f"--labels-column '{labels_column}' given, but {model_dir} is a {task} model",
@@ -139,7 +142,7 @@ def run_qat(
     params = {
         "task": task, "pooling": pooling, "normalize": bool(normalize), "text_column": text_column, "labels_column": labels_column,
         "val_fraction": None if val_data else val_fraction, "limit": limit, "epochs": None if steps else epochs, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "warmup": warmup, "eval_every": eval_every, "patience": patience, "max_length": max_length,
+        "batch_size": batch_size, "lr": lr, "warmup": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
         "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
         "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
         "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
@@ -260,7 +263,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     weights = LossWeights(output=params["output_weight"], hidden=params["hidden_weight"], attention=params["attention_weight"],
                           task=params["task_weight"] or 0.0, temperature=params["temperature"])
     tcfg = TrainConfig(epochs=params["epochs"] or 1.0, steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"],
-                       warmup=params["warmup"], eval_every=params["eval_every"], patience=params["patience"], seed=params["seed"])
+                       warmup=params["warmup"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"], seed=params["seed"])
     ckpt_dir = resolve_path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}.qat-checkpoint"
     ckpt = Checkpointer(ckpt_dir, fingerprint("qat-checkpoint", inputs, params | {"world_size": env.world}))
     if not resume and env.main:
@@ -413,7 +416,7 @@ def _fmt_eval(e: dict) -> str:
     return ", ".join(bits)
 
 
-def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_every, patience, max_length, calib_batches, temperature,
+def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_every, patience, min_delta, max_length, calib_batches, temperature,
                    limit, min_cosine, opset, weights) -> None:
     def bad(name, value, rule):
         raise BertoptError(f"{name}={value}: {rule}", hint=f"fix --{name.replace('_', '-')}")
@@ -430,6 +433,8 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
         bad("lr", lr, "must be positive")
     if not 0 <= warmup < 1:
         bad("warmup", warmup, "must be in [0, 1)")
+    if not 0 <= min_delta < 1:
+        bad("min_delta", min_delta, "must be in [0, 1)")
     if not 0 < val_fraction < 1:
         bad("val_fraction", val_fraction, "must be in (0, 1)")
     if not temperature > 0:

@@ -33,6 +33,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int | None = None
     patience: int = 3
+    min_delta: float = 0.01
     seed: int = 0
 
 
@@ -235,7 +236,7 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
                          "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}}
                 history.append(entry)
                 run_sum, run_n, parts_sum = 0.0, 0, {}
-                if _score(ev) > best["score"]:
+                if _improves(_score(ev), best["score"], cfg.min_delta):
                     best, bad = {"step": step, "score": _score(ev), "state": snapshot()}, 0
                 else:
                     bad += 1
@@ -269,6 +270,16 @@ def _score(ev: dict) -> tuple:
     """What early stopping maximises: held-out accuracy when labels are known (the held-out loss breaks
     ties), else the held-out distillation loss (lower is better)."""
     return (ev["accuracy"], -ev["loss"]) if "accuracy" in ev else (-ev["loss"],)
+
+
+def _improves(score: tuple, best: tuple, min_delta: float) -> bool:
+    """Does a held-out ``score`` (see ``_score``) beat ``best``? More correct held-out texts always do;
+    at equal accuracy (or without labels) the loss must fall by more than ``min_delta`` of its best
+    value: a held-out loss a fraction of a percent lower is noise, and keeping the earlier state (with
+    --init-from: the calibrated model itself) is the safer pick."""
+    if len(score) == 2 and score[0] != best[0]:
+        return score[0] > best[0]
+    return -score[-1] < -best[-1] * (1.0 - min_delta)
 
 
 def _status(history: list, best: dict | None) -> str:
