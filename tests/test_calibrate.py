@@ -156,6 +156,11 @@ def test_calibrate_composes_with_fuse(exported_minilm, train_csv, slabs_texts, t
     assert not (tmp_path / "int8" / "calibration.cache").exists()
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node)
     assert ops["MultiHeadAttention"] == 6  # the fused attention stays, fed by INT8 Q/K/V GEMMs
+    # ... directly: calibrate edits the Q/K/V biases as Adds, then folds them back into the attention op
+    g = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    producers = {o: n for n in g.node for o in n.output}
+    for mha in (n for n in g.node if n.op_type == "MultiHeadAttention"):
+        assert mha.input[3] and all(producers[i].op_type == "MatMul" for i in mha.input[:3])
     # the context equalization was folded into the value projections: only 3 smoothing Muls a layer
     assert ops["Mul"] - Counter(n.op_type for n in onnx.load(str(fused / "model.onnx")).graph.node)["Mul"] == 18
     ref = _embeddings(exported_minilm / "model.onnx", exported_minilm / "tokenizer", slabs_texts[:64])

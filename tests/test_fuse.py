@@ -49,12 +49,17 @@ def _model_of(src: Path) -> Path:
 def test_onnxruntime_target_fuses_every_layer(fused, exporter):
     art = fused[(exporter, "onnxruntime")]
     m = art.manifest["metrics"]
-    assert m["passes"]["attention"] == 6 and m["passes"]["gelu"] == 6
+    assert m["passes"]["attention"] == 6 and m["passes"]["gelu"] == 6 and m["passes"]["qkv_bias"] == 6
     assert m["expected"] == {"attention": 6, "layernorm": 0, "gelu": 6} and m["warnings"] == []
     ops = _ops(art.model_path)
     assert ops["com.microsoft::MultiHeadAttention"] == 6 and ops["com.microsoft::Gelu"] == 6
     assert ops["Softmax"] == 0 and ops["Erf"] == 0 and ops["LayerNormalization"] == 13
     assert ops["MatMul"] == 36  # 6 x (Q, K, V, output, FFN in, FFN out) GEMMs stay standard for Q/DQ
+    # the Q/K/V biases ride in the attention op: every Q/K/V MatMul feeds it directly
+    g = onnx.load(str(art.model_path)).graph
+    producers = {o: n for n in g.node for o in n.output}
+    for mha in (n for n in g.node if n.op_type == "MultiHeadAttention"):
+        assert len(mha.input) > 3 and mha.input[3] and all(producers[i].op_type == "MatMul" for i in mha.input[:3])
     # the fusions ORT runs slower on the CPU are left out, and say why
     assert ops["com.microsoft::SkipLayerNormalization"] == 0 and ops["com.microsoft::BiasGelu"] == 0
     assert set(m["not_run"]) == {"skip_layernorm", "embed_layernorm", "bias_gelu"}

@@ -15,6 +15,7 @@ import pytest
 from onnx import helper
 
 from bertopt.passes import attention, attention_standard
+from bertopt.passes.common import session
 from bertopt.passes.testing import apply_pass, make_model
 
 F = np.float32
@@ -173,3 +174,35 @@ def test_static_batch_of_one_still_proves_the_key_padding_mask():
     assert len(mha.input) > 4 and mha.input[4], "the padding mask was recognised as a key-padding mask"
     feeds = {"x": FEEDS["x"][1:], "attention_mask": MASK[1:]}
     np.testing.assert_allclose(*res.compare(feeds), rtol=1e-4, atol=1e-5)
+
+
+def test_qkv_bias_split_and_merge_are_inverse_and_exact(tmp_path):
+    """MultiHeadAttention's bias input <-> an Add on each of Q/K/V: same numbers both ways, and merge
+    leaves alone an Add with another reader."""
+    import onnx
+    from onnx import helper as h
+
+    from bertopt.passes.qkv_bias import merge_qkv_bias, split_qkv_bias
+    from bertopt.passes.testing import make_model
+
+    rng = np.random.default_rng(3)
+    F = np.float32
+    D = 8
+    inits = {f"w{p}": rng.standard_normal((D, D)).astype(F) for p in "qkv"} | {f"b{p}": rng.standard_normal(D).astype(F) for p in "qkv"}
+    nodes = []
+    for p in "qkv":
+        nodes += [h.make_node("MatMul", ["x", f"w{p}"], [f"m{p}"]), h.make_node("Add", [f"m{p}", f"b{p}"], [p])]
+    nodes.append(h.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=2))
+    model = make_model(nodes, {"x": (F, ["B", "S", D])}, ["y"], inits)
+    x = {"x": rng.standard_normal((2, 5, D)).astype(F)}
+    ref = session(model).run(None, x)[0]
+    merged, n = merge_qkv_bias(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert n == 1 and [nd.op_type for nd in merged.graph.node].count("Add") == 0
+    np.testing.assert_allclose(session(merged).run(None, x)[0], ref, atol=1e-5)
+    split, n = split_qkv_bias(merged)
+    assert n == 1 and [nd.op_type for nd in split.graph.node].count("Add") == 3
+    np.testing.assert_allclose(session(split).run(None, x)[0], ref, atol=1e-5)
+    # an Add read by something else too stays where it is
+    model.graph.output.append(h.make_tensor_value_info("k", onnx.TensorProto.FLOAT, None))
+    _, n = merge_qkv_bias(model)
+    assert n == 0

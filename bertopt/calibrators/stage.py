@@ -146,6 +146,11 @@ def _load_model(art: Artifact):
     if opset_version(model) < MIN_OPSET:
         raise BertoptError(f"{path}: opset {opset_version(model)} is too old for per-channel Q/DQ (needs {MIN_OPSET}+)",
                            hint="re-export with `bertopt export --opset 17`")
+    # fuse's MultiHeadAttention holds the Q/K/V biases: back into Adds while equalization and bias
+    # correction edit them; write() folds them in again
+    from bertopt.passes.qkv_bias import split_qkv_bias
+
+    model, _ = split_qkv_bias(model)
     return model
 
 
@@ -352,9 +357,11 @@ class _Job:
 
         from bertopt.calibrators.qdq import qdq_summary
         from bertopt.calibrators.rangefile import CACHE_FILE, RANGES_FILE, trt_cache_text, write_ranges
+        from bertopt.passes.qkv_bias import merge_qkv_bias
 
         with console.status("calibrate: inserting Q/DQ"), w.timed("qdq"):
             final = self.build(self.quant)
+            final, _ = merge_qkv_bias(final)
             try:
                 onnx.checker.check_model(final)
             except Exception as e:  # noqa: BLE001 - a checker failure here is our bug, with context

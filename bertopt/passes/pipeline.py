@@ -10,7 +10,9 @@ The order, and why:
 3. ``gelu`` before ``bias_gelu``: the bias is folded into the fused Gelu, not into the pattern.
 4. ``attention`` (onnxruntime) / ``attention_standard`` (tensorrt): independent of 2-3; its mask
    subgraph dies here, so it runs before the embedding pass that shares ``attention_mask``.
-5. ``embed_layernorm`` before ``skip_layernorm``: the embedding sum is also an Add feeding a
+5. ``qkv_bias`` right after ``attention``: the Q/K/V bias Adds the new MultiHeadAttention
+   reads go into its bias input (added during its head reordering, a copy it makes anyway).
+6. ``embed_layernorm`` before ``skip_layernorm``: the embedding sum is also an Add feeding a
    LayerNormalization, which the skip pass would otherwise take.
 
 After every pass the graph is cleaned up (dead nodes dropped) and topologically sorted.
@@ -65,12 +67,13 @@ def pass_modules(target: str, ort_fusions: str = "measured") -> list[ModuleType]
         gelu,
         keep_fast_kernels,
         layernorm,
+        qkv_bias,
         remove_noops,
         skip_layernorm,
     )
 
     if target == "onnxruntime":
-        mods = [fold_constants, remove_noops, layernorm, gelu, bias_gelu, attention, embed_layernorm, skip_layernorm]
+        mods = [fold_constants, remove_noops, layernorm, gelu, bias_gelu, attention, qkv_bias, embed_layernorm, skip_layernorm]
         if ort_fusions == "measured":
             mods = [m for m in mods if m.NAME not in SLOWER_ON_ORT_CPU] + [keep_fast_kernels]
         return mods

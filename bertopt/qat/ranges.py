@@ -62,7 +62,10 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
     import onnx
     from onnx import numpy_helper
 
+    from bertopt.passes.qkv_bias import split_qkv_bias
+
     model = onnx.load(str(onnx_path))
+    model, _ = split_qkv_bias(model)  # a fused MultiHeadAttention holds the Q/K/V biases
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
