@@ -1,3 +1,3 @@
 """bertopt: a model compilation toolchain for BERT-family encoders."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
