@@ -218,3 +218,27 @@ def test_tune_feeds_from_real_text(exported_minilm, slabs_dir):
     f = _text_feeds(load_artifact(exported_minilm), slabs_dir / "validation.csv", "text", INPUTS, seq=128, batches=(1, 8))
     assert f[1]["input_ids"].shape == (1, 128) and f[8]["input_ids"].shape == (8, 128)
     assert (f[8]["attention_mask"].sum(1) < 128).all()  # real, short texts padded to the timed shape
+
+
+def test_int8_gemm_biases_go_into_the_kernels(exported_minilm, slabs_dir, feeds, tmp_path):
+    """On bertopt's own Q/DQ model every INT8 GEMM bias rides in MatMulIntegerToFloat (no Add after
+    it), and the built model gives the calibrated model's outputs exactly."""
+    import onnx
+
+    from bertopt.calibrators.stage import run_calibrate
+    from bertopt.passes.pipeline import run_fuse
+
+    fused = run_fuse(exported_minilm, tmp_path / "fused")
+    cal = run_calibrate(fused.path, tmp_path / "int8", data=str(slabs_dir / "train.csv"), text_column="text", samples=16,
+                        max_length=64, trt_cache=False)
+    art = run_build(cal.path, tmp_path / "built")
+    assert art.manifest["build"]["int8_gemm_bias_folded"] == 18  # attention output, FFN in, FFN out x 6 (Q/K/V bias is in the attention op)
+    g = onnx.load(str(art.model_path)).graph
+    gemms = [n for n in g.node if n.op_type == "MatMulIntegerToFloat"]
+    producers = {o: n for n in g.node for o in n.output}
+    assert len(gemms) == 36 and sum(len(n.input) > 6 and bool(n.input[6]) for n in gemms) == 18
+    assert not any(n.op_type == "Add" and any(producers.get(i) in gemms for i in n.input) for n in g.node)
+    built = ortb.make_session(art.model_path, ortb.load_session_config(art.path)).run(None, feeds)
+    plain = ortb.make_session(cal.model_path).run(None, feeds)
+    for a, b in zip(built, plain):
+        assert np.abs(a - b).max() < 1e-5

@@ -206,9 +206,9 @@ class _Editor:
             for pos, name in enumerate(add.input):
                 if name != n.output[0] and name in self.consts:
                     b = self.const(name).astype(np.float32)
-                    if b.shape == delta.shape:
+                    if b.shape == delta.shape or (b.size == delta.size and b.ndim and b.shape[-1] == delta.shape[-1]):  # [N] or fuse's [1, N]
                         self.replaced.add(name)
-                        add.input[pos] = self.add_init(f"{name}/corrected", b + delta)
+                        add.input[pos] = self.add_init(f"{name}/corrected", b + delta.reshape(b.shape))
                         return
         # no bias to fold into: add one
         out = n.output[0]
