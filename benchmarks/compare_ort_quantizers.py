@@ -9,6 +9,8 @@ Builds, from one ``bertopt export`` of the model:
 - ``bertopt``: ``bertopt calibrate`` on the export (defaults: 512 S-Labs train texts, max ranges,
   smoothing 0.8 + shift, bias correction);
 - ``bertopt-fused``: ``bertopt fuse --target onnxruntime`` then ``bertopt calibrate``, same settings;
+- ``bertopt-built``: that model through ``bertopt build --backend onnxruntime`` (the deployable: ORT's
+  offline-optimized graph with the INT8 GEMM biases folded into the kernels), what ``make run`` ships;
 
 and runs them with the FP32 export in one interleaved ``bertopt bench`` (seq 128, batch 1 and 8,
 ORT's default session options for every model, fidelity on 200 held-out S-Labs validation texts),
@@ -112,6 +114,9 @@ def build_variants(model_dir: Path, work: Path, samples: int, force: bool) -> tu
     art = run_calibrate(fused.path, work / "bertopt-fused", data=train, text_column="text", samples=samples, force=force)
     info["bertopt_fused_calibrate_s"] = round(time.perf_counter() - t, 1)
     out["bertopt-fused"] = art.path
+    from bertopt.backends.stage import run_build
+
+    out["bertopt-built"] = run_build(art.path, work / "bertopt-built", force=force).path
     return exp.path, out, info
 
 
@@ -185,7 +190,7 @@ def main(args) -> int:
         fp32, variants, info = build_variants(model_dir, work / label, args.samples, args.force)
         runs = [fp32] + list(variants.values())
         names = ["fp32"] + list(variants)
-        # bench names runs after their folders: fp32, ort-dynamic, ort-static, bertopt, bertopt-fused
+        # bench names runs after their folders: fp32, ort-dynamic, ort-static, bertopt, bertopt-fused, bertopt-built
         kw = dict(batch=args.batch, seq=[args.seq], threads=args.threads, iters=args.iters, repeats=args.repeats, warmup=5)
         if label == "classifier":
             kw.update(eval=f"{SLABS}/test.csv", text_column="text", label_column="label")
