@@ -2,8 +2,9 @@
 
 Every stage writes one folder. Its manifest records the stage, each input's path and sha256, the
 resolved parameters, tool versions, outputs (with sha256), metrics and timings, and a ``fingerprint``
-(stage + input hashes + parameters) that lets the recipe runner skip a stage whose inputs and
-parameters did not change (Make's "rebuild what changed").
+(stage + input hashes + parameters + bertopt's version and a digest of its source) that lets the
+recipe runner skip a stage whose inputs, parameters and code did not change (Make's "rebuild what
+changed").
 
 Writes are atomic: the stage writes into a temporary sibling folder that is renamed into place only
 when the manifest is complete, so an interrupted stage never leaves a folder that looks complete.
@@ -188,8 +189,25 @@ def _check_onnx_readable(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- writing
+def code_digest() -> str:
+    """sha256 (16 hex) of bertopt's own source files: part of every fingerprint, so an artifact made by
+    other code (a pass changed, the version not bumped) is rebuilt instead of served as up to date."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*.py")):
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+        _CODE_DIGEST = h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
+_CODE_DIGEST: str | None = None
+
+
 def fingerprint(stage: str, inputs: dict[str, dict], params: dict) -> str:
-    return sha256_json({"stage": stage, "inputs": {k: v.get("sha256") for k, v in inputs.items()}, "params": params, "v": __version__})
+    return sha256_json({"stage": stage, "inputs": {k: v.get("sha256") for k, v in inputs.items()}, "params": params, "v": __version__,
+                        "code": code_digest()})
 
 
 def describe_input(path: str | Path) -> dict:
@@ -271,6 +289,7 @@ class ArtifactWriter:
         self.timings["total"] = round(time.perf_counter() - self._t0, 3)
         return {
             "bertopt_version": __version__,
+            "bertopt_code": code_digest(),
             "stage": self.stage,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": self.inputs,

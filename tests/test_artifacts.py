@@ -76,3 +76,15 @@ def test_changed_input_invalidates(tmp_path):
 def test_not_an_artifact(tmp_path):
     with pytest.raises(BertoptError, match="not a bertopt artifact"):
         load_artifact(tmp_path)
+
+
+def test_other_code_invalidates(tmp_path, monkeypatch):
+    """An artifact written by different bertopt source (same version) is not up to date."""
+    import bertopt.artifacts as arts
+
+    out = tmp_path / "a"
+    inputs = _write(out, {"x": 1})
+    assert is_up_to_date(out, "demo", inputs, {"x": 1})
+    assert json.loads((out / "manifest.json").read_text())["bertopt_code"] == arts.code_digest()
+    monkeypatch.setattr(arts, "_CODE_DIGEST", "0" * 16)
+    assert not is_up_to_date(out, "demo", inputs, {"x": 1})
