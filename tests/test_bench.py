@@ -68,3 +68,33 @@ def test_gate_exit_code_3(exported_minilm, slabs_dir, tmp_path):
 def test_gate_without_measurement_fails(exported_minilm):
     with pytest.raises(QualityGateError, match="no fidelity"):
         run_bench([str(exported_minilm), str(exported_minilm)], None, min_cosine=0.9, batch=[1], seq=[8], warmup=0, iters=1, repeats=1)
+
+
+def test_engine_profiles_limit_the_grid_and_the_fidelity_batches(exported_minilm, slabs_texts):
+    """A TensorRT engine runs only the shapes its profiles cover: bench skips the rest (and says why),
+    compares speed only where both ran, and feeds fidelity texts in batches the engine takes. Checked
+    with the real ONNX Runtime MiniLM standing in for the engine (TensorRT is not installed here)."""
+    from dataclasses import replace
+
+    from bertopt.bench.measure import latency_sweep, run_texts
+    from bertopt.bench.runners import open_runner, profile_limits
+
+    refuses, max_batch, max_seq = profile_limits([{"batch": [1, 2, 4], "seq": [1, 64, 128]}, {"batch": [1, 1, 2], "seq": [129, 256, 384]}])
+    assert refuses(4, 128) is None and refuses(2, 384) is None and (max_batch, max_seq) == (2, 384)
+    assert "outside the engine's profiles (batch=1:2:4,seq=1:64:128; batch=1:1:2,seq=129:256:384)" == refuses(8, 128)
+    assert refuses(4, 200) is not None
+
+    ort = open_runner(exported_minilm, threads=1)
+    seen = []
+
+    def spy(feeds):
+        seen.append(feeds["input_ids"].shape)
+        return ort.run(feeds)
+
+    engine = replace(ort, name="engine", run=spy, refuses=refuses, max_batch=max_batch)
+    out = latency_sweep([ort, engine], [(1, 32), (8, 32)], slabs_texts, warmup=0, iters=1, repeats=1)
+    assert [("skipped" in r, "speedup" in r) for r in out["engine"]] == [(False, True), (True, False)]
+    assert all(s[0] <= 4 for s in seen) and "latency_ms" in out[ort.name][1]
+    seen.clear()
+    run_texts(engine, slabs_texts[:7], max_length=64)
+    assert [s[0] for s in seen] == [2, 2, 2, 1]

@@ -39,14 +39,21 @@ def latency_sweep(
     all timed calls; ``pass_medians_ms`` keeps each pass's median to show the drift."""
     out: dict[str, list[dict]] = {r.name: [] for r in runners}
     for batch, seq in grid:
-        feeds = {r.name: sweep_feeds(r, batch, seq, texts) for r in runners}
-        times: dict[str, list[float]] = {r.name: [] for r in runners}
-        medians: dict[str, list[float]] = {r.name: [] for r in runners}
+        why = {r.name: r.refuses(batch, seq) for r in runners if r.refuses is not None}
         for r in runners:
+            if why.get(r.name):
+                out[r.name].append({"batch": batch, "seq": seq, "skipped": why[r.name]})
+                for _ in range(repeats):
+                    advance()
+        active = [r for r in runners if not why.get(r.name)]
+        feeds = {r.name: sweep_feeds(r, batch, seq, texts) for r in active}
+        times: dict[str, list[float]] = {r.name: [] for r in active}
+        medians: dict[str, list[float]] = {r.name: [] for r in active}
+        for r in active:
             for _ in range(warmup):
                 r(feeds[r.name])
         for _ in range(repeats):
-            for r in runners:
+            for r in active:
                 f = feeds[r.name]
                 t_pass = []
                 for _ in range(iters):
@@ -56,7 +63,7 @@ def latency_sweep(
                 times[r.name] += t_pass
                 medians[r.name].append(float(np.median(t_pass)))
                 advance()
-        for r in runners:
+        for r in active:
             t = np.asarray(times[r.name])
             p50 = float(np.percentile(t, 50))
             out[r.name].append({
@@ -68,17 +75,20 @@ def latency_sweep(
                 "pass_medians_ms": [round(m, 3) for m in medians[r.name]],
                 "calls": int(t.size),
             })
-    # ratio against the first runner, shape by shape
-    ref = out[runners[0].name]
+    # ratio against the first runner, shape by shape (none where either side skipped the shape)
+    ref = {(x["batch"], x["seq"]): x for x in out[runners[0].name]}
     for r in runners:
-        for res, base in zip(out[r.name], ref):
-            res["speedup"] = round(base["latency_ms"]["p50"] / res["latency_ms"]["p50"], 3)
+        for res in out[r.name]:
+            base = ref.get((res["batch"], res["seq"]))
+            if "latency_ms" in res and base is not None and "latency_ms" in base:
+                res["speedup"] = round(base["latency_ms"]["p50"] / res["latency_ms"]["p50"], 3)
     return out
 
 
 def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size: int = 16, advance=lambda n: None) -> dict[str, np.ndarray]:
     """All outputs of ``runner`` over ``texts`` (dynamic padding), plus the attention masks."""
     tok = load_tokenizer(runner.tokenizer_dir, where=str(runner.path))
+    batch_size = min(batch_size, runner.max_batch or batch_size)
     chunks: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(texts), batch_size):
         feeds = tokenize(tok, texts[i:i + batch_size], runner.input_names, max_length=min(max_length, runner.max_length))

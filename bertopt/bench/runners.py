@@ -29,6 +29,9 @@ class Runner:
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(repr=False)
     # TensorRT runners may also time without host<->device copies
     run_device_only: Callable | None = field(default=None, repr=False)
+    # why a (batch, seq) shape cannot run (a TensorRT engine's profiles), None when it can
+    refuses: Callable[[int, int], str | None] | None = field(default=None, repr=False)
+    max_batch: int | None = None
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run(feeds)
@@ -73,8 +76,11 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None) 
         from bertopt.backends.tensorrt import TensorRTRunner
 
         trt = TensorRTRunner(art)
+        refuses, max_batch, max_seq = profile_limits(build.get("profiles") or [])
+        if max_seq:
+            common["max_length"] = min(common["max_length"], max_seq)
         return Runner(backend="tensorrt", precision=build.get("precision", "int8"), outputs=list(trt.output_names),
-                      run=trt, run_device_only=getattr(trt, "run_device_only", None), **common)
+                      run=trt, run_device_only=getattr(trt, "run_device_only", None), refuses=refuses, max_batch=max_batch, **common)
     from bertopt.backends.onnxruntime import load_session_config, make_session
 
     model_path = art.model_path
@@ -95,6 +101,25 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None) 
         return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
 
     return Runner(backend="onnxruntime", precision=build.get("precision") or onnx_precision(model_path), outputs=outs, run=run, **common)
+
+
+def profile_limits(profiles: list[dict]):
+    """From a TensorRT build's ``profiles`` (manifest form): (refuses(batch, seq) -> reason | None,
+    max batch, max sequence length), so ``bench`` skips grid shapes the engine was not built for
+    and feeds fidelity texts in batches and lengths it takes."""
+    from bertopt.backends.profiles import Profile, select_profile
+
+    profs = [Profile(batch=tuple(p["batch"]), seq=tuple(p["seq"])) for p in profiles]
+    if not profs:
+        return None, None, None
+    spans = "; ".join(p.spec() for p in profs)
+
+    def refuses(batch: int, seq: int) -> str | None:
+        return None if select_profile(profs, batch, seq) >= 0 else f"outside the engine's profiles ({spans})"
+
+    # fidelity/accuracy batches: the largest batch one profile takes at its longest sequence
+    longest = max(p.seq[2] for p in profs)
+    return refuses, max(p.batch[2] for p in profs if p.seq[2] == longest), longest
 
 
 def _torch_runner(model_dir: Path, threads: int | None, name: str | None) -> Runner:

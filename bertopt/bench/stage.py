@@ -6,7 +6,8 @@ The JSON report (``--json``) has a stable schema, ``bertopt.bench/1``:
      "reference": "<name of the first artifact>",
      "runs": [{"name", "path", "backend", "precision", "stage", "task",
                "results": [{"batch", "seq", "latency_ms": {"p50", "p90", "p99", "mean"},
-                            "throughput", "speedup", "pass_medians_ms", "calls"}],
+                            "throughput", "speedup", "pass_medians_ms", "calls"}
+                           | {"batch", "seq", "skipped": "<why>"}],   # e.g. outside a TensorRT engine's profiles
                "fidelity": {"cosine_min", "cosine_mean", "max_abs_diff", "top1_agreement", "n", "compared"} | null,
                "accuracy": {"value", "n"} | null}]}
 
@@ -57,7 +58,7 @@ def run_bench(
     """Benchmark ``input`` artifacts; the first is the reference. Returns the report dict."""
     from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
     from bertopt.data import load_texts
-    from bertopt.ui import progress, skipped
+    from bertopt.ui import note, progress, skipped
 
     if not input:
         raise BertoptError("bench needs at least one artifact", hint="bertopt bench REFERENCE [ARTIFACT ...]")
@@ -113,6 +114,8 @@ def run_bench(
         lat = latency_sweep(runners, grid, sweep_texts, warmup, iters, repeats, advance=lambda: prog.advance(t_lat))
         for run, r in zip(runs, runners):
             run["results"] = lat[r.name]
+        # every artifact sees the same truncation, so fidelity compares like with like
+        max_length = min([max_length] + [r.max_length for r in runners])
         if n_text:
             t_txt = prog.add_task("bench: fidelity/accuracy", total=n_text * len(runners), status="")
             ref_out = None
@@ -125,6 +128,10 @@ def run_bench(
                 if ev is not None:
                     o = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
                     run["accuracy"] = accuracy(r, o, ev.labels)
+    for run in runs:
+        for res in run["results"]:
+            if "skipped" in res:
+                note(f"bench: {run['name']} skips batch={res['batch']} seq={res['seq']}: {res['skipped']}")
     report = {"schema": SCHEMA, "threads": threads, "grid": {"batch": list(batch), "seq": list(seq)},
               "reference": runners[0].name, "params": params, "runs": runs}
 
@@ -188,9 +195,13 @@ def render(report: dict) -> None:
         t.add_column(col, justify="right" if col not in ("artifact", "backend", "precision") else "left")
     for run in report["runs"]:
         for res in run["results"]:
+            if "skipped" in res:
+                t.add_row(run["name"], run["backend"], run["precision"], str(res["batch"]), str(res["seq"]), "skipped", "", "", "", "")
+                continue
             lat = res["latency_ms"]
             t.add_row(run["name"], run["backend"], run["precision"], str(res["batch"]), str(res["seq"]),
-                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{res['throughput']:.1f}", f"{res['speedup']:.2f}x")
+                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{res['throughput']:.1f}",
+                      f"{res['speedup']:.2f}x" if "speedup" in res else "")
     stdout.print(t)
     if any(r.get("fidelity") or r.get("accuracy") for r in report["runs"]):
         q = Table(title="fidelity vs reference / task accuracy", title_justify="left")
