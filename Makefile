@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run run-classifier test classifier clean
+.PHONY: all venv run run-classifier run-qat run-qat-classifier test classifier clean
 
 all: run
 
@@ -34,6 +34,13 @@ run: venv
 # The classifier recipe: FP32 PyTorch vs FP32 ORT vs INT8 ORT with S-Labs test accuracy.
 run-classifier: classifier
 	$(BIN)/bertopt run recipes/minilm-slabs-classifier.yaml
+
+# QAT side by side with calibrate: text only (MiniLM embeddings) and with labels (the classifier).
+run-qat: venv
+	$(BIN)/bertopt run recipes/minilm-qat.yaml
+
+run-qat-classifier: classifier
+	$(BIN)/bertopt run recipes/minilm-slabs-qat.yaml
 
 # The MiniLM fine-tuned on S-Labs (a few minutes on the CPU; built once, cached in .cache/).
 $(CLASSIFIER)/config.json: | $(STAMP)
