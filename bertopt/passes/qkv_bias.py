@@ -7,7 +7,9 @@ reorders Q/K/V into heads, a copy it makes anyway. The GEMMs stay standard ``Mat
 equalizes and corrects biases (:func:`split_qkv_bias`) and folds it again into the Q/DQ model
 it writes (:func:`merge_qkv_bias`), so the INT8 model runs ``MatMulIntegerToFloat ->
 MultiHeadAttention`` with no bias ``Add`` in between. ``qat`` reads calibrate's biases the same
-way. Measured with ``benchmarks/fuse_vs_ort_optimizer.py``.
+way. Measured (one thread, MiniLM, seq 128): 18 fewer nodes, about 0.5% faster in FP32 and
+within noise in INT8 on its own; the INT8 win comes with ``bertopt build`` folding the remaining
+GEMM biases into ``MatMulIntegerToFloat`` (3.7% / 6% at batch 1 / 8 together).
 
 Both functions work on an ``onnx.ModelProto`` (calibrate and qat hold protos) and return
 ``(model, count)``; the fuse pass wraps them. Fires = attention nodes given a bias.
