@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from bertopt.errors import BertoptError  # noqa: E402
+from bertopt.qat.batches import bucketed_batches  # noqa: E402
 
 ID2LABEL = {0: "benign", 1: "injection"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
@@ -147,21 +148,6 @@ def collate(ids: list[list[int]], rows, pad_id: int):
         input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
         mask[r, : len(ids[i])] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(input_ids)}
-
-
-def train_batches(lengths: list[int], batch_size: int, rng: random.Random, bucket: int = 50) -> list[list[int]]:
-    """Shuffle, sort by length within windows of ``bucket`` batches, cut into batches, shuffle the batches.
-
-    Batches hold texts of similar length (little padding) while each epoch still sees a new order."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    win = batch_size * bucket
-    for s in range(0, len(order), win):
-        chunk = sorted(order[s : s + win], key=lambda i: lengths[i])
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def predict(model, ids: list[list[int]], pad_id: int, batch_size: int = 128, label: str = "evaluating"):
@@ -271,7 +257,7 @@ def finetune(a: argparse.Namespace) -> dict:
     t_train = time.perf_counter()
     for epoch in range(1, a.epochs + 1):
         model.train()
-        batches = train_batches(lengths, a.batch_size, rng)
+        batches = bucketed_batches(lengths, a.batch_size, rng)
         loss_sum, n_seen = 0.0, 0
         t_ep = time.perf_counter()
         with progress() as p:

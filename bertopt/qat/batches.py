@@ -56,10 +56,14 @@ def collate(data: Encoded, rows: list[int], device=None) -> dict:
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bucket: int = 50) -> list[list[int]]:
-    """One epoch's batches: shuffle, sort by length within windows of ``bucket`` batches, cut, shuffle batches.
+    """One epoch's batches (see ``bucketed_batches``), seeded by ``seed`` and ``epoch``."""
+    return bucketed_batches(lengths, batch_size, random.Random(seed * 100_003 + epoch), bucket)
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, bucket: int = 50) -> list[list[int]]:
+    """Shuffle, sort by length within windows of ``bucket`` batches, cut into batches, shuffle the batches.
 
     Batches hold texts of similar length (little padding) while every epoch sees a new order."""
-    rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
     batches = []
