@@ -266,13 +266,12 @@ def fold_int8_gemm_bias(path: Path) -> int:
             pass
     if not dead:
         return 0
+    from bertopt.passes.common import drop_unused_initializers
+
     keep = [n for n in g.node if id(n) not in dead]
     del g.node[:]
     g.node.extend(keep)
-    used = {i for n in g.node for i in n.input} | graph_outputs
-    live = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
+    drop_unused_initializers(m)
     onnx.save(m, str(path))
     return len({n.output[0] for n in g.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) > 6 and n.input[6]})
 

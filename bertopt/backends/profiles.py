@@ -40,6 +40,11 @@ class Profile:
     def spec(self) -> str:
         return f"batch={':'.join(map(str, self.batch))},seq={':'.join(map(str, self.seq))}"
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Profile":
+        """A profile as a build manifest records it (``to_json``): the batch/seq ranges; ``share`` is not needed to run."""
+        return cls(batch=tuple(d["batch"]), seq=tuple(d["seq"]))
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["batch"], d["seq"] = list(self.batch), list(self.seq)

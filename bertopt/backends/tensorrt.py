@@ -557,7 +557,7 @@ class TensorRTRunner:
         art = artifact_or_path if isinstance(artifact_or_path, Artifact) else load_artifact(artifact_or_path)
         self.path = art.model_path
         build = art.manifest.get("build", {})
-        self.profiles = [Profile(batch=tuple(p["batch"]), seq=tuple(p["seq"])) for p in build.get("profiles", [])]
+        self.profiles = [Profile.from_json(p) for p in build.get("profiles", [])]
         self._trt = trt
         self._cuda = cuda
         self.logger = trt.Logger(trt.Logger.WARNING)

@@ -109,7 +109,7 @@ def profile_limits(profiles: list[dict]):
     and feeds fidelity texts in batches and lengths it takes."""
     from bertopt.backends.profiles import Profile, select_profile
 
-    profs = [Profile(batch=tuple(p["batch"]), seq=tuple(p["seq"])) for p in profiles]
+    profs = [Profile.from_json(p) for p in profiles]
     if not profs:
         return None, None, None
     spans = "; ".join(p.spec() for p in profs)

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from bertopt.passes.common import PassContext
+from bertopt.passes.common import PassContext, drop_unused_initializers
 
 NAME = "qkv_bias"
 FAMILY = "attention"
@@ -94,7 +94,7 @@ def merge_qkv_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         keep = [n for n in model.graph.node if id(n) not in dead]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return model, count
 
 
@@ -128,21 +128,8 @@ def split_qkv_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if count:
         del model.graph.node[:]
         model.graph.node.extend(out_nodes)
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return model, count
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    used |= {o.name for o in model.graph.output}
-    for n in model.graph.node:  # subgraphs are not expected in these encoders; keep what they read
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= {i for m in a.g.node for i in m.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
 
 
 # ----------------------------------------------------------------------------------- the fuse pass
