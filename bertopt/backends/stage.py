@@ -14,7 +14,9 @@ Both record ``manifest["build"] = {"backend", "precision", ...}`` so ``bench`` s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from bertopt.params import PositiveInt
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.ui import note, skipped
@@ -28,12 +30,12 @@ def run_build(
     input: str | Path,
     out: str | Path,
     *,
-    backend: str = "onnxruntime",
-    precision: str | None = None,
+    backend: Literal[BACKENDS] = "onnxruntime",
+    precision: Literal[PRECISIONS] | None = None,
     profile: str | None = None,
     data: str | None = None,
     text_column: str | None = None,
-    threads: int | None = None,
+    threads: PositiveInt | None = None,
     tune: bool = False,
     timing_cache: str | None = None,
     keep_fp32: str = DEFAULT_KEEP_FP32,

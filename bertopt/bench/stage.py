@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from bertopt.params import Cosine, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes
 from bertopt.errors import BertoptError, QualityGateError
 
 SCHEMA = "bertopt.bench/1"
@@ -36,21 +37,21 @@ def run_bench(
     input: Sequence[str | Path],
     out: str | Path | None = None,
     *,
-    batch: list[int] = [1, 8],  # noqa: B006 - pydantic/typer read these defaults; never mutated
-    seq: list[int] = [128],  # noqa: B006
-    threads: int | None = None,
-    warmup: int = 5,
-    iters: int = 30,
-    repeats: int = 3,
+    batch: Sizes = [1, 8],  # noqa: B006 - pydantic/typer read these defaults; never mutated
+    seq: Sizes = [128],  # noqa: B006
+    threads: PositiveInt | None = None,
+    warmup: NonNegativeInt = 5,
+    iters: PositiveInt = 30,
+    repeats: PositiveInt = 3,
     data: str | None = None,
     text_column: str | None = None,
-    samples: int = 200,
-    max_length: int = 128,
+    samples: PositiveInt = 200,
+    max_length: PositiveInt = 128,
     eval: str | None = None,  # noqa: A002 - the CLI option is --eval
     label_column: str | None = None,
-    eval_samples: int | None = None,
-    min_cosine: float | None = None,
-    max_accuracy_drop: float | None = None,
+    eval_samples: PositiveInt | None = None,
+    min_cosine: Cosine | None = None,
+    max_accuracy_drop: NonNegativeFloat | None = None,
     json_path: str | Path | None = None,
     force: bool = False,
     verbose: bool = False,

@@ -27,10 +27,12 @@ float and is listed (``skipped``) in the manifest and the ranges file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
+from bertopt.calibrators.methods import METHODS
+from bertopt.params import MaxLength, NonNegativeInt, Percentile, PositiveInt, UnitInterval
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.ui import console, note, skipped
@@ -48,23 +50,23 @@ def run_calibrate(
     *,
     data: str | None = None,
     text_column: str | None = None,
-    method: str = "max",
-    percentile: float = 99.99,
-    samples: int = 512,
-    max_length: int = 128,
-    batch_size: int = 16,
-    smooth: float = 0.8,
+    method: Literal[METHODS] = "max",
+    percentile: Percentile = 99.99,
+    samples: PositiveInt = 512,
+    max_length: MaxLength = 128,
+    batch_size: PositiveInt = 16,
+    smooth: UnitInterval = 0.8,
     shift: bool = True,
     bias_correction: bool = True,
     include_bmm: bool = False,
     exclude: list[str] | None = None,
     quantize_head: bool = False,
-    skip_sensitive: int = 0,
+    skip_sensitive: NonNegativeInt = 0,
     report: bool = False,
-    eval_samples: int = 64,
+    eval_samples: PositiveInt = 64,
     ranges: str | None = None,
     trt_cache: bool = True,
-    threads: int | None = None,
+    threads: PositiveInt | None = None,
     force: bool = False,
     verbose: bool = False,
 ) -> Artifact:

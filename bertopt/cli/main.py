@@ -8,6 +8,7 @@ imported inside the stage functions, never at module top, so ``--help`` is fast 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -44,10 +45,25 @@ def _root(
     """bertopt: one command per step, or one recipe for all."""
 
 
+def _interruptible(command):
+    """Ctrl-C inside a command: say what was kept, exit 130. (typer/click would turn the
+    KeyboardInterrupt into a silent exit 130 before ``main`` could see it.)"""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            report_interrupt()
+            sys.exit(130)
+
+    return run
+
+
 for _name in COMMANDS:
     if importlib.util.find_spec(f"bertopt.cli.{_name}") is not None:
         _mod = importlib.import_module(f"bertopt.cli.{_name}")
-        app.command(name=_name, help=_mod.__doc__, no_args_is_help=True)(_mod.command)
+        app.command(name=_name, help=_mod.__doc__, no_args_is_help=True)(_interruptible(_mod.command))
 
 
 def report_error(e: BertoptError) -> None:
@@ -59,6 +75,24 @@ def report_error(e: BertoptError) -> None:
         err.print(f"hint: {e.hint}", style="yellow", markup=False)
 
 
+def report_interrupt() -> None:
+    from bertopt.artifacts import interrupted_message
+
+    print(interrupted_message(), file=sys.stderr, flush=True)
+
+
+def os_error_to_user_error(e: OSError) -> BertoptError | None:
+    """Last resort at the CLI boundary: a full, read-only or forbidden disk, or a path through a file,
+    is the user's environment; any other OSError is a bug and keeps its traceback."""
+    from pathlib import Path
+
+    from bertopt.artifacts import DISK_ERRNOS, PATH_ERRNOS, os_error
+
+    if e.errno not in DISK_ERRNOS | PATH_ERRNOS:
+        return None
+    return os_error(Path(e.filename or "?"), "write", e)
+
+
 def main() -> None:
     try:
         app()
@@ -66,8 +100,14 @@ def main() -> None:
         report_error(e)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left behind", file=sys.stderr)
+        report_interrupt()
         sys.exit(130)
+    except OSError as e:
+        user = os_error_to_user_error(e)
+        if user is None:
+            raise
+        report_error(user)
+        sys.exit(user.exit_code)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def command(
     from bertopt.ui import stdout
 
     if check:
-        r = load_recipe(recipe)
+        r = load_recipe(recipe, workdir)
         stdout.print(f"{recipe}: valid; steps: " + ", ".join(f"{s['name']} ({s['stage']})" for s in r["steps"]), markup=False)
         return
     rows = run_recipe(recipe, workdir=workdir, force=force, only=only, verbose=verbose)

@@ -25,9 +25,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
+
 
 from bertopt.errors import BertoptError, QualityGateError
 
@@ -279,9 +280,9 @@ def run_fuse(
     input,
     out,
     *,
-    target: str = "onnxruntime",
-    ort_fusions: str = "measured",
-    attention_op: str = "MultiHeadAttention",
+    target: Literal[TARGETS] = "onnxruntime",
+    ort_fusions: Literal[ORT_FUSIONS] = "measured",
+    attention_op: Literal[ATTENTION_OPS] = "MultiHeadAttention",
     verbose: bool = False,
     force: bool = False,
 ):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Literal
 
+from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import (
@@ -43,33 +45,33 @@ def run_qat(
     text_column: str | None = None,
     labels_column: str | None = None,
     val_data: str | None = None,
-    val_fraction: float = 0.1,
-    limit: int | None = None,
-    epochs: float = 1.0,
-    steps: int | None = None,
-    batch_size: int = 32,
-    lr: float = 2e-5,
-    warmup: float = 0.1,
-    eval_every: int | None = None,
-    patience: int = 3,
-    min_delta: float = 0.01,
-    max_length: int = 128,
+    val_fraction: OpenFraction = 0.1,
+    limit: PositiveInt | None = None,
+    epochs: PositiveFloat = 1.0,
+    steps: PositiveInt | None = None,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 2e-5,
+    warmup: HalfOpenFraction = 0.1,
+    eval_every: PositiveInt | None = None,
+    patience: PositiveInt = 3,
+    min_delta: HalfOpenFraction = 0.01,
+    max_length: MaxLength = 128,
     init_from: str | None = None,
-    calib_batches: int = 16,
+    calib_batches: PositiveInt = 16,
     exclude: list[str] | None = None,
     quantize_bmm: bool = False,
-    temperature: float = 2.0,
-    output_weight: float = 1.0,
-    hidden_weight: float = 1.0,
-    attention_weight: float = 0.0,
-    task_weight: float = 1.0,
+    temperature: PositiveFloat = 2.0,
+    output_weight: NonNegativeFloat = 1.0,
+    hidden_weight: NonNegativeFloat = 1.0,
+    attention_weight: NonNegativeFloat = 0.0,
+    task_weight: NonNegativeFloat = 1.0,
     dropout: bool = False,
-    task: str | None = None,
-    pooling: str = "auto",
+    task: Literal[TASKS] | None = None,
+    pooling: Literal["auto", "mean", "cls", "none"] = "auto",
     normalize: bool | None = None,
-    opset: int = 17,
+    opset: Opset = 17,
     seed: int = 0,
-    min_cosine: float = 0.99,
+    min_cosine: Cosine = 0.99,
     checkpoint_dir: str | None = None,
     resume: bool = True,
     force: bool = False,
@@ -265,7 +267,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     tcfg = TrainConfig(epochs=params["epochs"] or 1.0, steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"],
                        warmup=params["warmup"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"], seed=params["seed"])
     ckpt_dir = resolve_path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}.qat-checkpoint"
-    ckpt = Checkpointer(ckpt_dir, fingerprint("qat-checkpoint", inputs, params | {"world_size": env.world}))
+    ckpt = Checkpointer(ckpt_dir, fingerprint("qat-checkpoint", inputs, params | {"world_size": env.world}), owned=not checkpoint_dir)
     if not resume and env.main:
         ckpt.remove()
     env.barrier()
