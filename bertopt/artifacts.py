@@ -241,12 +241,11 @@ def up_to_date(out: str | Path, stage: str, inputs: dict[str, dict], params: dic
     """
     check_out(out)
     begin(out)
-    acquire_lock(Path(out))  # held until the stage's write_artifact ends (a second writer fails now, not after the work)
-    if force or not is_up_to_date(Path(out), stage, inputs, params):
-        return None
-    art = load_artifact(out)
+    with output_lock(Path(out)):  # another process writing `out` now: fail before the work, not after it
+        if force or not is_up_to_date(Path(out), stage, inputs, params):
+            return None
+        art = load_artifact(out)
     art.skipped = True
-    release_lock(Path(out))
     return art
 
 
@@ -328,7 +327,7 @@ def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params:
             hint="choose another --out folder, or remove this one",
         )
     _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
-    with output_lock(out):  # re-entrant: usually taken already by up_to_date
+    with output_lock(out):
         remove_stale_temps(out)
         w = ArtifactWriter(out, stage, inputs, params)
         _os_call(out, "create a temporary folder beside it", lambda: w.dir.mkdir(parents=True))
@@ -461,12 +460,13 @@ def _release_all_locks() -> None:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold the lock on ``out`` for the block (re-entrant: released at the end in any case)."""
-    acquire_lock(Path(out))
+    """Hold the lock on ``out`` for the block (re-entrant: a holder's inner block keeps it)."""
+    taken = acquire_lock(Path(out))
     try:
         yield
     finally:
-        release_lock(Path(out))
+        if taken:
+            release_lock(Path(out))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -518,7 +518,7 @@ def glob_escape(name: str) -> str:
 # --------------------------------------------------------------------------------------- interrupts
 # What the running command is writing, for the ``interrupted:`` message (Ctrl-C).
 ACTIVE_OUTPUTS: list[Path] = []
-KEPT: list[str] = []
+KEPT: dict[str, str] = {}  # key (e.g. a checkpoint folder) -> what is kept there
 
 
 def begin(out: str | Path) -> None:
@@ -528,19 +528,22 @@ def begin(out: str | Path) -> None:
         ACTIVE_OUTPUTS.append(p)
 
 
-def keep_note(msg: str) -> None:
-    """Something an interrupted run leaves on purpose (e.g. a QAT checkpoint), said on Ctrl-C."""
-    if msg not in KEPT:
-        KEPT.append(msg)
+def keep_note(key: str, msg: str | None) -> None:
+    """Something an interrupted run leaves on purpose (e.g. a QAT checkpoint), said on Ctrl-C; None: no longer."""
+    if msg is None:
+        KEPT.pop(key, None)
+    else:
+        KEPT[key] = msg
 
 
 def interrupted_message() -> str:
+    kept = "".join(f"; {k}" for k in KEPT.values())
     if not ACTIVE_OUTPUTS:
-        return "interrupted: nothing was written"
+        return "interrupted: nothing was written" + kept
     out = ACTIVE_OUTPUTS[-1]
     state = f"existing {out} unchanged" if (out / MANIFEST).is_file() else f"{out} was not created"
     done = [str(p) for p in ACTIVE_OUTPUTS[:-1] if (p / MANIFEST).is_file()]
     msg = f"interrupted: no partial artifact was left; {state}"
     if done:
         msg += "; finished before: " + ", ".join(done)
-    return msg + "".join(f"; {k}" for k in KEPT)
+    return msg + kept

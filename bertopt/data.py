@@ -131,7 +131,7 @@ def load_tokenizer(tokenizer_dir: Path | None, where: str = ""):
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
 
 
 def tokenize(tokenizer, texts: Sequence[str], input_names: Sequence[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:

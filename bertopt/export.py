@@ -58,9 +58,9 @@ def load_torch_model(model_dir: Path, task: str):
 
     hf_logging.disable_progress_bar()
 
-    cfg = AutoConfig.from_pretrained(str(model_dir), attn_implementation="eager")
+    cfg = AutoConfig.from_pretrained(str(model_dir), attn_implementation="eager", trust_remote_code=False)
     cls = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModel
-    model = cls.from_pretrained(str(model_dir), config=cfg, attn_implementation="eager")
+    model = cls.from_pretrained(str(model_dir), config=cfg, attn_implementation="eager", trust_remote_code=False)
     return model.eval()
 
 
@@ -146,7 +146,7 @@ def run_export(
                 model = load_torch_model(model_dir, task)
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+                tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
         wrapper = make_wrapper(model, task, input_names, pooling, normalize)
         outs = output_names(task, pooling)
         onnx_path = w.add_output("model", MODEL_FILE)

@@ -101,6 +101,9 @@ def test_checkpoint_load_is_weights_only(tmp_path):
     ck2.save({"step": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "history": [{"step": 0, "loss": 0.5, "train_loss": None}], "best": {"step": 0, "score": (0.9, -0.5), "state": model.state_dict()},
               "bad_evals": 1})
+    from bertopt.artifacts import interrupted_message
+
+    assert f"QAT checkpoint kept in {ck2.folder}" in interrupted_message()  # what Ctrl-C would say now
     state = ck2.load()
     assert state["step"] == 3 and state["best"]["score"] == (0.9, -0.5)
     assert torch.equal(state["model"]["weight"], model.weight)
@@ -108,6 +111,7 @@ def test_checkpoint_load_is_weights_only(tmp_path):
     assert Checkpointer(tmp_path / "ck2", "other-fp").load() is None  # another run's checkpoint: not resumed
     ck2.remove()
     assert not ck2.folder.exists()  # bertopt made it, and it is empty now
+    assert "QAT checkpoint" not in interrupted_message()
 
 
 def test_checkpoint_remove_deletes_only_its_own_files(tmp_path):

@@ -198,7 +198,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     max_len = min(params["max_length"], cfg.get("max_position_embeddings") or params["max_length"])
     enc = batches.encode(tokenizer, train_td.texts, labels, max_len, "token_type_ids" in input_names)
     if val_data:

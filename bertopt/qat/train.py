@@ -98,12 +98,15 @@ class Checkpointer:
         meta_tmp = self.meta.with_name(CHECKPOINT_META + f".tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "step": state.get("step")}) + "\n")
         os.replace(meta_tmp, self.meta)
-        keep_note(f"QAT checkpoint kept in {self.folder}: run the same command again to resume")
+        keep_note(str(self.folder), f"QAT checkpoint kept in {self.folder}: run the same command again to resume")
 
     def remove(self) -> None:
         """Remove what bertopt wrote, never anything else; the folder only if bertopt made it and it is then empty."""
         import contextlib
 
+        from bertopt.artifacts import keep_note
+
+        keep_note(str(self.folder), None)
         for p in (self.path, self.meta, *self.folder.glob(CHECKPOINT_FILE + ".tmp-*"), *self.folder.glob(CHECKPOINT_META + ".tmp-*")):
             with contextlib.suppress(OSError):
                 p.unlink()
