@@ -353,3 +353,23 @@ def test_two_concurrent_runs(exported_minilm, tmp_path):
     if codes == [0, 1]:
         assert f"error: another bertopt process is writing {out}" in errs
     assert (out / "manifest.json").is_file() and _hidden(tmp_path) == []
+
+
+def test_ctrl_c_in_qat_keeps_the_checkpoint(tmp_path, minilm_dir):
+    """Ctrl-C after a QAT checkpoint: exit 130, the message says the checkpoint is kept and how to resume."""
+    pytest.importorskip("modelopt.torch.quantization")
+    out = tmp_path / "qat"
+    ckpt = tmp_path / ".qat.qat-checkpoint" / "checkpoint.pt"
+    p = subprocess.Popen([sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", DATA, "--text-column", "text",
+                          "--limit", "64", "--steps", "40", "--eval-every", "1", "--batch-size", "8", "--max-length", "32", "--calib-batches", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 600
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "qat ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert f"interrupted: no partial artifact was left; {out} was not created" in err
+    assert f"QAT checkpoint kept in {ckpt.parent}: run the same command again to resume" in err
+    assert ckpt.is_file() and not out.exists() and _hidden(tmp_path) == []
