@@ -111,7 +111,8 @@ def load_texts(
         raise BertoptError(
             f"{p}: {len(texts)} non-empty texts{col}" + (f" ({dropped} empty, whitespace or 'nan' cells dropped)" if dropped else "")
             + (f", fewer than the {min_texts} needed" if min_texts > 1 else ""),
-            hint="check that --text-column names the column that holds the text, and that the file has real texts",
+            hint="check that --text-column names the column that holds the text" if dropped or not texts
+            else "pass a data file with more texts",
         )
 
     if offset:

@@ -21,7 +21,8 @@ CAL = ("--samples", "16", "--eval-samples", "8", "--no-trt-cache")
 BENCH = ("--batch", "1", "--seq", "16", "--iters", "1", "--repeats", "1", "--warmup", "0", "--samples", "12")
 
 # A third-party export: a [batch, sequence] float tensor first, then the mean-pooled vector, then
-# the hidden state, under names bertopt does not know.
+# the hidden state, under names bertopt does not know; beside it a tokenizer/ folder holding only
+# the WordPiece vocab.txt (which AutoTokenizer cannot place: fuse used to say "no tokenizer").
 THIRD_PARTY = r'''
 import sys
 from pathlib import Path
@@ -46,7 +47,8 @@ with torch.no_grad():
                       input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["out_0", "zzz", "hs"],
                       dynamic_axes={"input_ids": ax, "attention_mask": ax, "token_type_ids": ax, "out_0": ax, "zzz": {0: "batch"}, "hs": ax},
                       opset_version=17, dynamo=False)
-tok.save_pretrained(str(out / "tokenizer"))
+(out / "tokenizer").mkdir()
+(out / "tokenizer" / "vocab.txt").write_text((Path(src) / "vocab.txt").read_text())
 '''
 
 
@@ -177,13 +179,26 @@ def test_output_override_and_unknown_name(third_party, data_with_holes, tmp_path
     _nothing_written(out)
 
 
+def test_qat_checks_output_and_empty_texts_before_training(minilm_dir, tmp_path):
+    f = tmp_path / "empty.csv"
+    f.write_text("text\n" + "nan\n" * 20 + "hello there\n")
+    out = tmp_path / "qat"
+    err = _user_error(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1", "--output", "nope"),
+                      "--output 'nope'")
+    assert "last_hidden_state, sentence_embedding" in err
+    _user_error(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1"),
+                "empty.csv", "1 non-empty texts in column 'text'", "fewer than the 10 needed")
+    _nothing_written(out)
+
+
 def test_fuse_third_party_picks_the_hidden_state(third_party, tmp_path):
     out = tmp_path / "fused"
     err = _ok(run_cli("fuse", str(third_party), "-o", str(out)))
     assert "comparing output 'hs' (hidden state [B,S,384], mean-pooled)" in err
-    assert "no tokenizer" not in err  # tokenizer/ is beside the model
+    # 12: the vocab-only tokenizer/ beside the model is used, not reported missing
+    assert "no tokenizer" not in err and "synthetic ids" not in err
     par = json.loads((out / "manifest.json").read_text())["metrics"]["parity"]
-    assert par["compared_output"]["name"] == "hs" and par["inputs"].startswith("sample sentences")
+    assert par["compared_output"]["name"] == "hs" and par["inputs"] == "sample sentences through the artifact's tokenizer"
 
 
 def test_bench_third_party_fidelity_and_output_override(third_party, calibrated_third_party, slabs_dir, tmp_path):
@@ -198,19 +213,6 @@ def test_bench_third_party_fidelity_and_output_override(third_party, calibrated_
     fid = json.loads(j.read_text())["runs"][1]["fidelity"]
     assert fid["compared"] == "zzz" and fid["output"]["kind"] == "pooled"
     _user_error(run_cli("bench", str(third_party), "--data", data, *BENCH, "--output", "nope"), "--output 'nope'")
-
-
-# ------------------------------------------------------------------------------ 12. tokenizer/ beside a bare .onnx
-def test_fuse_uses_a_vocab_only_tokenizer_beside_the_model(third_party, minilm_dir, tmp_path):
-    d = tmp_path / "vocab-only"
-    (d / "tokenizer").mkdir(parents=True)
-    (d / "model.onnx").symlink_to(third_party)
-    shutil.copy2(minilm_dir / "vocab.txt", d / "tokenizer" / "vocab.txt")
-    out = tmp_path / "fused"
-    err = _ok(run_cli("fuse", str(d / "model.onnx"), "-o", str(out)))
-    assert "no tokenizer" not in err and "synthetic ids" not in err
-    par = json.loads((out / "manifest.json").read_text())["metrics"]["parity"]
-    assert par["inputs"] == "sample sentences through the artifact's tokenizer"
 
 
 # ------------------------------------------------------------------------------ 12. no encoder in the graph

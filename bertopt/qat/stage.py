@@ -338,8 +338,8 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
             texts = held_texts[:PARITY_TEXTS]
             feeds = [_feeds(tokenizer, texts[i : i + 16], input_names, max_length=max_len) for i in range(0, len(texts), 16)]
             parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=params.get("output"))
-        note(f"qat: parity compared on output {parity['compared_output']}")
             kernels = onnx_qdq.ort_kernel_counts(onnx_path)
+        note(f"qat: parity compared on output {parity['compared_output']}")
         ops = onnx_qdq.op_counts(onnx_path)
         w.metrics.update({
             "parity": parity,
