@@ -98,12 +98,13 @@ def load_texts(
     keep = [i for i, t in enumerate(texts) if not is_empty_text(t)]
     dropped = len(texts) - len(keep)
     if dropped:
-        where = f" (column '{tcol}')" if tcol else ""
-        if suffix != ".txt" or len(keep) == 0 or any(t.strip() for t in texts if is_empty_text(t)):
+        # blank lines of a .txt are layout, not missing values: only 'nan'-like lines are worth a note there
+        markers = sum(1 for t in texts if is_empty_text(t) and str(t).strip())
+        if suffix != ".txt" or markers:
             from bertopt.ui import note
 
-            kinds = "empty/'nan'" if suffix != ".txt" else "empty"
-            note(f"dropped {dropped} {kinds} texts from {p}{where}; {len(keep)} texts left")
+            where = f" (column '{tcol}')" if tcol else ""
+            note(f"dropped {dropped if suffix != '.txt' else markers} empty/'nan' texts from {p}{where}; {len(keep)} texts left")
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep] if labels is not None else None
     if len(texts) < max(1, min_texts):

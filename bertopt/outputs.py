@@ -28,6 +28,7 @@ import numpy as np
 from bertopt.errors import BertoptError
 
 KNOWN_NAMES = ("sentence_embedding", "logits", "last_hidden_state", "pooler_output")
+SMALLEST_HIDDEN = 128  # BERT-tiny; a [B, C] output narrower than this with no hidden size known is logits
 KIND_TEXT = {"hidden": "hidden state", "pooled": "pooled", "logits": "logits"}
 
 
@@ -141,7 +142,8 @@ def classify(spec: OutputSpec, task: str | None = None, hidden_size: int | None 
             return "pooled", ""
         if hidden_size:
             return ("pooled", "") if d[1] == hidden_size else ("logits", "")
-        return ("logits", "") if task == "sequence-classification" else ("pooled", "")
+        # no hidden state to measure H by: encoders' hidden sizes are >= 128, label sets far smaller
+        return ("logits", "") if task == "sequence-classification" or d[1] < SMALLEST_HIDDEN else ("pooled", "")
     return None, f"rank {len(d)} (expected [B,S,H], [B,H] or [B,C])"
 
 

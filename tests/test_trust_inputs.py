@@ -275,3 +275,25 @@ def test_pickled_bin_is_refused_and_never_executed(minilm_dir, tmp_path):
     _user_error(run_cli("export", str(d), "-o", str(out)), f"{d / 'pytorch_model.bin'}: cannot load the weights")
     assert not marker.exists()
     _nothing_written(out)
+
+
+def test_output_chooser_rules():
+    """The rules every comparing stage shares (bertopt/outputs.py), on specs alone."""
+    from bertopt.errors import BertoptError
+    from bertopt.outputs import OutputSpec, choose_output
+
+    ids = OutputSpec("ids", ("batch", "sequence"), is_float=False)
+    per_token = OutputSpec("out_0", ("batch", "sequence"))
+    pooled = OutputSpec("zzz", ("batch", 384))
+    hidden = OutputSpec("hs", ("batch", "sequence", 384))
+    assert choose_output([ids, per_token, pooled, hidden]).name == "hs"
+    assert choose_output([ids, per_token, pooled]).kind == "pooled"
+    # known names before shapes; logits first for classifiers, and a narrow [B,C] is logits
+    assert choose_output([hidden, OutputSpec("sentence_embedding", ("batch", 384))]).name == "sentence_embedding"
+    assert choose_output([hidden, OutputSpec("out", ("batch", 3))], task="sequence-classification").describe() == "'out' (logits [B,3])"
+    assert choose_output([OutputSpec("scores", ("batch", 2))]).kind == "logits"
+    # a reference's choice carries over by kind when the name differs
+    ref = choose_output([OutputSpec("sentence_embedding", ("batch", 384)), OutputSpec("last_hidden_state", ("batch", "sequence", 384))])
+    assert choose_output([per_token, hidden, pooled], prefer=ref).name == "zzz"
+    with pytest.raises(BertoptError, match="no output to compare"):
+        choose_output([ids, per_token])
