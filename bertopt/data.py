@@ -14,6 +14,12 @@ from bertopt.errors import BertoptError
 from bertopt.paths import resolve_path
 
 FORMATS = (".txt", ".csv", ".tsv", ".jsonl")
+# Cells that hold no text: what pandas/Excel/JSON write for a missing value (compared lower-cased).
+EMPTY_MARKERS = ("", "nan", "none", "null")
+
+
+def is_empty_text(t) -> bool:
+    return t is None or str(t).strip().lower() in EMPTY_MARKERS
 
 
 @dataclass
@@ -32,8 +38,14 @@ def load_texts(
     label_column: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    min_texts: int = 1,
 ) -> TextData:
-    """Read texts (and labels) from a data file; every problem names the file and the field."""
+    """Read texts (and labels) from a data file; every problem names the file and the field.
+
+    Empty cells (blank, whitespace, "nan", "None", "null": what a dataframe writes for a missing
+    value) are dropped with their labels, and the count is printed; fewer than ``min_texts`` real
+    texts left is an error naming the file and column.
+    """
     p = resolve_path(path)
     if not p.is_file():
         raise BertoptError(f"{p}: no such data file", hint="pass a .txt (one text per line), .csv, .tsv or .jsonl file")
@@ -51,7 +63,8 @@ def load_texts(
     if suffix == ".txt":
         if label_column:
             raise BertoptError(f"{p}: a .txt file has no columns, so no label column '{label_column}'", hint="use a .csv/.tsv/.jsonl file for labels")
-        texts = [line for line in raw.splitlines() if line.strip()]
+        texts = raw.splitlines()
+        tcol = None
     elif suffix in (".csv", ".tsv"):
         reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
         cols = reader.fieldnames or []
@@ -59,7 +72,7 @@ def load_texts(
         tcol = _pick_column(p, cols, text_column, "text")
         if label_column and label_column not in cols:
             raise BertoptError(f"{p}: no label column '{label_column}'", hint="columns are: " + ", ".join(cols))
-        texts = [r[tcol] or "" for r in rows]
+        texts = [r[tcol] if r[tcol] is not None else "" for r in rows]
         labels = [r[label_column] for r in rows] if label_column else None
     else:
         rows = []
@@ -79,8 +92,29 @@ def load_texts(
             if tcol not in r or (label_column and label_column not in r):
                 missing = tcol if tcol not in r else label_column
                 raise BertoptError(f"{p}: record {i} has no field '{missing}'", hint="every record needs the same fields")
-        texts = [str(r[tcol]) for r in rows]
+        texts = [r[tcol] if isinstance(r[tcol], str) else "" if r[tcol] is None else str(r[tcol]) for r in rows]
         labels = [r[label_column] for r in rows] if label_column else None
+
+    keep = [i for i, t in enumerate(texts) if not is_empty_text(t)]
+    dropped = len(texts) - len(keep)
+    if dropped:
+        # blank lines of a .txt are layout, not missing values: only 'nan'-like lines are worth a note there
+        markers = sum(1 for t in texts if is_empty_text(t) and str(t).strip())
+        if suffix != ".txt" or markers:
+            from bertopt.ui import note
+
+            where = f" (column '{tcol}')" if tcol else ""
+            note(f"dropped {dropped if suffix != '.txt' else markers} empty/'nan' texts from {p}{where}; {len(keep)} texts left")
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep] if labels is not None else None
+    if len(texts) < max(1, min_texts):
+        col = f" in column '{tcol}'" if tcol else ""
+        raise BertoptError(
+            f"{p}: {len(texts)} non-empty texts{col}" + (f" ({dropped} empty, whitespace or 'nan' cells dropped)" if dropped else "")
+            + (f", fewer than the {min_texts} needed" if min_texts > 1 else ""),
+            hint="check that --text-column names the column that holds the text" if dropped or not texts
+            else "pass a data file with more texts",
+        )
 
     if offset:
         texts = texts[offset:]
@@ -131,7 +165,21 @@ def load_tokenizer(tokenizer_dir: Path | None, where: str = ""):
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
+    d = Path(tokenizer_dir)
+    try:
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - a tokenizer folder transformers cannot read is the user's folder
+        first = e
+    if (d / "vocab.txt").is_file():
+        # a WordPiece vocab alone (no tokenizer.json/config): AutoTokenizer cannot tell the class, BERT's reads it
+        try:
+            from transformers import BertTokenizerFast
+
+            return BertTokenizerFast.from_pretrained(str(d))
+        except Exception:  # noqa: BLE001
+            pass
+    raise BertoptError(f"{d}: the tokenizer cannot be loaded ({type(first).__name__}: {' '.join(str(first).split())[:200]})",
+                       hint="save it with `tokenizer.save_pretrained(DIR)` (tokenizer.json + tokenizer_config.json)")
 
 
 def tokenize(tokenizer, texts: Sequence[str], input_names: Sequence[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:

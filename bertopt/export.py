@@ -60,8 +60,34 @@ def load_torch_model(model_dir: Path, task: str):
 
     cfg = AutoConfig.from_pretrained(str(model_dir), attn_implementation="eager", trust_remote_code=False)
     cls = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModel
-    model = cls.from_pretrained(str(model_dir), config=cfg, attn_implementation="eager", trust_remote_code=False)
+    weights = weights_file(Path(model_dir))
+    try:
+        # never trust_remote_code; transformers reads .bin pickles with torch.load(weights_only=True)
+        model = cls.from_pretrained(str(model_dir), config=cfg, attn_implementation="eager", trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - config.json was read: what fails here is the weights file
+        raise _weights_error(weights, e) from None
     return model.eval()
+
+
+def weights_file(model_dir: Path) -> Path:
+    """The weights file transformers will read (safetensors first, as it does)."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
+        if (model_dir / name).is_file():
+            return model_dir / name
+    return model_dir
+
+
+def _weights_error(weights: Path, e: BaseException) -> BertoptError:
+    msg = " ".join(str(e).split())
+    if "Weights only load failed" in msg:  # torch's advice to retry with weights_only=False is not ours to give
+        msg = "torch.load(weights_only=True) refused it" + (": " + msg.split("WeightsUnpickler error:")[1].split(".")[0].strip()
+                                                            if "WeightsUnpickler error:" in msg else "")
+    pickled = weights.suffix == ".bin" or weights.name.startswith("pytorch_model")
+    hint = ("the file is a pickle that PyTorch's safe loader (weights_only) refuses, and bertopt never unpickles "
+            "arbitrary objects: re-save the model as safetensors (`model.save_pretrained(DIR)`) from a source you trust"
+            if pickled else
+            "the file is truncated or corrupt: re-download the model, or re-save it with `model.save_pretrained(DIR)`")
+    return BertoptError(f"{weights}: cannot load the weights ({type(e).__name__}: {msg[:240]})", hint=hint)
 
 
 def make_wrapper(model, task: str, input_names: tuple[str, ...], pooling: str, normalize: bool):

@@ -95,3 +95,33 @@ def model_summary(cfg: dict, task: str) -> dict:
         "num_labels": len(cfg.get("id2label") or {}) if task == "sequence-classification" else None,
         "id2label": cfg.get("id2label") if task == "sequence-classification" else None,
     }
+
+
+# Ops that mark one attention block of an encoder layer: the plain exported form (Softmax) and the
+# fused forms bertopt's passes and ONNX Runtime's optimizer write.
+ATTENTION_MARKERS = ("Softmax", "Attention", "MultiHeadAttention", "QAttention", "PackedAttention", "PackedMultiHeadAttention")
+
+
+def encoder_layers(model) -> int:
+    """How many attention blocks an ONNX model (``ModelProto``, or a path) holds: 0 means it is
+    not a transformer encoder, and bertopt's passes have nothing to work on."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return sum(1 for n in model.graph.node if n.op_type in ATTENTION_MARKERS)
+
+
+def check_encoder(model, path, stage: str, strict: bool = False) -> int:
+    """Warn (``strict``: fail) when the model holds no encoder layer; returns the layer count."""
+    n = encoder_layers(model)
+    if n == 0:
+        msg = f"{path}: no BERT encoder layers found (no attention: no Softmax or fused attention op in the graph)"
+        if strict:
+            raise BertoptError(msg, hint=f"{stage} optimizes BERT-family encoders; pass the output of `bertopt export` "
+                                         f"(or drop --strict to {stage} it anyway)")
+        from bertopt.ui import console
+
+        console.print(f"warning: {stage}: {msg}; bertopt's passes target BERT-family encoders, expect nothing to be optimized "
+                      "(--strict makes this an error)", style="yellow", markup=False)
+    return n

@@ -39,6 +39,7 @@ def run_build(
     tune: bool = False,
     timing_cache: str | None = None,
     keep_fp32: str = DEFAULT_KEEP_FP32,
+    strict: bool = False,
     force: bool = False,
     verbose: bool = False,
 ) -> Artifact:
@@ -53,6 +54,7 @@ def run_build(
       the fixed defaults; what was measured goes into the manifest.
     - ``timing_cache`` (TensorRT): the tactic timing cache file, kept between builds
       (default ``~/.cache/bertopt/trt-timing.cache``).
+    - ``strict``: a graph with no BERT encoder layer is an error (default: a warning).
     """
     from bertopt.paths import resolve_path
 
@@ -70,6 +72,9 @@ def run_build(
             f"{src}: build takes an ONNX model, but this artifact's model is '{src.name}' (stage '{art.stage}')",
             hint="pass the artifact written by export, fuse, calibrate or qat",
         )
+    from bertopt.models import check_encoder
+
+    check_encoder(src, src, "build", strict)  # a warning (strict: an error) for a graph with no encoder layer
     data_path = resolve_path(data) if data else None
     if data_path is not None and not data_path.is_file():
         raise BertoptError(f"{data_path}: no such data file", hint="pass a .txt/.csv/.tsv/.jsonl file of real texts")

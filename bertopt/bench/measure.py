@@ -98,34 +98,46 @@ def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size:
             chunks.setdefault(k, []).append(v)
         advance(len(texts[i:i + batch_size]))
     out = {}
+    masks = chunks.get("__mask__", [])
     for k, parts in chunks.items():
-        if parts[0].ndim >= 2 and k in ("last_hidden_state", "__mask__"):
-            # rows padded to different lengths per batch: keep per-row arrays
+        per_token = k == "__mask__" or (k not in ("logits", "sentence_embedding", "pooler_output") and all(
+            p.ndim >= 2 and p.shape[:2] == m.shape for p, m in zip(parts, masks)))
+        if per_token:
+            # one value (or vector) per token, rows padded to different lengths per batch: keep per-row arrays
             out[k] = [row for p in parts for row in p]
         else:
             out[k] = np.concatenate(parts)
     return out
 
 
-def pooled(outputs: dict) -> tuple[str, np.ndarray]:
-    """The vector bench compares: logits, else the model's sentence embedding, else mean pooling."""
-    if "logits" in outputs:
-        return "logits", np.asarray(outputs["logits"], dtype=np.float64)
-    if "sentence_embedding" in outputs:
-        return "sentence_embedding", np.asarray(outputs["sentence_embedding"], dtype=np.float64)
-    rows = []
-    for h, m in zip(outputs["last_hidden_state"], outputs["__mask__"]):
-        n = int(m.sum())
-        rows.append(np.asarray(h[:n], dtype=np.float64).mean(0))
-    return "mean_pooled_last_hidden_state", np.stack(rows)
+def choose_output(runner: Runner, outputs: dict, requested: str | None = None, prefer=None):
+    """The output of ``runner`` that fidelity compares (:func:`bertopt.outputs.choose_output`):
+    ``requested`` when the runner has it, else the reference's choice (``prefer``: same name, else
+    same kind), else by name and shape."""
+    from bertopt.outputs import choose_output as choose, specs_from_arrays
+
+    specs = specs_from_arrays(outputs)
+    has = requested is not None and any(sp.name == requested for sp in specs)
+    return choose(specs, requested=requested if has else None, task=runner.task, prefer=None if has else prefer,
+                  where=str(runner.path))
 
 
-def fidelity(ref: dict, got: dict) -> dict:
-    """Cosine (min, mean) of pooled outputs, max abs diff, top-1 agreement for classifiers."""
-    kind_r, a = pooled(ref)
-    kind_g, b = pooled(got)
-    if kind_r != kind_g and "logits" in (kind_r, kind_g):
-        return {"compared": f"{kind_r} vs {kind_g}", "error": "one artifact is a classifier, the other is not"}
+def pooled(outputs: dict, choice) -> tuple[str, np.ndarray]:
+    """The vector bench compares (``choice``: :func:`choose_output`) and its label."""
+    label = f"mean_pooled_{choice.name}" if choice.kind == "hidden" else choice.name
+    return label, choice.vectors(outputs[choice.name], outputs.get("__mask__"))
+
+
+def fidelity(ref: dict, got: dict, ref_choice, choice) -> dict:
+    """Cosine (min, mean) of the compared outputs, max abs diff, top-1 agreement for classifiers."""
+    label_r, a = pooled(ref, ref_choice)
+    label_g, b = pooled(got, choice)
+    kind_r = label_r if label_r == label_g else f"{label_r} vs {label_g}"
+    if (ref_choice.kind == "logits") != (choice.kind == "logits"):
+        return {"compared": kind_r, "error": "one artifact is a classifier, the other is not", "output": choice.as_dict()}
+    if a.shape != b.shape:
+        return {"compared": kind_r, "error": f"the compared outputs differ in shape ({a.shape[1:]} vs {b.shape[1:]})",
+                "output": choice.as_dict()}
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     res = {
         "compared": kind_r,
@@ -133,7 +145,8 @@ def fidelity(ref: dict, got: dict) -> dict:
         "cosine_min": round(float(cos.min()), 6),
         "cosine_mean": round(float(cos.mean()), 6),
         "max_abs_diff": _sig(float(np.abs(a - b).max())),
-        "top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if kind_r == "logits" else None,
+        "top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if choice.kind == "logits" else None,
+        "output": choice.as_dict(),
     }
     if "last_hidden_state" in ref and "last_hidden_state" in got:
         res["hidden_max_abs_diff"] = _sig(max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
@@ -146,9 +159,10 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def accuracy(runner: Runner, outputs: dict, labels: list) -> dict | None:
-    if "logits" not in outputs:
+def accuracy(runner: Runner, outputs: dict, labels: list, name: str = "logits") -> dict | None:
+    """Top-1 accuracy of the classifier output ``name`` (see :func:`choose_output`); None if absent."""
+    if name not in outputs:
         return None
     y = encode_labels(labels, runner.id2label)
-    pred = np.asarray(outputs["logits"]).argmax(1)
+    pred = np.asarray(outputs[name]).argmax(1)
     return {"value": round(float((pred == y).mean()), 6), "n": int(len(y))}

@@ -52,6 +52,7 @@ def run_bench(
     eval_samples: PositiveInt | None = None,
     min_cosine: Cosine | None = None,
     max_accuracy_drop: NonNegativeFloat | None = None,
+    output: str | None = None,
     json_path: str | Path | None = None,
     force: bool = False,
     verbose: bool = False,
@@ -72,6 +73,8 @@ def run_bench(
     params = {k: v for k, v in dict(batch=list(batch), seq=list(seq), threads=threads, warmup=warmup, iters=iters, repeats=repeats,
                                     data=data, text_column=text_column, samples=samples, max_length=max_length, eval=eval,
                                     label_column=label_column, eval_samples=eval_samples).items()}
+    if output:
+        params["output"] = output
     inputs = {f"input{i}": describe_input(_resolve(p)) for i, p in enumerate(input)}
     for extra in ("data", "eval"):
         if params[extra]:
@@ -94,7 +97,7 @@ def run_bench(
 
         note(f"bench: {fid_texts.path} has {len(fid_texts)} texts, fewer than --samples {samples}; using all of them")
 
-    from bertopt.bench.measure import accuracy, fidelity, latency_sweep, run_texts
+    from bertopt.bench.measure import accuracy, choose_output, fidelity, latency_sweep, run_texts
     from bertopt.bench.runners import describe, open_runner
 
     runners = []
@@ -105,6 +108,9 @@ def run_bench(
             r.name = f"{r.name}#{i}"
         names.add(r.name)
         runners.append(r)
+    if output and not any(output in r.outputs for r in runners):
+        raise BertoptError(f"--output '{output}': no artifact has such an output",
+                           hint="outputs: " + "; ".join(f"{r.name}: {', '.join(r.outputs)}" for r in runners))
 
     grid = [(int(b), int(s)) for s in seq for b in batch]
     sweep_texts = fid_texts.texts if fid_texts is not None else (ev.texts if ev is not None else None)
@@ -119,16 +125,19 @@ def run_bench(
         max_length = min([max_length] + [r.max_length for r in runners])
         if n_text:
             t_txt = prog.add_task("bench: fidelity/accuracy", total=n_text * len(runners), status="")
-            ref_out = None
+            ref_out = ref_choice = None
             for run, r in zip(runs, runners):
                 if fid_texts is not None:
                     o = run_texts(r, fid_texts.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
+                    choice = choose_output(r, o, output, ref_choice)
+                    note(f"bench: {r.name}: comparing output {choice.describe()}")
                     if ref_out is None:
-                        ref_out = o
-                    run["fidelity"] = fidelity(ref_out, o)
+                        ref_out, ref_choice = o, choice
+                    run["fidelity"] = fidelity(ref_out, o, ref_choice, choice)
                 if ev is not None:
                     o = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
-                    run["accuracy"] = accuracy(r, o, ev.labels)
+                    c = choose_output(r, o, output, ref_choice)
+                    run["accuracy"] = accuracy(r, o, ev.labels, c.name) if c.kind == "logits" else None
     for run in runs:
         for res in run["results"]:
             if "skipped" in res:

@@ -8,7 +8,8 @@ without the calibration data (another machine, another ONNX Runtime):
      "hashes": {"model": sha256 of the input model.onnx, "tokenizer": sha256 of tokenizer/ | null,
                 "data": sha256 of the calibration file},
      "calibration": {"method", "percentile", "samples", "max_length", "data": path, "text_column"},
-     "placement": {"include_bmm", "exclude": [node or glob], "skipped": {node: reason}},
+     "placement": {"include_bmm", "exclude": [node or glob], "exclude_matches": {pattern: GEMMs matched},
+                   "skipped": {node: reason}},
      "equalization": {"alpha", "shift", "bias_correction",
                       "tensors": {tensor: {"scale": [...], "shift": [...], "mean": [...]}}},
      "activations": {tensor: amax, ...},       # per-tensor amax of every quantized GEMM input

@@ -1,7 +1,7 @@
 """How far a model's output moves from the FP32 reference, and which GEMMs move it most.
 
-The compared vector is the one a user consumes: ``sentence_embedding`` when the model has one,
-else ``logits``, else the mask-aware mean of the first [batch, sequence, hidden] output. Candidate
+The compared vector is the one a user consumes, chosen by :func:`bertopt.outputs.choose_output`
+(``sentence_embedding``, ``logits``, a mean-pooled hidden state, a pooled vector; ``--output NAME``). Candidate
 models run on ONNX Runtime with its optimizations on, i.e. with the INT8 kernels a user gets.
 
 Per-layer sensitivity (``calibrate --report``) is the output error when only that GEMM is quantized
@@ -18,14 +18,14 @@ import numpy as np
 
 from bertopt.calibrators.collect import Batch
 from bertopt.calibrators.qdq import GemmTarget
+from bertopt.outputs import OutputChoice
 
 
-def primary_output(model) -> str:
-    names = [o.name for o in model.graph.output]
-    for preferred in ("sentence_embedding", "logits"):
-        if preferred in names:
-            return preferred
-    return names[0]
+def primary_output(model, requested: str | None = None, task: str | None = None, where: str = "the model"):
+    """The :class:`bertopt.outputs.OutputChoice` to compare for ``model``."""
+    from bertopt.outputs import choose_for_onnx
+
+    return choose_for_onnx(model, requested=requested, task=task, where=where)
 
 
 def _session(model, threads: int | None = None):
@@ -43,14 +43,17 @@ class Evaluator:
     """Runs models over fixed batches and compares their primary output with the reference's."""
 
     batches: list[Batch]
-    output: str
+    choice: OutputChoice
     ref: np.ndarray
     threads: int | None = None
 
+    @property
+    def output(self) -> str:
+        return self.choice.name
+
     @classmethod
-    def for_model(cls, model, batches: Sequence[Batch], threads: int | None = None) -> "Evaluator":
-        out = primary_output(model)
-        ev = cls(list(batches), out, np.zeros(0), threads)
+    def for_model(cls, model, batches: Sequence[Batch], threads: int | None = None, choice: OutputChoice | None = None) -> "Evaluator":
+        ev = cls(list(batches), choice or primary_output(model), np.zeros(0), threads)
         ev.ref = ev.vectors(model)
         return ev
 
@@ -59,11 +62,8 @@ class Evaluator:
         rows = []
         order = []
         for b in self.batches:
-            y = sess.run([self.output], b.feeds)[0].astype(np.float64)
-            if y.ndim == 3:  # [batch, sequence, hidden]: mean over real tokens
-                m = b.feeds["attention_mask"].astype(np.float64)[..., None]
-                y = (y * m).sum(1) / np.maximum(m.sum(1), 1.0)
-            rows.append(y.reshape(y.shape[0], -1))
+            y = sess.run([self.output], b.feeds)[0]
+            rows.append(self.choice.vectors(y, b.feeds.get("attention_mask")))
             order += b.indices
         out = np.concatenate(rows)
         return out[np.argsort(order, kind="stable")]
@@ -74,13 +74,14 @@ class Evaluator:
         rel = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-30)
         res = {
             "output": self.output,
+            "kind": self.choice.kind,
             "n": int(len(cos)),
             "cosine_min": round(float(cos.min()), 6),
             "cosine_mean": round(float(cos.mean()), 6),
             "rel_error_mean": float(rel.mean()),
             "rel_error_max": float(rel.max()),
         }
-        if self.output == "logits":
+        if self.choice.kind == "logits":
             res["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).mean()), 6)
         return res
 

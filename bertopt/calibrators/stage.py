@@ -66,6 +66,7 @@ def run_calibrate(
     eval_samples: PositiveInt = 64,
     ranges: str | None = None,
     trt_cache: bool = True,
+    output: str | None = None,
     threads: PositiveInt | None = None,
     force: bool = False,
     verbose: bool = False,
@@ -75,6 +76,9 @@ def run_calibrate(
 
     With ``ranges`` (a ranges.json from an earlier run on the same input model) no data is read:
     the Q/DQ model is regenerated from the file.
+
+    ``output`` names the model output the fidelity check and ``--report`` compare (default: chosen
+    by shape and name, :mod:`bertopt.outputs`).
     """
     from bertopt.calibrators.methods import METHODS
     from bertopt.paths import resolve_path
@@ -106,6 +110,8 @@ def run_calibrate(
                   max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
                   include_bmm=include_bmm, exclude=exclude_all, skip_sensitive=skip_sensitive, report=report,
                   eval_samples=eval_samples, ranges=str(ranges) if ranges else None, trt_cache=trt_cache)
+    if output:
+        params["output"] = output
     if (done := up_to_date(out, STAGE, inputs, params, force)) is not None:
         skipped(STAGE, out)
         return done
@@ -117,7 +123,13 @@ def run_calibrate(
         raise BertoptError(f"--max-length {max_length} is longer than the model's maximum ({model_max} positions)",
                            hint=f"use --max-length {model_max} or less; longer texts are truncated to --max-length")
 
+    from bertopt.outputs import choose_for_onnx
+
+    choice = choose_for_onnx(model, requested=output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
+                             where=str(art.model_path))
     job = _Job(art=art, model=model, params=dict(params), exclude=exclude_all, threads=threads, verbose=verbose)
+    job.choice = choice
+    job.user_exclude = list(exclude or [])
     with write_artifact(out, STAGE, inputs, params) as w:
         if ranges is not None:
             job.from_ranges(ranges)
@@ -173,12 +185,17 @@ class _Job:
         self.evaluator = None
         self.data_hash = None
         self.calibration: dict = {}
+        self.choice = None
+        self.user_exclude: list[str] = []
+        self.excluded: dict[str, str] = {}  # node -> the --exclude pattern that keeps it float
+        self.exclude_matches: dict[str, int] = {}
 
     # ------------------------------------------------------------------ shared pieces
     def targets(self):
         from bertopt.calibrators.qdq import quantizable_gemms
 
         ts = quantizable_gemms(self.model, include_bmm=self.p["include_bmm"], exclude=self.exclude)
+        self._count_excluded(ts)
         if not ts:
             raise BertoptError(
                 f"{self.art.model_path}: no GEMM to quantize (no MatMul/Gemm with a constant float32 2-D weight"
@@ -187,6 +204,27 @@ class _Job:
                      "com.microsoft Attention with packed QKV) has nothing left for Q/DQ",
             )
         return ts
+
+    def _count_excluded(self, kept) -> None:
+        """Which GEMMs each --exclude pattern kept in float; warn on a user pattern matching none."""
+        from bertopt.calibrators.qdq import matches, quantizable_gemms
+
+        every = quantizable_gemms(self.model, include_bmm=self.p["include_bmm"])
+        self.all_gemms = len(every)
+        kept_nodes = {t.node for t in kept}
+        self.excluded = {}
+        self.exclude_matches = {}
+        for pat in self.exclude:
+            hit = [t.node for t in every if matches(t.node, [pat]) or (t.module and matches(t.module, [pat]))]
+            self.exclude_matches[pat] = len(hit)
+            for node in hit:
+                if node not in kept_nodes:
+                    self.excluded.setdefault(node, pat)
+        for pat in self.user_exclude:
+            if not self.exclude_matches.get(pat):
+                names = [t.module or t.node for t in every]
+                console.print(f"warning: calibrate: --exclude '{pat}' matches no GEMM of {self.art.model_path}"
+                              + (f" (GEMMs are named like {names[0]}, {names[-1]})" if names else ""), style="yellow", markup=False)
 
     def build(self, subset):
         """The Q/DQ model quantizing exactly ``subset`` of the (equalized) GEMMs."""
@@ -250,7 +288,8 @@ class _Job:
             eq = equalization_params(self.model, targets, stats, p["smooth"], p["shift"]) if equalize else {}
             self.eq_model, self.targets_eq = apply_equalization(self.model, targets, eq) if eq else (self.model, list(targets))
             self.eq = eq
-            self.evaluator = Evaluator.for_model(self.model, eval_batches, self.threads)
+            note(f"calibrate: comparing output {self.choice.describe()}")
+            self.evaluator = Evaluator.for_model(self.model, eval_batches, self.threads, choice=self.choice)
             if eq:
                 chk = self.evaluator.error(self.eq_model)
                 if chk["rel_error_max"] > EQUALIZATION_TOLERANCE:
@@ -327,6 +366,7 @@ class _Job:
         self.p.update(include_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0), shift=bool(eqd.get("shift", False)),
                       bias_correction=bool(eqd.get("bias_correction", False)))
         self.exclude = list(pl.get("exclude", []))
+        self.user_exclude = []  # the ranges file decides the placement
         self.calibration = dict(doc["calibration"])
         self.data_hash = doc["hashes"].get("data")
         targets = self.targets()
@@ -374,8 +414,10 @@ class _Job:
         ort_ops = ort_int8_kernels(path)
         self.metrics.update({
             "quantized_gemms": len(self.quant),
-            "candidate_gemms": len(self.targets_eq),
+            "candidate_gemms": getattr(self, "all_gemms", len(self.targets_eq)),
             "float_gemms": self.skipped,
+            "excluded_gemms": self.excluded,
+            "exclude_matches": self.exclude_matches,
             "qdq": summary,
             "ort_kernels": ort_ops,
         })
@@ -387,10 +429,11 @@ class _Job:
             with console.status("calibrate: fidelity vs FP32 on held-out text"):
                 fid = self.evaluator.error(final)
             self.metrics["fidelity"] = fid
+            self.metrics["compared_output"] = self.choice.as_dict()
             self.metrics["cosine_min"] = fid["cosine_min"]
             if "top1_agreement" in fid:
                 self.metrics["top1_agreement"] = fid["top1_agreement"]
-            low = fid.get("top1_agreement", 1.0) < 0.99 if fid["output"] == "logits" else fid["cosine_min"] < 0.99
+            low = fid.get("top1_agreement", 1.0) < 0.99 if fid.get("kind") == "logits" else fid["cosine_min"] < 0.99
             if low:
                 note(f"calibrate: low INT8 fidelity on held-out text ({fid}); try --method max or percentile (entropy and mse "
                      "can clip the rare, large activations BERT's special tokens carry), more --samples, or --skip-sensitive N "
@@ -401,7 +444,8 @@ class _Job:
                        "tokenizer": sha256_path(self.art.tokenizer_dir) if self.art.tokenizer_dir else None,
                        "data": self.data_hash},
             "calibration": self.calibration,
-            "placement": {"include_bmm": self.p["include_bmm"], "exclude": self.exclude, "skipped": self.skipped,
+            "placement": {"include_bmm": self.p["include_bmm"], "exclude": self.exclude, "exclude_matches": self.exclude_matches,
+                          "skipped": self.skipped,
                           "quantized": [t.node for t in self.quant]},
             "equalization": {"alpha": self.p["smooth"], "shift": self.p["shift"], "bias_correction": self.p["bias_correction"],
                              "tensors": self.eq_tensors},
@@ -459,14 +503,29 @@ def _render_report(rows: Sequence[dict], verbose: bool) -> None:
         note(f"calibrate: {len(rows) - 10} more rows in report.json (--verbose prints all)")
 
 
+def gemm_count_text(m: dict) -> str:
+    """'34 of 38 GEMMs INT8 (4 kept in float: 2 by --exclude '*pooler*', 1 by --skip-sensitive, 1 zero range)'."""
+    q, total = m.get("quantized_gemms"), m.get("candidate_gemms")
+    why: dict[str, int] = {}
+    for pat in (m.get("excluded_gemms") or {}).values():
+        why[f"by --exclude '{pat}'"] = why.get(f"by --exclude '{pat}'", 0) + 1
+    for reason in (m.get("float_gemms") or {}).values():
+        key = "by --skip-sensitive" if reason == "sensitive" else "zero range" if str(reason).startswith("zero range") else str(reason)
+        why[key] = why.get(key, 0) + 1
+    text = f"{q} of {total} GEMMs INT8"
+    if why:
+        text += f" ({sum(why.values())} kept in float: " + ", ".join(f"{n} {k}" for k, n in why.items()) + ")"
+    return text
+
+
 def _summary(art: Artifact) -> None:
     m = art.manifest.get("metrics", {})
     fid = m.get("fidelity") or {}
-    bits = [f"{m.get('quantized_gemms')}/{m.get('candidate_gemms')} GEMMs INT8"]
+    bits = [gemm_count_text(m)]
     k = m.get("ort_kernels", {})
     bits.append(f"ORT int8 kernels {sum(k.get(x, 0) for x in ORT_INT8_KERNELS)}")
     if fid:
-        bits.append(f"{fid['output']} cosine vs FP32 min {fid['cosine_min']:.4f} mean {fid['cosine_mean']:.4f} (n={fid['n']})")
+        bits.append(f"'{fid['output']}' cosine vs FP32 min {fid['cosine_min']:.4f} mean {fid['cosine_mean']:.4f} (n={fid['n']})")
         if "top1_agreement" in fid:
             bits.append(f"top-1 agreement {fid['top1_agreement']:.4f}")
     console.print(f"calibrate: {art.path / MODEL_FILE}  " + "; ".join(bits), markup=False)

@@ -32,6 +32,7 @@ def command(
     eval_samples: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N rows of --eval.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 3) if any artifact's min cosine is below this.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 3) if accuracy drops more points than this.")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Model output fidelity compares (default: chosen by shape; see README).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the report as an artifact folder.")] = None,
     json_out: JsonOut = None,
     force: Force = False,
@@ -43,7 +44,7 @@ def command(
         artifacts, out, batch=parse_int_list(batch, "--batch"), seq=parse_int_list(seq, "--seq"), threads=threads,
         warmup=warmup, iters=iters, repeats=repeats, data=data, text_column=text_column, samples=samples,
         max_length=max_length, eval=eval, label_column=label_column, eval_samples=eval_samples,
-        min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, json_path=json_out, force=force, verbose=verbose,
+        min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, output=output, json_path=json_out, force=force, verbose=verbose,
     )
     if str(json_out) != "-":
         render(report)

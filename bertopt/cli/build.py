@@ -26,11 +26,12 @@ def command(
     tune: Annotated[bool, typer.Option("--tune", help="ORT: measure session options on this machine and keep the fastest.")] = False,
     timing_cache: Annotated[Optional[str], typer.Option(help="TensorRT timing cache file (default: ~/.cache/bertopt/trt-timing.cache).")] = None,
     keep_fp32: Annotated[str, typer.Option(help="TensorRT fp16/int8: op types kept in FP32, comma-separated.")] = "LayerNormalization,Softmax",
+    strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) when the graph holds no BERT encoder layer.")] = False,
     force: Force = False,
     verbose: Verbose = False,
 ) -> None:
     from bertopt.backends.stage import run_build
 
     run_build(input, out, backend=backend, precision=precision, profile=profile, data=data, text_column=text_column,
-              threads=threads, tune=tune, timing_cache=timing_cache, keep_fp32=keep_fp32, force=force, verbose=verbose)
+              threads=threads, tune=tune, timing_cache=timing_cache, keep_fp32=keep_fp32, strict=strict, force=force, verbose=verbose)
 

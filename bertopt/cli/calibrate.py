@@ -37,6 +37,7 @@ def command(
     eval_samples: Annotated[int, typer.Option(min=1, help="Held-out texts (after --samples) for the fidelity check and --report.")] = 64,
     ranges: Annotated[Optional[str], typer.Option(help="Regenerate from this ranges.json instead of calibrating (no --data needed).")] = None,
     trt_cache: Annotated[bool, typer.Option("--trt-cache/--no-trt-cache", help="Also write TensorRT's calibration cache.")] = True,
+    output: Annotated[Optional[str], typer.Option(help="Model output the fidelity check compares (default: chosen by shape; see README).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads for ONNX Runtime.")] = None,
     force: Force = False,
     verbose: Verbose = False,
@@ -47,4 +48,4 @@ def command(
                   max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
                   include_bmm=include_bmm, exclude=list(exclude) if exclude else None, quantize_head=quantize_head,
                   skip_sensitive=skip_sensitive, report=report, eval_samples=eval_samples, ranges=ranges, trt_cache=trt_cache,
-                  threads=threads, force=force, verbose=verbose)
+                  output=output, threads=threads, force=force, verbose=verbose)

@@ -45,6 +45,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed for the split, batch order and dropout.")] = 0,
     min_cosine: Annotated[float, typer.Option(help="Exported ONNX (ORT int8) vs fake-quant torch: minimum mean cosine over held-out texts.")] = 0.99,
     checkpoint_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (default: .<out>.qat-checkpoint beside --out).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Output the export parity check compares (default: chosen by shape; see README).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume a killed run from its checkpoint.")] = True,
     force: Force = False,
     verbose: Verbose = False,
@@ -57,5 +58,5 @@ def command(
         limit=limit, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, min_delta=min_delta,
         max_length=max_length, init_from=init_from, calib_batches=calib_batches, exclude=excl, quantize_bmm=quantize_bmm,
         temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight, task_weight=task_weight, dropout=dropout, seed=seed,
-        min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, resume=resume, force=force, verbose=verbose,
+        min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, output=output, resume=resume, force=force, verbose=verbose,
     )

@@ -237,21 +237,23 @@ def _family_warnings(report: FuseReport) -> list[str]:
 # ----------------------------------------------------------------------------------- parity
 def parity_feeds(model_path: Path, tokenizer_dir: Path | None, input_names: list[str]) -> tuple[dict[str, np.ndarray], str]:
     """Real-looking inputs: sample sentences through the artifact's tokenizer, else synthetic ids."""
+    why = "no tokenizer next to the model"
     if tokenizer_dir is not None:
         try:
             from bertopt.data import load_tokenizer, tokenize
 
             tok = load_tokenizer(tokenizer_dir)
             return tokenize(tok, SAMPLE_TEXTS, input_names, max_length=128), "sample sentences through the artifact's tokenizer"
-        except Exception:  # noqa: BLE001 - fall back to synthetic ids
-            pass
+        except Exception as e:  # noqa: BLE001 - fall back to synthetic ids, saying why
+            msg = getattr(e, "message", None) or f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+            why = f"the tokenizer in {tokenizer_dir} could not be used: {msg}"
     import onnx
     import onnx_graphsurgeon as gs
 
     from bertopt.passes.common import probe_feeds
 
     graph = gs.import_onnx(onnx.load(str(model_path), load_external_data=False))
-    return probe_feeds(graph, batch=3, seq=13, seed=1), "synthetic ids (no tokenizer next to the model)"
+    return probe_feeds(graph, batch=3, seq=13, seed=1), f"synthetic ids ({why})"
 
 
 def parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
@@ -283,12 +285,16 @@ def run_fuse(
     target: Literal[TARGETS] = "onnxruntime",
     ort_fusions: Literal[ORT_FUSIONS] = "measured",
     attention_op: Literal[ATTENTION_OPS] = "MultiHeadAttention",
+    output: str | None = None,
+    strict: bool = False,
     verbose: bool = False,
     force: bool = False,
 ):
     """Fuse an exported artifact (or a bare .onnx) for ``target``; write the fused artifact to ``out``.
 
-    ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``."""
+    ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``. ``output``: the model
+    output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks one by
+    default). A graph with no encoder layer is a warning, with ``strict`` an error."""
     import onnx
 
     from bertopt import ui
@@ -313,6 +319,8 @@ def run_fuse(
     if target == "onnxruntime":
         options = {"ort_fusions": ort_fusions, "attention_op": attention_op}
         params.update(options)
+    if output:
+        params["output"] = output
     existing = up_to_date(out, STAGE, inputs, params, force)
     if existing is not None:
         ui.skipped(STAGE, out)
@@ -323,6 +331,16 @@ def run_fuse(
     except Exception as e:  # noqa: BLE001
         raise BertoptError(f"{src}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", hint="re-export the model") from None
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    from bertopt.models import check_encoder
+    from bertopt.outputs import choose_for_onnx
+
+    check_encoder(model, src, STAGE, strict)
+    try:
+        choice = choose_for_onnx(model, requested=output, task=art.task, hidden_size=art.model_info.get("hidden_size"), where=str(src))
+    except BertoptError:
+        if output:
+            raise
+        choice = None  # no hidden state/pooled/logits output: every output is still checked
     if target == "tensorrt" and foreign:
         raise BertoptError(
             f"{src}: holds ops of domain(s) {', '.join(foreign)}; the tensorrt target needs standard ONNX ops only",
@@ -348,6 +366,8 @@ def run_fuse(
                 feeds, how = parity_feeds(src, art.tokenizer_dir, [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}])
                 par = parity(src, model_file, feeds)
                 par["inputs"] = how
+                if choice is not None:
+                    par["compared_output"] = choice.as_dict() | par["outputs"].get(choice.name, {})
             bar.advance(task)
         w.copy_tokenizer(art.tokenizer_dir)
         w.model = _model_block(art.model_info, fused, report)
@@ -362,6 +382,11 @@ def run_fuse(
             )
     for msg in report.warnings:
         ui.console.print(f"warning: {msg}", style="yellow", markup=False)
+    if not how.startswith("sample sentences"):
+        ui.console.print(f"warning: fuse: parity checked on {how}", style="yellow", markup=False)
+    if choice is not None:
+        cmp = par["compared_output"]
+        ui.note(f"fuse: comparing output {choice.describe()}: max |diff| {cmp.get('max_abs_diff', 0):.2e} (every output is checked)")
     if verbose:
         for line in zero_fired_lines(report):
             ui.note(line)

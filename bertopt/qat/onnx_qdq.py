@@ -288,7 +288,7 @@ def int8_gemms(kernel_counts: dict[str, int]) -> int:
     return sum(v for k, v in kernel_counts.items() if k in INT8_KERNELS)
 
 
-def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str) -> dict:
+def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str, output: str | None = None) -> dict:
     """The exported Q/DQ model on ONNX Runtime (int8 kernels) against the fake-quant torch model.
 
     Quantization turns float rounding noise into whole quantization steps wherever a value sits on a
@@ -322,10 +322,14 @@ def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], ta
             entry["argmax_agreement"] = float(np.mean(r.argmax(-1) == o.argmax(-1)))
         res["per_output"][name] = entry
         res["max_abs_diff"] = max(res["max_abs_diff"], d)
-    main = "logits" if task == "sequence-classification" else ("sentence_embedding" if "sentence_embedding" in outs else outs[0])
+    from bertopt.outputs import choose_for_onnx
+
+    choice = choose_for_onnx(onnx_path, requested=output, task=task, where=str(onnx_path))
+    main = choice.name
     res["cosine_min"] = res["per_output"][main]["cosine_min"]
     res["cosine_mean"] = res["per_output"][main]["cosine_mean"]
     if "argmax_agreement" in res["per_output"][main]:
         res["argmax_agreement"] = res["per_output"][main]["argmax_agreement"]
     res["checked_output"] = main
+    res["compared_output"] = choice.describe()
     return res

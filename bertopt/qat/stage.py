@@ -73,6 +73,7 @@ def run_qat(
     seed: int = 0,
     min_cosine: Cosine = 0.99,
     checkpoint_dir: str | None = None,
+    output: str | None = None,
     resume: bool = True,
     force: bool = False,
     verbose: bool = False,
@@ -149,6 +150,14 @@ def run_qat(
         "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
         "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
     }
+    if output:
+        from bertopt.export import output_names
+
+        outs = output_names(task, pooling)
+        if output not in outs:
+            raise BertoptError(f"--output '{output}': the exported {task} model has no such output",
+                               hint="its outputs are: " + ", ".join(outs))
+        params["output"] = output
     if (done := up_to_date(out, "qat", inputs, params, force)) is not None:
         skipped("qat", out)
         return done
@@ -189,7 +198,8 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     input_names = SUPPORTED[cfg["model_type"]]
 
     # ---- data
-    train_td = load_texts(data_path, text_column=text_column, label_column=labels_column, limit=limit)
+    # without --val-data, 10 texts is the least that leaves some held out for early stopping
+    train_td = load_texts(data_path, text_column=text_column, label_column=labels_column, limit=limit, min_texts=1 if val_data else 10)
     labels = _labels(train_td, cfg) if labels_column else None
     if val_data:
         val_td = load_texts(resolve_path(val_data), text_column=text_column, label_column=labels_column)
@@ -329,8 +339,9 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
         with console.status("qat: parity check (ONNX Runtime int8 kernels vs the fake-quant torch model)"), w.timed("parity"):
             texts = held_texts[:PARITY_TEXTS]
             feeds = [_feeds(tokenizer, texts[i : i + 16], input_names, max_length=max_len) for i in range(0, len(texts), 16)]
-            parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task)
+            parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=params.get("output"))
             kernels = onnx_qdq.ort_kernel_counts(onnx_path)
+        note(f"qat: parity compared on output {parity['compared_output']}")
         ops = onnx_qdq.op_counts(onnx_path)
         w.metrics.update({
             "parity": parity,
