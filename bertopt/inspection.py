@@ -97,12 +97,16 @@ def graph_summary(model_path: Path) -> dict:
 
 
 def _input_status(entry: dict, resolved: Path | None) -> str:
-    from bertopt.artifacts import describe_input
+    from bertopt.artifacts import MANIFEST, describe_input, load_artifact
 
     if resolved is None or not resolved.exists():
         return "missing"
     try:
+        if (resolved / MANIFEST).is_file():
+            load_artifact(resolved, verify=True)  # an artifact's identity is its manifest: check its files too
         return "ok" if describe_input(resolved)["sha256"] == entry.get("sha256") else "changed"
+    except BertoptError:
+        return "changed"
     except OSError:
         return "unreadable"
 

@@ -32,7 +32,7 @@ figcaption{font-size:13px;font-weight:600} .pass{color:#1a7f37;font-weight:700} 
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog/doctype: inline SVG in HTML
 
