@@ -26,7 +26,12 @@ class Model:
     """One loaded artifact. ``encode``/``predict`` take raw texts; ``model(feeds)`` runs token ids."""
 
     def __init__(self, runner: Runner):
+        import threading
+
         self.runner = runner
+        # HF fast tokenizers are not safe to call from several threads at once ("Already borrowed"):
+        # calls are serialized; each one already uses all intra-op threads of the backend
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ facts
     @property
@@ -68,7 +73,9 @@ class Model:
         # pool chunk by chunk: per-token hidden states of a large call never pile up in memory
         chunk = max(batch_size, 256 // batch_size * batch_size)
         for i in range(0, len(texts), chunk):
-            yield run_texts(self.runner, list(texts[i:i + chunk]), max_length, batch_size=batch_size)
+            with self._lock:
+                out = run_texts(self.runner, list(texts[i:i + chunk]), max_length, batch_size=batch_size)
+            yield out
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """Embeddings ``[N, H]`` (float32): the artifact's ``sentence_embedding`` output when it has one
