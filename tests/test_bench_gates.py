@@ -25,7 +25,7 @@ def test_failed_gate_writes_the_verdict_and_fails_again(exported_minilm, slabs_d
     assert json.loads((out / "report.json").read_text())["gates"]["passed"] is False
     js.unlink()
     # the rerun finds the cached numbers and fails the same gate again; a looser gate then passes
-    with pytest.raises(QualityGateError, match="cosine_min"):
+    with pytest.raises(QualityGateError, match="numbers cached from .*cosine_min"):
         run_bench([str(exported_minilm), str(exported_minilm / "model.onnx")], out, **kw)
     assert json.loads(js.read_text())["cached"] is True and json.loads(js.read_text())["gates"]["passed"] is False
     ok = run_bench([str(exported_minilm), str(exported_minilm / "model.onnx")], out, **(kw | {"min_cosine": 0.99}))
@@ -39,6 +39,8 @@ def test_report_metadata(exported_minilm):
     assert rep["host"]["cpu"] and rep["host"]["hostname"] and rep["created"].endswith("+00:00")
     assert rep["units"]["throughput"].startswith("sequences/s")
     assert len(rep["runs"][0]["sha256"]) == 64
+    manifest = json.loads((exported_minilm / "manifest.json").read_text())
+    assert rep["runs"][0]["model_sha256"] == manifest["outputs"]["model"]["sha256"]
 
 
 def test_recipe_rerun_does_not_skip_a_failed_bench(exported_minilm, slabs_dir, tmp_path):

@@ -157,3 +157,19 @@ def test_report_has_a_plot_per_artifact(minilm_chain, tmp_path):
     assert "<script" not in html and "src=\"http" not in html and "<link" not in html
     code, _, err = _cli("report", tmp_path / "missing.json", "-o", tmp_path / "x")
     assert code == 1 and "missing.json" in err
+
+
+def test_report_renders_in_a_headless_browser(minilm_chain, tmp_path):
+    """benchmarks/render_report.py: chromium draws the page with the network blocked, not blank."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no chromium (apt-get install chromium)")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "render_report.py"
+    p = subprocess.run([sys.executable, str(script), str(minilm_chain["bench"] / "report.html"), "-o", str(tmp_path / "r.png"),
+                        "--size", "1000,900"], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "r.png").stat().st_size > 10_000

@@ -19,7 +19,7 @@ Fields added within /1 (older reports lack them; nothing above changed meaning):
     "bertopt_version", "created" (UTC, ISO 8601), "versions": {"bertopt", "onnxruntime", "torch", "tensorrt", ...},
     "host": {"hostname", "cpu", "logical_cores", "platform", "python"},
     "units": {"latency_ms": ..., "throughput": "sequences/s", ...},
-    "runs": [{..., "sha256": <the input's identity, as stage manifests record it>,
+    "runs": [{..., "sha256": <the input's identity, as stage manifests record it>, "model_sha256": <its model file's> | null,
               "real": [{"batch", "sorted", "texts", "tokens", "padded_tokens", "padding", "seconds",
                         "sequences_per_s", "tokens_per_s", "batch_latency_ms": {"p50", "p90", "p99"}, "pass_seconds"}
                        | {"batch", "skipped"}] | null}],          # --lengths real
@@ -144,8 +144,8 @@ def run_bench(
 
     grid = [(int(b), int(s)) for s in seq for b in batch]
     sweep_texts = fid_texts.texts if fid_texts is not None else (ev.texts if ev is not None else None)
-    runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "results": [], "fidelity": None, "accuracy": None}
-            for i, r in enumerate(runners)]
+    runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
+                           "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
     n_text = (len(fid_texts) if fid_texts else 0) + (len(ev) if ev else 0)
     with progress() as prog:
         t_lat = prog.add_task("bench: latency", total=len(grid) * repeats * len(runners), status="")
@@ -195,6 +195,20 @@ def run_bench(
     _write_json(report, json_path)
     _raise_if_failed(report)
     return report
+
+
+def _model_sha256(path: Path) -> str | None:
+    """sha256 of the model file an artifact's manifest lists (a bare .onnx: of the file); None for HF folders."""
+    from bertopt.artifacts import MANIFEST, sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    try:
+        entry = json.loads((p / MANIFEST).read_text()).get("outputs", {}).get("model")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return entry.get("sha256") if isinstance(entry, dict) else None
 
 
 def _check_seq(runners, seq) -> None:
@@ -284,7 +298,8 @@ def _raise_if_failed(report: dict) -> None:
     """Exit code 3 when the verdict says so; the error carries the report so the CLI prints the tables first."""
     g = report.get("gates")
     if g and not g["passed"]:
-        err = QualityGateError("quality gate failed: " + "; ".join(g["failures"]),
+        again = f" (numbers cached from {report.get('created', 'an earlier run')}; --force re-measures)" if report.get("cached") else ""
+        err = QualityGateError("quality gate failed" + again + ": " + "; ".join(g["failures"]),
                                hint="pass --data/--eval, loosen the budget, or keep more layers in float")
         err.report = report
         raise err
