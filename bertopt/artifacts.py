@@ -222,6 +222,30 @@ def describe_input(path: str | Path) -> dict:
     return {"path": str(p.resolve()), "sha256": sha256_path(p)}
 
 
+def _portable(entry: dict, out: Path) -> dict:
+    """An input inside the artifact's own workdir (a sibling step of a recipe) is recorded relative to
+    the artifact (``../export``), so a copied ``runs/`` folder still resolves its lineage; anything
+    else (the base model, data files) stays absolute. The fingerprint uses only the sha256s."""
+    p = entry.get("path") if isinstance(entry, dict) else None
+    if not p:
+        return entry
+    here = Path(out).resolve()
+    try:
+        Path(p).relative_to(here.parent)
+    except ValueError:
+        return entry
+    return entry | {"path": os.path.relpath(p, here)}
+
+
+def input_path(art: Artifact, key: str) -> Path | None:
+    """The absolute path of input ``key`` as the manifest records it (relative ones against the artifact)."""
+    entry = art.manifest.get("inputs", {}).get(key)
+    if not isinstance(entry, dict) or not entry.get("path"):
+        return None
+    p = Path(entry["path"])
+    return p if p.is_absolute() else Path(os.path.normpath(art.path.resolve() / p))
+
+
 def is_up_to_date(out: Path, stage: str, inputs: dict[str, dict], params: dict) -> bool:
     """True when ``out`` holds a complete, unmodified artifact with the same fingerprint."""
     out = Path(out)
@@ -298,7 +322,7 @@ class ArtifactWriter:
             "bertopt_code": code_digest(),
             "stage": self.stage,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "inputs": self.inputs,
+            "inputs": {k: _portable(v, self.out) for k, v in self.inputs.items()},
             "params": self.params,
             "fingerprint": fingerprint(self.stage, self.inputs, self.params),
             "tools": tool_versions(),

@@ -73,3 +73,21 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subproce
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "bertopt", *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def minilm_chain(exported_minilm, slabs_dir, tmp_path_factory) -> dict[str, Path]:
+    """fuse -> calibrate (32 texts) -> build -> bench of the exported MiniLM, side by side in one
+    workdir like a recipe's runs/<name>/ (cheap settings). Keys: export, fuse, calibrate, build, bench."""
+    from bertopt.backends.stage import run_build
+    from bertopt.bench.stage import run_bench
+    from bertopt.calibrators.stage import run_calibrate
+    from bertopt.passes.pipeline import run_fuse
+
+    wd = tmp_path_factory.mktemp("chain")
+    run_fuse(exported_minilm, wd / "fuse")
+    run_calibrate(wd / "fuse", wd / "calibrate", data=str(slabs_dir / "train.csv"), text_column="text", samples=32, eval_samples=16)
+    run_build(wd / "calibrate", wd / "build")
+    run_bench([str(exported_minilm), str(wd / "build")], wd / "bench", batch=[1, 2], seq=[16], warmup=0, iters=2, repeats=1,
+              data=str(slabs_dir / "validation.csv"), text_column="text", samples=16)
+    return {"export": exported_minilm, **{k: wd / k for k in ("fuse", "calibrate", "build", "bench")}}

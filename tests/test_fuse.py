@@ -150,7 +150,9 @@ def test_decomposed_layernorm_export_gets_layernormalization(minilm_dir, tmp_pat
 
 def test_bare_onnx_with_a_tokenizer_beside_it(fused, dynamo_minilm):
     art = fused[("dynamo", "onnxruntime")]
-    assert art.manifest["inputs"]["model"]["path"] == str(dynamo_minilm.resolve())
+    from bertopt.artifacts import input_path
+
+    assert input_path(art, "model") == dynamo_minilm.resolve()
     assert art.manifest["model"]["architecture"] == "bert"  # what load_artifact assumes for a bare file
     assert art.manifest["model"]["num_heads"] == 12  # found by the attention pass
     assert art.tokenizer_dir is not None

@@ -8,14 +8,14 @@ from typing import Sequence
 import numpy as np
 
 from bertopt.bench.runners import Runner
-from bertopt.data import encode_labels, load_tokenizer, tokenize
+from bertopt.data import encode_labels, tokenize
 
 
 def sweep_feeds(runner: Runner, batch: int, seq: int, texts: Sequence[str] | None, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of exactly ``batch`` x ``seq``: real text padded/truncated to ``seq`` when given, else
     random token ids with a full mask (the worst case: no padding)."""
     if texts:
-        tok = load_tokenizer(runner.tokenizer_dir, where=str(runner.path))
+        tok = runner.tokenizer
         rows = [texts[i % len(texts)] for i in range(batch)]
         return tokenize(tok, rows, runner.input_names, max_length=seq, pad_to=seq)
     rng = np.random.default_rng(seed)
@@ -87,7 +87,7 @@ def latency_sweep(
 
 def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size: int = 16, advance=lambda n: None) -> dict[str, np.ndarray]:
     """All outputs of ``runner`` over ``texts`` (dynamic padding), plus the attention masks."""
-    tok = load_tokenizer(runner.tokenizer_dir, where=str(runner.path))
+    tok = runner.tokenizer
     batch_size = min(batch_size, runner.max_batch or batch_size)
     chunks: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(texts), batch_size):

@@ -32,9 +32,19 @@ class Runner:
     # why a (batch, seq) shape cannot run (a TensorRT engine's profiles), None when it can
     refuses: Callable[[int, int], str | None] | None = field(default=None, repr=False)
     max_batch: int | None = None
+    _tokenizer: object = field(default=None, repr=False)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run(feeds)
+
+    @property
+    def tokenizer(self):
+        """The artifact's tokenizer, loaded once (bench and ``bertopt.load`` tokenize through it)."""
+        if self._tokenizer is None:
+            from bertopt.data import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_dir, where=str(self.path))
+        return self._tokenizer
 
 
 def onnx_precision(model_path: Path) -> str:

@@ -13,6 +13,21 @@ The JSON report (``--json``) has a stable schema, ``bertopt.bench/1``:
 
 ``speedup`` and ``fidelity`` are relative to the first artifact (the reference). A report that a
 recipe re-used because nothing changed carries ``"cached": true``.
+
+Fields added within /1 (older reports lack them; nothing above changed meaning):
+
+    "bertopt_version", "created" (UTC, ISO 8601), "versions": {"bertopt", "onnxruntime", "torch", "tensorrt", ...},
+    "host": {"hostname", "cpu", "logical_cores", "platform", "python"},
+    "units": {"latency_ms": ..., "throughput": "sequences/s", ...},
+    "runs": [{..., "sha256": <the input's identity, as stage manifests record it>, "model_sha256": <its model file's> | null,
+              "real": [{"batch", "sorted", "texts", "tokens", "padded_tokens", "padding", "seconds",
+                        "sequences_per_s", "tokens_per_s", "batch_latency_ms": {"p50", "p90", "p99"}, "pass_seconds"}
+                       | {"batch", "skipped"}] | null}],          # --lengths real
+    "gates": {"min_cosine", "max_accuracy_drop", "checks": [{"artifact", "metric", "value", "threshold", "passed"}],
+              "failures": [...], "passed"} | null                  # null when no gate was set
+
+A failed gate (exit 3) still writes the report (``--json``, ``--out``), with ``"gates": {"passed": false}``;
+a rerun re-checks the gates on the cached numbers and fails again.
 """
 
 from __future__ import annotations
@@ -20,13 +35,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from bertopt.params import Cosine, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes
 from bertopt.errors import BertoptError, QualityGateError
 
 SCHEMA = "bertopt.bench/1"
 REPORT_FILE = "report.json"
+HTML_FILE = "report.html"
+LENGTHS = ("fixed", "real")
+UNITS = {
+    "latency_ms": "milliseconds per call (one batch of batch x seq)",
+    "throughput": "sequences/s at p50 latency",
+    "speedup": "reference p50 / this p50",
+    "real.sequences_per_s": "texts/s over the whole pass",
+    "real.tokens_per_s": "non-padding tokens/s over the whole pass",
+    "accuracy.value": "fraction correct (drops are in points: x100)",
+}
 
 
 def default_threads() -> int:
@@ -53,6 +78,8 @@ def run_bench(
     min_cosine: Cosine | None = None,
     max_accuracy_drop: NonNegativeFloat | None = None,
     output: str | None = None,
+    lengths: Literal["fixed", "real"] = "fixed",
+    sort: bool = False,
     json_path: str | Path | None = None,
     force: bool = False,
     verbose: bool = False,
@@ -69,12 +96,19 @@ def run_bench(
             raise BertoptError(f"--{name} must be positive integers, got {values}")
     if min(warmup, iters, repeats) < 0 or iters < 1 or repeats < 1:
         raise BertoptError("--iters and --repeats must be at least 1, --warmup at least 0")
+    if lengths not in LENGTHS:
+        raise BertoptError(f"--lengths must be one of {', '.join(LENGTHS)}, got '{lengths}'",
+                           hint="fixed: the batch x seq grid only; real: also batches of real texts padded per batch")
+    if lengths == "real" and not (data or eval):
+        raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
     threads = threads or default_threads()
     params = {k: v for k, v in dict(batch=list(batch), seq=list(seq), threads=threads, warmup=warmup, iters=iters, repeats=repeats,
                                     data=data, text_column=text_column, samples=samples, max_length=max_length, eval=eval,
                                     label_column=label_column, eval_samples=eval_samples).items()}
     if output:
         params["output"] = output
+    if lengths != "fixed":  # only when used, so reports cached before --lengths existed stay valid
+        params |= {"lengths": lengths, "sort": sort}
     inputs = {f"input{i}": describe_input(_resolve(p)) for i, p in enumerate(input)}
     for extra in ("data", "eval"):
         if params[extra]:
@@ -82,8 +116,10 @@ def run_bench(
     if out is not None and (done := up_to_date(out, "bench", inputs, params, force)) is not None:
         skipped("bench", out)
         report = json.loads((Path(out) / REPORT_FILE).read_text()) | {"cached": True}
+        # the gates are re-checked on the cached numbers: a failed gate fails again, never "up to date"
+        report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
         _write_json(report, json_path)
-        _gates(report, min_cosine, max_accuracy_drop)
+        _raise_if_failed(report)
         return report
 
     fid_texts = load_texts(data, text_column=text_column, limit=samples) if data else None
@@ -111,16 +147,27 @@ def run_bench(
     if output and not any(output in r.outputs for r in runners):
         raise BertoptError(f"--output '{output}': no artifact has such an output",
                            hint="outputs: " + "; ".join(f"{r.name}: {', '.join(r.outputs)}" for r in runners))
+    _check_seq(runners, seq)
 
     grid = [(int(b), int(s)) for s in seq for b in batch]
     sweep_texts = fid_texts.texts if fid_texts is not None else (ev.texts if ev is not None else None)
-    runs = [describe(r) | {"results": [], "fidelity": None, "accuracy": None} for r in runners]
+    runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
+                           "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
     n_text = (len(fid_texts) if fid_texts else 0) + (len(ev) if ev else 0)
     with progress() as prog:
         t_lat = prog.add_task("bench: latency", total=len(grid) * repeats * len(runners), status="")
         lat = latency_sweep(runners, grid, sweep_texts, warmup, iters, repeats, advance=lambda: prog.advance(t_lat))
         for run, r in zip(runs, runners):
             run["results"] = lat[r.name]
+        if lengths == "real":
+            from bertopt.bench.traffic import real_traffic
+
+            texts = fid_texts.texts if fid_texts is not None else ev.texts
+            t_real = prog.add_task("bench: real-length batches", total=len(batch) * repeats * len(runners), status="")
+            real = real_traffic(runners, texts, [int(b) for b in batch], min([max_length] + [r.max_length for r in runners]),
+                                sort=sort, warmup=min(warmup, 2), repeats=repeats, advance=lambda: prog.advance(t_real))
+            for run, r in zip(runs, runners):
+                run["real"] = real[r.name]
         # every artifact sees the same truncation, so fidelity compares like with like
         max_length = min([max_length] + [r.max_length for r in runners])
         if n_text:
@@ -142,17 +189,74 @@ def run_bench(
         for res in run["results"]:
             if "skipped" in res:
                 note(f"bench: {run['name']} skips batch={res['batch']} seq={res['seq']}: {res['skipped']}")
-    report = {"schema": SCHEMA, "threads": threads, "grid": {"batch": list(batch), "seq": list(seq)},
-              "reference": runners[0].name, "params": params, "runs": runs}
+    report = {"schema": SCHEMA, "bertopt_version": _version(), "created": _now(), "threads": threads,
+              "grid": {"batch": list(batch), "seq": list(seq)}, "reference": runners[0].name, "params": params,
+              "versions": _versions(), "host": host_info(), "units": UNITS, "runs": runs}
+    report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
 
     if out is not None:
+        from bertopt.bench.report import write_html
+
         with write_artifact(out, "bench", inputs, params) as w:
             path = w.add_output("report", REPORT_FILE)
             path.write_text(json.dumps(report, indent=2) + "\n")
-            w.metrics = {"runs": len(runs)}
+            write_html(report, w.add_output("html", HTML_FILE))
+            w.metrics = {"runs": len(runs)} | ({"gates_passed": report["gates"]["passed"]} if report["gates"] else {})
     _write_json(report, json_path)
-    _gates(report, min_cosine, max_accuracy_drop)
+    _raise_if_failed(report)
     return report
+
+
+def _model_sha256(path: Path) -> str | None:
+    """sha256 of the model file an artifact's manifest lists (a bare .onnx: of the file); None for HF folders."""
+    from bertopt.artifacts import MANIFEST, sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    try:
+        entry = json.loads((p / MANIFEST).read_text()).get("outputs", {}).get("model")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return entry.get("sha256") if isinstance(entry, dict) else None
+
+
+def _check_seq(runners, seq) -> None:
+    """--seq beyond a model's position embeddings: a user error before any timing (a TensorRT engine's
+    profiles are handled per shape: bench skips what they do not cover)."""
+    for r in runners:
+        if r.refuses is None and max(seq) > r.max_length:
+            raise BertoptError(f"--seq {max(seq)} is beyond what {r.name} takes ({r.max_length} positions)",
+                               hint=f"use --seq values of at most {r.max_length}")
+
+
+def _version() -> str:
+    from bertopt import __version__
+
+    return __version__
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict:
+    from bertopt.artifacts import tool_versions
+
+    return tool_versions()
+
+
+def host_info() -> dict:
+    import platform
+    import socket
+    import sys
+
+    from bertopt.backends.onnxruntime import cpu_name
+
+    return {"hostname": socket.gethostname(), "cpu": cpu_name(), "logical_cores": os.cpu_count(),
+            "allowed_cores": default_threads(), "platform": platform.platform(), "python": sys.version.split()[0]}
 
 
 def _resolve(p) -> Path:
@@ -175,23 +279,40 @@ def _write_json(report: dict, json_path) -> None:
     os.replace(tmp, p)
 
 
-def _gates(report: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> None:
-    """Quality gates: exit code 3 when an artifact's fidelity/accuracy is outside the budget."""
-    failures = []
+def gate_verdict(report: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> dict | None:
+    """The quality gates' verdict: each check's value, threshold and outcome; None when no gate was set."""
+    if min_cosine is None and max_accuracy_drop is None:
+        return None
+    checks, failures = [], []
     ref_acc = (report["runs"][0].get("accuracy") or {}).get("value")
     for run in report["runs"][1:]:
         fid = run.get("fidelity") or {}
-        if min_cosine is not None and fid.get("cosine_min") is not None and fid["cosine_min"] < min_cosine:
-            failures.append(f"{run['name']}: cosine_min {fid['cosine_min']:.4f} < {min_cosine}")
+        if min_cosine is not None and fid.get("cosine_min") is not None:
+            ok = fid["cosine_min"] >= min_cosine
+            checks.append({"artifact": run["name"], "metric": "cosine_min", "value": fid["cosine_min"], "threshold": min_cosine, "passed": ok})
+            if not ok:
+                failures.append(f"{run['name']}: cosine_min {fid['cosine_min']:.4f} < {min_cosine}")
         acc = (run.get("accuracy") or {}).get("value")
-        if max_accuracy_drop is not None and acc is not None and ref_acc is not None and (ref_acc - acc) * 100 > max_accuracy_drop:
-            failures.append(f"{run['name']}: accuracy {acc:.4f} is {(ref_acc - acc) * 100:.2f} points below the reference {ref_acc:.4f}")
-    if (min_cosine is not None or max_accuracy_drop is not None) and not any(
-        (r.get("fidelity") or r.get("accuracy")) for r in report["runs"][1:]
-    ):
+        if max_accuracy_drop is not None and acc is not None and ref_acc is not None:
+            drop = round((ref_acc - acc) * 100, 4)
+            ok = drop <= max_accuracy_drop
+            checks.append({"artifact": run["name"], "metric": "accuracy_drop_points", "value": drop, "threshold": max_accuracy_drop, "passed": ok})
+            if not ok:
+                failures.append(f"{run['name']}: accuracy {acc:.4f} is {drop:.2f} points below the reference {ref_acc:.4f}")
+    if not checks:
         failures.append("a quality gate was set but no fidelity/accuracy was measured")
-    if failures:
-        raise QualityGateError("quality gate failed: " + "; ".join(failures), hint="pass --data/--eval, loosen the budget, or keep more layers in float")
+    return {"min_cosine": min_cosine, "max_accuracy_drop": max_accuracy_drop, "checks": checks, "failures": failures, "passed": not failures}
+
+
+def _raise_if_failed(report: dict) -> None:
+    """Exit code 3 when the verdict says so; the error carries the report so the CLI prints the tables first."""
+    g = report.get("gates")
+    if g and not g["passed"]:
+        again = f" (numbers cached from {report.get('created', 'an earlier run')}; --force re-measures)" if report.get("cached") else ""
+        err = QualityGateError("quality gate failed" + again + ": " + "; ".join(g["failures"]),
+                               hint="pass --data/--eval, loosen the budget, or keep more layers in float")
+        err.report = report
+        raise err
 
 
 def render(report: dict) -> None:
@@ -224,6 +345,28 @@ def render(report: dict) -> None:
                       _fmt(f.get("cosine_min"), ".5f"), _fmt(f.get("cosine_mean"), ".5f"), _fmt(f.get("max_abs_diff"), ".2e"),
                       _fmt(f.get("top1_agreement"), ".4f"), _fmt(a.get("value"), ".4f"))
         stdout.print(q)
+    if any(r.get("real") for r in report["runs"]):
+        rt = Table(title="real-length batches (padded per batch" + (", length-sorted)" if report["params"].get("sort") else ")"),
+                   title_justify="left")
+        for col in ("artifact", "precision", "batch", "texts", "padding", "seq/s", "tokens/s", "batch p50 ms", "batch p99 ms", "speed-up"):
+            rt.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
+        ref = {x["batch"]: x for x in report["runs"][0].get("real") or [] if "skipped" not in x}
+        for run in report["runs"]:
+            for x in run.get("real") or []:
+                if "skipped" in x:
+                    rt.add_row(run["name"], run["precision"], str(x["batch"]), "skipped", "", "", "", "", "", "")
+                    continue
+                base = ref.get(x["batch"])
+                rt.add_row(run["name"], run["precision"], str(x["batch"]), str(x["texts"]), f"{x['padding']:.0%}",
+                           f"{x['sequences_per_s']:.1f}", f"{x['tokens_per_s']:.0f}", f"{x['batch_latency_ms']['p50']:.2f}",
+                           f"{x['batch_latency_ms']['p99']:.2f}", f"{x['sequences_per_s'] / base['sequences_per_s']:.2f}x" if base else "")
+        stdout.print(rt)
+    g = report.get("gates")
+    if g:
+        verdict = "[bold green]passed[/]" if g["passed"] else "[bold red]FAILED[/]"
+        stdout.print(f"quality gates: {verdict}" + "".join(
+            f"\n  {'ok  ' if c['passed'] else 'FAIL'} {c['artifact']}: {c['metric']} {c['value']} (limit {c['threshold']})" for c in g["checks"])
+            + "".join(f"\n  FAIL {f}" for f in g["failures"] if not g["checks"]))
 
 
 def _fmt(v, spec: str) -> str:

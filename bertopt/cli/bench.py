@@ -33,18 +33,40 @@ def command(
     min_cosine: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 3) if any artifact's min cosine is below this.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Gate: fail (exit 3) if accuracy drops more points than this.")] = None,
     output: Annotated[Optional[str], typer.Option(help="Model output fidelity compares (default: chosen by shape; see README).")] = None,
+    lengths: Annotated[str, typer.Option(help="fixed: the batch x seq grid; real: also batches of real --data texts padded per batch (sequences/s, tokens/s).")] = "fixed",
+    sort: Annotated[bool, typer.Option("--sort", help="With --lengths real: sort texts by length before batching, as servers do.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML report with plots (self-contained) into this folder.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the report as an artifact folder.")] = None,
     json_out: JsonOut = None,
     force: Force = False,
     verbose: Verbose = False,
 ) -> None:
     from bertopt.bench.stage import render, run_bench
+    from bertopt.errors import QualityGateError
 
-    report = run_bench(
-        artifacts, out, batch=parse_int_list(batch, "--batch"), seq=parse_int_list(seq, "--seq"), threads=threads,
-        warmup=warmup, iters=iters, repeats=repeats, data=data, text_column=text_column, samples=samples,
-        max_length=max_length, eval=eval, label_column=label_column, eval_samples=eval_samples,
-        min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, output=output, json_path=json_out, force=force, verbose=verbose,
-    )
+    try:
+        result = run_bench(
+            artifacts, out, batch=parse_int_list(batch, "--batch"), seq=parse_int_list(seq, "--seq"), threads=threads,
+            warmup=warmup, iters=iters, repeats=repeats, data=data, text_column=text_column, samples=samples,
+            max_length=max_length, eval=eval, label_column=label_column, eval_samples=eval_samples,
+            min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, output=output, lengths=lengths, sort=sort,
+            json_path=json_out, force=force, verbose=verbose,
+        )
+    except QualityGateError as e:
+        # the numbers first, so a CI log shows what failed; then the gate error (exit 3)
+        if getattr(e, "report", None) is not None:
+            _show(e.report, json_out, report)
+        raise
+    _show(result, json_out, report)
+
+
+def _show(result: dict, json_out, report_dir) -> None:
+    from bertopt.bench.stage import render
+
     if str(json_out) != "-":
-        render(report)
+        render(result)
+    if report_dir is not None:
+        from bertopt.bench.report import write_report
+        from bertopt.ui import note
+
+        note(f"bench: report written to {write_report(result, report_dir)}")

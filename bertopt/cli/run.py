@@ -30,8 +30,15 @@ def command(
         r = load_recipe(recipe, workdir)
         stdout.print(f"{recipe}: valid; steps: " + ", ".join(f"{s['name']} ({s['stage']})" for s in r["steps"]), markup=False)
         return
-    rows = run_recipe(recipe, workdir=workdir, force=force, only=only, verbose=verbose)
     from bertopt.bench.stage import render
+    from bertopt.errors import QualityGateError
+
+    try:
+        rows = run_recipe(recipe, workdir=workdir, force=force, only=only, verbose=verbose)
+    except QualityGateError as e:
+        if getattr(e, "report", None) is not None:  # a bench step's gate: its numbers before the error
+            render(e.report)
+        raise
 
     for row in rows:
         if "report" in row:

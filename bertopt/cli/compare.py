@@ -1,0 +1,37 @@
+"""Compare two bench reports (bench --json): latency, throughput, fidelity and accuracy per artifact and shape.
+
+Exit code 3 when NEW crosses a threshold against OLD: a CI regression gate, e.g.
+`bertopt compare baseline.json new.json --max-latency-regression 10% --max-accuracy-drop 0.5`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bertopt.cli.options import JsonOut
+
+
+def command(
+    old: Annotated[Path, typer.Argument(help="The baseline bench JSON (or a bench artifact folder).")],
+    new: Annotated[Path, typer.Argument(help="The new bench JSON (or a bench artifact folder).")],
+    max_latency_regression: Annotated[Optional[str], typer.Option(help="Gate: fail (exit 3) if any p50 latency grows more than this, e.g. 10%.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(min=0, help="Gate: fail (exit 3) if any accuracy drops more points than this.")] = None,
+    json_out: JsonOut = None,
+) -> None:
+    import json
+
+    from bertopt.bench.compare import raise_if_regressed, render, run_compare
+
+    result = run_compare(old, new, max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop)
+    if json_out is not None:
+        text = json.dumps(result, indent=2) + "\n"
+        if str(json_out) == "-":
+            print(text, end="")
+        else:
+            Path(json_out).write_text(text)
+    if str(json_out) != "-":
+        render(result)
+    raise_if_regressed(result)

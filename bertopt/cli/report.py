@@ -1,0 +1,21 @@
+"""Write a self-contained HTML report (plots + tables) from a bench JSON: latency and throughput vs batch per
+artifact, quality vs latency across artifacts. No network needed to view it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    bench_json: Annotated[Path, typer.Argument(help="A JSON written by `bertopt bench --json` (or a bench artifact folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html into.")] = Path("bench-report"),
+) -> None:
+    from bertopt.bench.report import load_report, write_report
+    from bertopt.ui import stdout
+
+    path = write_report(load_report(bench_json), out)
+    stdout.print(f"report: {path}", markup=False)
