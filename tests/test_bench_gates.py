@@ -23,6 +23,7 @@ def test_failed_gate_writes_the_verdict_and_fails_again(exported_minilm, slabs_d
     assert g["passed"] is False and g["min_cosine"] == 1.5
     assert g["checks"][0]["metric"] == "cosine_min" and g["checks"][0]["passed"] is False and g["checks"][0]["value"] > 0.9999
     assert json.loads((out / "report.json").read_text())["gates"]["passed"] is False
+    assert js.stat().st_mtime == 0  # older than any prerequisite: a Makefile target on it is not satisfied
     js.unlink()
     # the rerun finds the cached numbers and fails the same gate again; a looser gate then passes
     with pytest.raises(QualityGateError, match="numbers cached from .*cosine_min"):
@@ -101,3 +102,20 @@ def test_real_lengths(exported_minilm, slabs_dir):
     assert ordered[1]["sorted"] and ordered[1]["padded_tokens"] < unsorted[1]["padded_tokens"]  # sorting pads less
     with pytest.raises(BertoptError, match="--lengths real needs texts"):
         run_bench([str(exported_minilm)], None, lengths="real", **TINY)
+
+
+def test_makefile_target_reruns_after_a_failed_gate(exported_minilm, slabs_dir, tmp_path):
+    """issue 11: `make` must not treat the JSON a failed gate wrote as an up-to-date target."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    (tmp_path / "Makefile").write_text(
+        f"out.json: {exported_minilm / 'model.onnx'}\n\t{sys.executable} -m bertopt bench {exported_minilm} {exported_minilm / 'model.onnx'} "
+        f"--batch 1 --seq 8 --iters 1 --repeats 1 --warmup 0 --data {slabs_dir / 'validation.csv'} --samples 8 --min-cosine 1.5 --json out.json\n")
+    for _ in range(2):
+        p = subprocess.run(["make", "-C", str(tmp_path)], capture_output=True, text=True, timeout=600)
+        assert p.returncode != 0 and "quality gate failed" in p.stderr
+        assert json.loads((tmp_path / "out.json").read_text())["gates"]["passed"] is False

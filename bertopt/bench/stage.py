@@ -276,6 +276,10 @@ def _write_json(report: dict, json_path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(text)
+    if (report.get("gates") or {}).get("passed") is False:
+        # the verdict is in the file, but the file must not satisfy a Makefile target: dated 1970, it is
+        # older than any prerequisite, so the next `make` reruns bench (and fails again)
+        os.utime(tmp, (0, 0))
     os.replace(tmp, p)
 
 

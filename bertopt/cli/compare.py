@@ -1,7 +1,7 @@
-"""Compare two bench reports (bench --json): latency, throughput, fidelity and accuracy per artifact and shape.
+"""Compare two bench reports (latency, throughput, fidelity, accuracy); exit 3 on a regression.
 
-Exit code 3 when NEW crosses a threshold against OLD: a CI regression gate, e.g.
-`bertopt compare baseline.json new.json --max-latency-regression 10% --max-accuracy-drop 0.5`.
+Artifacts are matched by name, shapes by batch x seq. Exit code 3 when NEW crosses a threshold
+against OLD, a CI regression gate: `bertopt compare baseline.json new.json --max-latency-regression 10% --max-accuracy-drop 0.5`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Show what an artifact is: its lineage back to the base model (stages, options, input hashes), the
-op/precision summary (GEMMs in INT8, what stays float), I/O names and shapes, engine profiles, and the
-last measured quality and latency.
+"""Show what an artifact is: lineage back to the base model, INT8/float summary, I/O, profiles, last measurement.
+
+Each stage back to the base model with its options and input hashes (checked against the disk), the
+op/precision summary (GEMMs in INT8, what stays float), I/O names and shapes, ONNX Runtime session
+options or TensorRT profiles, and the newest bench artifact beside it that measured it. --json for tools.
 """
 
 from __future__ import annotations

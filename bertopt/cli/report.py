@@ -1,5 +1,7 @@
-"""Write a self-contained HTML report (plots + tables) from a bench JSON: latency and throughput vs batch per
-artifact, quality vs latency across artifacts. No network needed to view it.
+"""Write a self-contained HTML report with plots and tables from a bench JSON.
+
+Plots: latency and throughput vs batch per artifact, quality vs latency across artifacts (inline SVG,
+no network needed to view it). DIR/index.html; `bench --report DIR` writes the same page.
 """
 
 from __future__ import annotations
