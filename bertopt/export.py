@@ -79,7 +79,7 @@ def weights_file(model_dir: Path) -> Path:
 
 def _weights_error(weights: Path, e: BaseException) -> BertoptError:
     msg = " ".join(str(e).split())
-    if "Weights only load failed" in msg:  # torch's advice to retry with weights_only=False is not ours to give
+    if "Weights only load failed" in msg:  # torch advises retrying with an unsafe load: not ours to give
         msg = "torch.load(weights_only=True) refused it" + (": " + msg.split("WeightsUnpickler error:")[1].split(".")[0].strip()
                                                             if "WeightsUnpickler error:" in msg else "")
     pickled = weights.suffix == ".bin" or weights.name.startswith("pytorch_model")
