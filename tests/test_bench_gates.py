@@ -13,23 +13,23 @@ from conftest import run_cli
 TINY = dict(batch=[1], seq=[8], warmup=0, iters=1, repeats=1)
 
 
-def test_failed_gate_writes_the_verdict_and_fails_again(exported_minilm, slabs_dir, tmp_path):
+def test_failed_gate_writes_the_verdict_and_fails_again(exported_minilm, minilm_chain, slabs_dir, tmp_path):
     out, js = tmp_path / "bench", tmp_path / "r.json"
-    kw = dict(data=str(slabs_dir / "validation.csv"), text_column="text", samples=8, min_cosine=1.5, json_path=js, **TINY)
+    kw = dict(data=str(slabs_dir / "validation.csv"), text_column="text", samples=8, min_cosine=0.9999, json_path=js, **TINY)
     with pytest.raises(QualityGateError, match="cosine_min"):
-        run_bench([str(exported_minilm), str(exported_minilm / "model.onnx")], out, **kw)
+        run_bench([str(exported_minilm), str(minilm_chain["build"])], out, **kw)
     rep = json.loads(js.read_text())
     g = rep["gates"]
-    assert g["passed"] is False and g["min_cosine"] == 1.5
-    assert g["checks"][0]["metric"] == "cosine_min" and g["checks"][0]["passed"] is False and g["checks"][0]["value"] > 0.9999
+    assert g["passed"] is False and g["min_cosine"] == 0.9999
+    assert g["checks"][0]["metric"] == "cosine_min" and g["checks"][0]["passed"] is False and 0.9 < g["checks"][0]["value"] < 0.9999
     assert json.loads((out / "report.json").read_text())["gates"]["passed"] is False
     assert js.stat().st_mtime == 0  # older than any prerequisite: a Makefile target on it is not satisfied
     js.unlink()
     # the rerun finds the cached numbers and fails the same gate again; a looser gate then passes
     with pytest.raises(QualityGateError, match="numbers cached from .*cosine_min"):
-        run_bench([str(exported_minilm), str(exported_minilm / "model.onnx")], out, **kw)
+        run_bench([str(exported_minilm), str(minilm_chain["build"])], out, **kw)
     assert json.loads(js.read_text())["cached"] is True and json.loads(js.read_text())["gates"]["passed"] is False
-    ok = run_bench([str(exported_minilm), str(exported_minilm / "model.onnx")], out, **(kw | {"min_cosine": 0.99}))
+    ok = run_bench([str(exported_minilm), str(minilm_chain["build"])], out, **(kw | {"min_cosine": 0.9}))
     assert ok["cached"] and ok["gates"]["passed"] is True
 
 
@@ -44,7 +44,7 @@ def test_report_metadata(exported_minilm):
     assert rep["runs"][0]["model_sha256"] == manifest["outputs"]["model"]["sha256"]
 
 
-def test_recipe_rerun_does_not_skip_a_failed_bench(exported_minilm, slabs_dir, tmp_path):
+def test_recipe_rerun_does_not_skip_a_failed_bench(exported_minilm, minilm_chain, slabs_dir, tmp_path):
     from bertopt.recipe import run_recipe
 
     recipe = tmp_path / "r.yaml"
@@ -52,7 +52,7 @@ def test_recipe_rerun_does_not_skip_a_failed_bench(exported_minilm, slabs_dir, t
 workdir: {tmp_path / 'runs'}
 steps:
   - stage: bench
-    inputs: [model, model]
+    inputs: [model, {minilm_chain["build"]}]
     batch: [1]
     seq: [8]
     warmup: 0
@@ -61,7 +61,7 @@ steps:
     data: {slabs_dir / 'validation.csv'}
     text_column: text
     samples: 8
-    min_cosine: 1.5
+    min_cosine: 0.9999
 """)
     for _ in range(2):
         with pytest.raises(QualityGateError):
@@ -71,9 +71,9 @@ steps:
     assert p.returncode == 3 and "quality gate failed" in p.stderr and "cosine min" in p.stdout and "Traceback" not in p.stderr
 
 
-def test_cli_prints_tables_before_the_gate_error(exported_minilm, slabs_dir, tmp_path):
-    p = run_cli("bench", str(exported_minilm), str(exported_minilm / "model.onnx"), "--batch", "1", "--seq", "8", "--iters", "1",
-                "--repeats", "1", "--warmup", "0", "--data", str(slabs_dir / "validation.csv"), "--samples", "8", "--min-cosine", "1.5",
+def test_cli_prints_tables_before_the_gate_error(exported_minilm, minilm_chain, slabs_dir, tmp_path):
+    p = run_cli("bench", str(exported_minilm), str(minilm_chain["build"]), "--batch", "1", "--seq", "8", "--iters", "1",
+                "--repeats", "1", "--warmup", "0", "--data", str(slabs_dir / "validation.csv"), "--samples", "8", "--min-cosine", "0.9999",
                 "--report", str(tmp_path / "rep"))
     assert p.returncode == 3
     assert "p50 ms" in p.stdout and "quality gates: FAILED" in p.stdout
@@ -104,7 +104,7 @@ def test_real_lengths(exported_minilm, slabs_dir):
         run_bench([str(exported_minilm)], None, lengths="real", **TINY)
 
 
-def test_makefile_target_reruns_after_a_failed_gate(exported_minilm, slabs_dir, tmp_path):
+def test_makefile_target_reruns_after_a_failed_gate(exported_minilm, minilm_chain, slabs_dir, tmp_path):
     """issue 11: `make` must not treat the JSON a failed gate wrote as an up-to-date target."""
     import shutil
     import subprocess
@@ -113,8 +113,8 @@ def test_makefile_target_reruns_after_a_failed_gate(exported_minilm, slabs_dir, 
     if shutil.which("make") is None:
         pytest.skip("no make")
     (tmp_path / "Makefile").write_text(
-        f"out.json: {exported_minilm / 'model.onnx'}\n\t{sys.executable} -m bertopt bench {exported_minilm} {exported_minilm / 'model.onnx'} "
-        f"--batch 1 --seq 8 --iters 1 --repeats 1 --warmup 0 --data {slabs_dir / 'validation.csv'} --samples 8 --min-cosine 1.5 --json out.json\n")
+        f"out.json: {exported_minilm / 'model.onnx'}\n\t{sys.executable} -m bertopt bench {exported_minilm} {minilm_chain['build']} "
+        f"--batch 1 --seq 8 --iters 1 --repeats 1 --warmup 0 --data {slabs_dir / 'validation.csv'} --samples 8 --min-cosine 0.9999 --json out.json\n")
     for _ in range(2):
         p = subprocess.run(["make", "-C", str(tmp_path)], capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and "quality gate failed" in p.stderr
