@@ -37,7 +37,7 @@ from bertopt.errors import BertoptError
 RESERVED = {"stage", "name", "input", "inputs"}
 NOT_OPTIONS = {"input", "out", "force", "verbose", "json_path"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
-PATH_OPTIONS = {"data", "eval", "init_from", "timing_cache", "ranges"}
+PATH_OPTIONS = {"data", "val_data", "eval", "init_from", "timing_cache", "ranges"}
 TOP_KEYS = {"name": str, "description": str, "model": str, "workdir": str, "steps": list}
 
 
