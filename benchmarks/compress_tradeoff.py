@@ -212,7 +212,7 @@ def main(args) -> int:
         _, sbuilt = int8_pipeline(art.path, work / name, task, args.samples, args.force)
         m = art.manifest["metrics"]
         info["shapes"][name] = {"epochs": epochs, "layers": layers, "ffn": m["student"]["ffn_size"], "params": m["student"]["params"], "flops_ratio": m["flops_ratio"],
-                                "validation": m["validation"], "compress_seconds": art.manifest["timings"].get("total"),
+                                "validation": m["validation"], "train_seconds": art.manifest.get("training", {}).get("train_seconds"),
                                 "kept_layers": art.manifest["compression"]["kept_layers"], "built_in_s": round(time.perf_counter() - t, 1)}
         students[name] = sbuilt
 
