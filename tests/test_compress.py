@@ -40,6 +40,9 @@ def test_student_is_a_smaller_hf_folder_with_a_manifest(student, minilm_dir):
     assert 0.1 < met["flops_ratio"] < 0.25
     assert "cosine" in met["validation"]
     assert (student / "tokenizer.json").is_file() and (student / "1_Pooling" / "config.json").is_file()
+    from bertopt.models import is_hf_folder
+
+    assert is_hf_folder(student)  # bench runs it on PyTorch, qat/export take it as a model folder
     model = AutoModel.from_pretrained(str(student))
     assert len(model.encoder.layer) == 2 and model.encoder.layer[0].intermediate.dense.out_features == 384
 
