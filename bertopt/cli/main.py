@@ -20,11 +20,11 @@ from bertopt import __version__
 from bertopt.errors import BertoptError
 
 # In pipeline order; this is also the order of `bertopt --help`.
-COMMANDS = ("export", "fuse", "calibrate", "qat", "build", "bench", "run", "inspect", "compare", "report")
+COMMANDS = ("compress", "export", "fuse", "calibrate", "qat", "build", "bench", "run", "inspect", "compare", "report")
 
 app = typer.Typer(
     name="bertopt",
-    help="Compile BERT-family encoders to fast, accurate INT8: export, fuse, calibrate, qat, build, bench, run; inspect, compare, report.",
+    help="Compile BERT-family encoders to fast, accurate INT8: compress, export, fuse, calibrate, qat, build, bench, run; inspect, compare, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

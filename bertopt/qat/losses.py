@@ -40,8 +40,12 @@ def pool(hidden, mask, pooling: str):
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # cosine ignores a final L2 normalization
 
 
-def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str, w: LossWeights) -> tuple:
-    """(total loss tensor, {part: float}) for one batch."""
+def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str, w: LossWeights, layer_map: list[int] | None = None) -> tuple:
+    """(total loss tensor, {part: float}) for one batch.
+
+    ``layer_map``: for a student with fewer layers (``bertopt compress``), the teacher layer (0-based)
+    each student layer learns from, in order; hidden states and attentions are matched by it.
+    Default: layer i learns from layer i (QAT: same shape)."""
     import torch
     import torch.nn.functional as F
 
@@ -68,7 +72,8 @@ def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str,
     total = total + w.output * kd
     if w.needs_hidden:
         hs = []
-        for s_h, t_h in zip(student_out.hidden_states[1:], teacher_out.hidden_states[1:]):
+        t_hidden = teacher_out.hidden_states[1:] if layer_map is None else [teacher_out.hidden_states[i + 1] for i in layer_map]
+        for s_h, t_h in zip(student_out.hidden_states[1:], t_hidden):
             t_v = t_h[valid]
             hs.append(((s_h[valid] - t_v) ** 2).mean() / (t_v**2).mean().clamp(min=1e-12))
         hid = torch.stack(hs).mean()
@@ -76,7 +81,8 @@ def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str,
         total = total + w.hidden * hid
     if w.needs_attention:
         at = []
-        for s_a, t_a in zip(student_out.attentions, teacher_out.attentions):
+        t_att = teacher_out.attentions if layer_map is None else [teacher_out.attentions[i] for i in layer_map]
+        for s_a, t_a in zip(student_out.attentions, t_att):
             rows = valid[:, None, :, None].expand_as(t_a)  # real query rows; padded keys carry ~0 probability
             kl = t_a * (t_a.clamp(min=1e-12).log() - s_a.clamp(min=1e-12).log())
             at.append(kl.masked_fill(~rows, 0).sum() / rows[..., 0].sum().clamp(min=1))

@@ -383,6 +383,8 @@ def _model_dir(input) -> tuple[Path, dict]:
     p = resolve_path(input)
     if (p / MANIFEST).is_file():
         art = load_artifact(p, verify=False)
+        if art.stage == "compress" and (p / "config.json").is_file():  # a compressed student: itself an HF folder
+            return p, {"task": art.model_info.get("task"), "pooling": art.model_info.get("pooling")}
         src = art.manifest.get("inputs", {}).get("model", {}).get("path")
         if art.stage != "export" or not src or not (Path(src) / "config.json").is_file():
             raise BertoptError(

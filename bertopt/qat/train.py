@@ -72,15 +72,15 @@ class Checkpointer:
             meta = None
         if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
             why = "it has no checkpoint.json" if meta is None else "it was written for other inputs, options or code"
-            note(f"qat: not resuming from {self.path}: {why}; training starts over")
+            note(f"not resuming from {self.path}: {why}; training starts over")
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn or foreign file is not resumable; start over
-            note(f"qat: not resuming from {self.path}: not a loadable checkpoint ({type(e).__name__}); training starts over")
+            note(f"not resuming from {self.path}: not a loadable checkpoint ({type(e).__name__}); training starts over")
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            note(f"qat: not resuming from {self.path}: its contents do not match checkpoint.json; training starts over")
+            note(f"not resuming from {self.path}: its contents do not match checkpoint.json; training starts over")
             return None
         return state
 
@@ -193,8 +193,12 @@ def _seed(cfg: TrainConfig, env: DistEnv, step: int) -> None:
 
 
 def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, pooling: str, weights: LossWeights,
-          cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer | None, show_progress: bool = True) -> dict:
-    """Train ``student`` in place (it ends holding the best held-out weights); returns the history."""
+          cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer | None, show_progress: bool = True,
+          layer_map: list[int] | None = None, name: str = "qat") -> dict:
+    """Train ``student`` in place (it ends holding the best held-out weights); returns the history.
+
+    ``layer_map`` (``bertopt compress``): the teacher layer each student layer distils from (see
+    ``losses.distill_loss``); ``name`` labels the progress bar and messages."""
     import torch
 
     from bertopt.ui import note, progress
@@ -239,7 +243,7 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
         lr_sched.load_state_dict(state["scheduler"])
         start, history, best, bad = state["step"], state["history"], state["best"], state["bad_evals"]
         if env.main:
-            note(f"qat: resuming from the checkpoint at step {start}/{total} ({ckpt.path})")
+            note(f"{name}: resuming from the checkpoint at step {start}/{total} ({ckpt.path})")
     else:
         ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
         history.append({"step": 0, **ev, "train_loss": None})
@@ -252,7 +256,7 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
     teacher.eval()
     run_sum, run_n, parts_sum = 0.0, 0, {}
     with progress() if (show_progress and env.main) else _NoProgress() as p:
-        bar = p.add_task(f"qat ({env.world} proc)" if env.enabled else "qat", total=total, completed=start, status=_status(history, best))
+        bar = p.add_task(f"{name} ({env.world} proc)" if env.enabled else name, total=total, completed=start, status=_status(history, best))
         step = start
         while step < total and not stopped_early:
             b = collate(train_data, sched.rows(step), env.device)
@@ -260,9 +264,9 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
             with torch.no_grad():
                 t_out = teacher(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
             s_out = model(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
-            loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights)
+            loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights, layer_map)
             if not torch.isfinite(loss.detach()):
-                raise BertoptError(f"qat: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
+                raise BertoptError(f"{name}: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm:
