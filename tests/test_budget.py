@@ -25,6 +25,7 @@ def _manifest(p: Path) -> dict:
     return json.loads((p / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_budget_search_puts_gemms_back_in_float_until_the_held_out_min_cosine_holds(exported_minilm, train_csv, tmp_path):
     from bertopt.calibrators.stage import run_calibrate
 
@@ -66,6 +67,7 @@ def test_budget_search_puts_gemms_back_in_float_until_the_held_out_min_cosine_ho
     assert got["cosine_min"] >= goal - 1e-4
 
 
+@pytest.mark.slow
 def test_impossible_budget_exits_3_with_the_best_numbers(exported_minilm, train_csv, tmp_path):
     out = tmp_path / "int8"
     r = run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(train_csv), "--text-column", "text",
@@ -102,3 +104,23 @@ def test_bad_budget_in_a_recipe_step(tmp_path):
 
     with pytest.raises(BertoptError, match="out of range"):
         run_calibrate(tmp_path / "missing", tmp_path / "out", data="x.csv", min_cosine=2.0)
+
+
+@pytest.mark.slow
+def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slabs_dir, tmp_path):
+    """The default route (no --init-from) calibrates first and starts there: step 0 is calibrate's model,
+    closer to the teacher on held-out text than modelopt's max calibration (--start max)."""
+    pytest.importorskip("modelopt.torch.quantization")
+    from bertopt.qat.stage import run_qat
+
+    short = dict(data=str(slabs_dir / "train.csv"), text_column="text", limit=120, steps=1, lr=1e-12, batch_size=16, max_length=32)
+    art = run_qat(str(minilm_dir), tmp_path / "qat", **short)
+    m = art.manifest
+    init = m["quantization"]["init_from"]
+    assert m["params"]["start"] == "calibrate"
+    assert init and init["linears_set"] == 36 and init["equalized"] > 0 and init["float_cosine_vs_teacher"] > 0.999
+    assert [p.name for p in tmp_path.iterdir()] == ["qat"]  # the calibration lived in a temporary folder
+    mx = run_qat(str(minilm_dir), tmp_path / "qat-max", start="max", calib_batches=4, **short).manifest
+    assert mx["params"]["start"] == "max" and mx["quantization"]["init_from"] is None
+    assert m["metrics"]["initial"]["loss"] < mx["metrics"]["initial"]["loss"]
+    assert m["metrics"]["best"]["loss"] <= m["metrics"]["initial"]["loss"]  # never worse than its start on held-out text
