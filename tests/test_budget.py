@@ -124,3 +124,20 @@ def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slab
     assert mx["params"]["start"] == "max" and mx["quantization"]["init_from"] is None
     assert m["metrics"]["initial"]["loss"] < mx["metrics"]["initial"]["loss"]
     assert m["metrics"]["best"]["loss"] <= m["metrics"]["initial"]["loss"]  # never worse than its start on held-out text
+
+
+def test_accuracy_budget_arithmetic():
+    """Accuracy drop in points against the FP32 reference's accuracy on the same labeled held-out texts."""
+    import numpy as np
+
+    from bertopt.calibrators.heldout import HeldOut, meets
+    from bertopt.calibrators.sensitivity import Evaluator
+
+    ev = Evaluator(batches=[], output="logits", ref=np.array([[2.0, 0], [0, 2], [2, 0], [0, 1]]))
+    ev.vectors = lambda model: model  # the "model" is its output here
+    h = HeldOut(ev, np.array([0, 1, 1, 1]), "x")
+    h.ref_accuracy = 0.75
+    r = h.measure(np.array([[2.0, 0], [2, 0], [2, 0], [0, 1]]))
+    assert r["accuracy"] == 0.5 and r["accuracy_drop_points"] == 25.0
+    assert not meets(r, None, 20.0) and meets(r, None, 25.0)
+    assert not meets(r | {"_cosine_min": 0.9}, 0.95, 30.0)
