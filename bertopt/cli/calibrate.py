@@ -4,7 +4,9 @@ Writes model.onnx (Q/DQ), ranges.json (portable ranges + hashes; regenerate with
 calibration.cache (TensorRT's text format, for TensorRT 10 implicit INT8). GEMM inputs are
 equalized first (smoothing + shifting, exact in float), weights are per-channel INT8 with bias
 correction, activations per-tensor. --report prints/saves per-GEMM sensitivity; --skip-sensitive N
-leaves the N worst GEMMs in float.
+leaves the N worst GEMMs in float. --min-cosine / --max-accuracy-drop set a budget on held-out text:
+GEMMs go back to float, most sensitive first, until it holds (exit 3 with the best model found if
+nothing does).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ def command(
     out: Out,
     data: Annotated[Optional[str], typer.Option(help="Calibration text: .txt, .csv, .tsv, .jsonl (pkg: paths work).")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data (csv/tsv/jsonl).")] = None,
-    method: Annotated[str, typer.Option(help="Activation range calibrator: max, percentile, entropy, mse.")] = "max",
-    percentile: Annotated[float, typer.Option(help="Percentile kept by --method percentile.")] = 99.99,
-    samples: Annotated[int, typer.Option(min=1, help="Calibration texts (the first N of --data).")] = 512,
+    method: Annotated[str, typer.Option(help="Activation range calibrator: max, percentile, entropy, mse.")] = "percentile",
+    percentile: Annotated[float, typer.Option(help="Percentile kept by --method percentile.")] = 99.999,
+    samples: Annotated[int, typer.Option(min=1, help="Calibration texts (the first N of --data).")] = 2048,
     max_length: Annotated[int, typer.Option(min=8, help="Truncate texts to this many tokens.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per calibration batch.")] = 16,
-    smooth: Annotated[float, typer.Option(min=0.0, max=1.0, help="Smoothing strength alpha (0 turns smoothing off).")] = 0.8,
+    smooth: Annotated[float, typer.Option(min=0.0, max=1.0, help="Smoothing strength alpha (0 turns smoothing off).")] = 0.9,
     shift: Annotated[bool, typer.Option("--shift/--no-shift", help="Centre each GEMM input channel before quantizing.")] = True,
     bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Correct the mean output shift of INT8 weights.")] = True,
     include_bmm: Annotated[bool, typer.Option("--include-bmm", help="Also quantize the attention batched MatMuls.")] = False,
@@ -38,6 +40,11 @@ def command(
     ranges: Annotated[Optional[str], typer.Option(help="Regenerate from this ranges.json instead of calibrating (no --data needed).")] = None,
     trt_cache: Annotated[bool, typer.Option("--trt-cache/--no-trt-cache", help="Also write TensorRT's calibration cache.")] = True,
     output: Annotated[Optional[str], typer.Option(help="Model output the fidelity check compares (default: chosen by shape; see README).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(help="Budget: min cosine of the output vs FP32 over held-out texts; GEMMs go back to float until it holds.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: classifier accuracy on --eval at most this many points below FP32.")] = None,
+    eval: Annotated[Optional[str], typer.Option("--eval", help="Held-out text for the budget (default: a seeded split of --data's texts after --samples).")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of --eval (for --max-accuracy-drop).")] = None,
+    max_float: Annotated[Optional[int], typer.Option(help="Budget search: at most this many GEMMs back in float (default: a quarter).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads for ONNX Runtime.")] = None,
     force: Force = False,
     verbose: Verbose = False,
@@ -48,4 +55,5 @@ def command(
                   max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
                   include_bmm=include_bmm, exclude=list(exclude) if exclude else None, quantize_head=quantize_head,
                   skip_sensitive=skip_sensitive, report=report, eval_samples=eval_samples, ranges=ranges, trt_cache=trt_cache,
-                  output=output, threads=threads, force=force, verbose=verbose)
+                  output=output, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=eval, label_column=label_column,
+                  max_float=max_float, threads=threads, force=force, verbose=verbose)

@@ -34,7 +34,8 @@ def command(
     min_delta: Annotated[float, typer.Option(help="At equal held-out accuracy, the held-out loss must fall by more than this fraction to count as better.")] = 0.01,
     max_length: Annotated[int, typer.Option(min=8, help="Truncate texts to this many tokens.")] = 128,
     init_from: Annotated[Optional[str], typer.Option(help="A `bertopt calibrate` artifact: start from its quantizer ranges (and float layers).")] = None,
-    calib_batches: Annotated[int, typer.Option(min=1, help="Training batches for the initial max calibration (without --init-from).")] = 16,
+    start: Annotated[str, typer.Option(help="Without --init-from: 'calibrate' (export + bertopt calibrate on --data first, default) or 'max' (modelopt max calibration).")] = "calibrate",
+    calib_batches: Annotated[int, typer.Option(min=1, help="Training batches for the initial max calibration (--start max).")] = 16,
     exclude: Annotated[Optional[str], typer.Option(help="Comma-separated module names/globs kept in float (default: pooler,classifier; '' for none).")] = None,
     quantize_bmm: Annotated[bool, typer.Option(help="Also quantize the attention batched MatMuls.")] = False,
     temperature: Annotated[float, typer.Option(help="Distillation temperature for logits.")] = 2.0,
@@ -56,7 +57,7 @@ def command(
     run_qat(
         model_dir, out, data=data, text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction,
         limit=limit, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, min_delta=min_delta,
-        max_length=max_length, init_from=init_from, calib_batches=calib_batches, exclude=excl, quantize_bmm=quantize_bmm,
+        max_length=max_length, init_from=init_from, start=start, calib_batches=calib_batches, exclude=excl, quantize_bmm=quantize_bmm,
         temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight, task_weight=task_weight, dropout=dropout, seed=seed,
         min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, output=output, resume=resume, force=force, verbose=verbose,
     )

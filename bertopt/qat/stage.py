@@ -57,6 +57,7 @@ def run_qat(
     min_delta: HalfOpenFraction = 0.01,
     max_length: MaxLength = 128,
     init_from: str | None = None,
+    start: Literal["calibrate", "max"] = "calibrate",
     calib_batches: PositiveInt = 16,
     exclude: list[str] | None = None,
     quantize_bmm: bool = False,
@@ -89,7 +90,9 @@ def run_qat(
       more than ``min_delta`` (a fraction of the best loss so far).
     - ``epochs`` (fractions allowed) or ``steps`` (wins when given); one step is one batch per process.
     - ``init_from``: a ``bertopt calibrate`` artifact whose quantizer scales (and float layers) QAT
-      starts from; otherwise max calibration on ``calib_batches`` training batches.
+      starts from. Without it, ``start="calibrate"`` (default) runs export + calibrate on ``data``
+      first and starts from that (:mod:`bertopt.qat.start`); ``start="max"`` is modelopt's max
+      calibration on ``calib_batches`` training batches.
     - ``exclude``: module names (or globs) kept in float, default: pooler and classifier head.
     - loss: ``output_weight`` x distillation of the output (logits at ``temperature`` / embedding
       cosine) + ``hidden_weight`` x hidden-state MSE + ``attention_weight`` x attention KL
@@ -124,6 +127,7 @@ def run_qat(
             normalize = task == "feature-extraction" and pooling != "none" and sentence_transformers_normalize(model_dir)
     # With --init-from, the calibrated model decides what stays float (its own default keeps the
     # pooler and head float); an explicit --exclude is applied on top.
+    user_exclude = exclude
     exclude = list((DEFAULT_EXCLUDE if not init_from else ()) if exclude is None else exclude)
     _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
                    patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
@@ -132,8 +136,15 @@ def run_qat(
         raise BertoptError(f"--labels-column '{labels_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --labels-column)")
 
+    from bertopt.qat.start import STARTS, calibrated_start
+
+    if start not in STARTS:
+        raise BertoptError(f"unknown start '{start}'", hint="start: " + ", ".join(STARTS))
     data_path = resolve_path(data)
     inputs = {"model": describe_input(model_dir), "data": _describe_data(data_path)}
+    auto_start = not init_from and start == "calibrate"
+    if auto_start:  # as with --init-from: the calibrated model decides what stays float
+        exclude = list(user_exclude or [])
     if val_data:
         inputs["val_data"] = _describe_data(resolve_path(val_data))
     init_path = None
@@ -146,7 +157,7 @@ def run_qat(
         "task": task, "pooling": pooling, "normalize": bool(normalize), "text_column": text_column, "labels_column": labels_column,
         "val_fraction": None if val_data else val_fraction, "limit": limit, "epochs": None if steps else epochs, "steps": steps,
         "batch_size": batch_size, "lr": lr, "warmup": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
-        "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
+        "start": "calibrate" if auto_start else (None if init_from else start), "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
         "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
         "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
     }
@@ -171,8 +182,17 @@ def run_qat(
             hint="`pip install nvidia-modelopt` (works on the CPU; the ONNX export uses the legacy exporter)",
         ) from None
 
-    from bertopt.qat import dist
+    import tempfile
 
+    from bertopt.qat import dist
+    from bertopt.qat.ranges import resolve_init_from
+
+    tmp = None
+    if auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
+        tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-")
+        cal = calibrated_start(model_dir, Path(tmp.name), data=str(data_path), text_column=text_column, task=task, pooling=pooling,
+                               normalize=bool(normalize), max_length=max_length, opset=opset)
+        init_path = resolve_init_from(cal)
     env = dist.setup()
     try:
         return _run(model_dir, out, cfg, env, task=task, pooling=pooling, normalize=bool(normalize), data_path=data_path,
@@ -181,6 +201,8 @@ def run_qat(
                     calib_batches=calib_batches, checkpoint_dir=checkpoint_dir, resume=resume, verbose=verbose)
     finally:
         env.close()
+        if tmp is not None:
+            tmp.cleanup()
 
 
 def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize, data_path, text_column, labels_column, val_data,

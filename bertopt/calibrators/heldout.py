@@ -1,0 +1,104 @@
+"""Held-out text for accuracy budgets: which texts, and how a candidate model measures on them.
+
+A budget is only worth something on text the calibration never saw. With ``--eval FILE`` the
+held-out texts (and labels, for ``--max-accuracy-drop``) come from that file; without it a seeded
+sample of the ``--data`` texts that were *not* used for calibration is held out, and the run says so.
+
+The measured numbers are those a user gets: the candidate runs on ONNX Runtime with its
+optimizations (INT8 kernels), the reference is the FP32 input model on the same feeds; the compared
+vector is the model's primary output (:func:`bertopt.calibrators.sensitivity.primary_output`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from bertopt.errors import BertoptError
+
+HOLDOUT_SEED = 0
+
+
+def split_holdout(texts: Sequence[str], used: int, n: int, seed: int = HOLDOUT_SEED) -> tuple[list[int], str]:
+    """Indices of up to ``n`` texts among ``texts[used:]`` (never the first ``used``, the calibration
+    texts), drawn with a fixed seed, in file order; and a sentence saying where they came from."""
+    pool = np.arange(used, len(texts))
+    if len(pool) == 0:
+        return [], "no texts left after the calibration texts"
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    return [int(i) for i in pick], f"{len(pick)} texts of --data held out (seed {seed}, disjoint from the {used} calibration texts)"
+
+
+def check_budget(min_cosine: float | None, max_accuracy_drop: float | None, eval: str | None, label_column: str | None,  # noqa: A002
+                 where: str = "calibrate") -> None:
+    """Reject a budget that cannot mean anything, before any work is done."""
+    if min_cosine is not None and not (-1.0 <= float(min_cosine) <= 1.0):  # also rejects NaN
+        raise BertoptError(f"{where}: --min-cosine {min_cosine} is out of range",
+                           hint="a cosine similarity is in [-1, 1]; e.g. --min-cosine 0.998")
+    if max_accuracy_drop is not None:
+        if not 0.0 <= float(max_accuracy_drop) <= 100.0:
+            raise BertoptError(f"{where}: --max-accuracy-drop {max_accuracy_drop} must be in [0, 100] (accuracy points below FP32)",
+                               hint="e.g. --max-accuracy-drop 0.2 allows 0.2 points (0.2%) less accuracy than the FP32 model")
+        if not eval or not label_column:
+            raise BertoptError(f"{where}: --max-accuracy-drop needs labeled held-out text",
+                               hint="pass --eval FILE --label-column COLUMN (e.g. the validation split); the calibration "
+                                    "text is never used to measure accuracy")
+    if label_column and not eval:
+        raise BertoptError(f"{where}: --label-column needs --eval FILE", hint="labels are read from the --eval file")
+
+
+@dataclass
+class HeldOut:
+    """Fixed held-out batches, the FP32 reference's outputs on them, and (optionally) labels."""
+
+    evaluator: object  # bertopt.calibrators.sensitivity.Evaluator
+    labels: np.ndarray | None = None
+    source: str = ""
+    ref_accuracy: float | None = field(default=None)
+
+    @classmethod
+    def build(cls, model, batches, threads: int | None, labels: np.ndarray | None, source: str) -> "HeldOut":
+        from bertopt.calibrators.sensitivity import Evaluator
+
+        ev = Evaluator.for_model(model, batches, threads)
+        h = cls(ev, labels, source)
+        if labels is not None:
+            if ev.ref.shape[1] < 2:
+                raise BertoptError(f"{source}: --max-accuracy-drop needs a classifier (its output '{ev.output}' has one column)",
+                                   hint="use --min-cosine for an encoder")
+            h.ref_accuracy = float((ev.ref.argmax(1) == labels).mean())
+        return h
+
+    @property
+    def n(self) -> int:
+        return int(self.evaluator.ref.shape[0])
+
+    def measure(self, model) -> dict:
+        """min/mean cosine (unrounded min kept for the budget test), accuracy and its drop in points."""
+        got = self.evaluator.vectors(model)
+        res = self.evaluator.compare(got)
+        a, b = self.evaluator.ref, got
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        res["_cosine_min"] = float(cos.min())
+        if self.labels is not None:
+            acc = float((got.argmax(1) == self.labels).mean())
+            res["accuracy"] = round(acc, 6)
+            res["accuracy_fp32"] = round(self.ref_accuracy, 6)
+            res["accuracy_drop_points"] = round((self.ref_accuracy - acc) * 100, 4)
+        return res
+
+
+def meets(res: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> bool:
+    ok = True
+    if min_cosine is not None:
+        ok &= res["_cosine_min"] >= min_cosine
+    if max_accuracy_drop is not None:
+        ok &= res["accuracy_drop_points"] <= max_accuracy_drop + 1e-9
+    return bool(ok)
+
+
+def public(res: dict) -> dict:
+    return {k: v for k, v in res.items() if not k.startswith("_")}
