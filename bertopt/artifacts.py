@@ -552,6 +552,12 @@ def begin(out: str | Path) -> None:
         ACTIVE_OUTPUTS.append(p)
 
 
+def forget_outputs_under(base: str | Path) -> None:
+    """Drop outputs below ``base`` (a temporary folder a stage wrote for itself) from what ``interrupted:`` reports."""
+    b = Path(base)
+    ACTIVE_OUTPUTS[:] = [p for p in ACTIVE_OUTPUTS if b != p and b not in p.parents]
+
+
 def keep_note(key: str, msg: str | None) -> None:
     """Something an interrupted run leaves on purpose (e.g. a QAT checkpoint), said on Ctrl-C; None: no longer."""
     if msg is None:

@@ -132,8 +132,9 @@ def test_accuracy_budget_arithmetic():
 
     from bertopt.calibrators.heldout import HeldOut, meets
     from bertopt.calibrators.sensitivity import Evaluator
+    from bertopt.outputs import OutputChoice
 
-    ev = Evaluator(batches=[], output="logits", ref=np.array([[2.0, 0], [0, 2], [2, 0], [0, 1]]))
+    ev = Evaluator(batches=[], choice=OutputChoice("logits", "logits", "[B,2]"), ref=np.array([[2.0, 0], [0, 2], [2, 0], [0, 1]]))
     ev.vectors = lambda model: model  # the "model" is its output here
     h = HeldOut(ev, np.array([0, 1, 1, 1]), "x")
     h.ref_accuracy = 0.75

@@ -146,7 +146,7 @@ def test_calibrate_third_party_compares_the_hidden_state(calibrated_third_party)
     assert "comparing output 'hs' (hidden state [B,S,384], mean-pooled)" in err
     m = json.loads((out / "manifest.json").read_text())["metrics"]
     assert m["compared_output"]["name"] == "hs" and m["fidelity"]["output"] == "hs"
-    assert 0.98 < m["fidelity"]["cosine_min"] < 1.0  # a real INT8 error, not out_0 compared with itself
+    assert 0.95 < m["fidelity"]["cosine_min"] < 1.0  # a real INT8 error (16 calibration texts), not out_0 compared with itself
 
 
 def test_calibrate_drops_empty_cells_with_a_count(calibrated_third_party, data_with_holes):

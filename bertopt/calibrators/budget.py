@@ -219,7 +219,7 @@ def apply_budget(job, td, tok, names) -> None:
         texts = [td.texts[i] for i in idx]
         note(f"calibrate: the budget is measured on {source}")
     batches = make_batches(tok, texts, names, p["max_length"], p["batch_size"])
-    held = HeldOut.build(job.model, batches, job.threads, labels, source)
+    held = HeldOut.build(job.model, batches, job.threads, labels, source, choice=job.choice)
     quant = list(job.quant)
     max_float = p.get("max_float") or max(1, len(quant) // 4)
 

@@ -60,14 +60,15 @@ class HeldOut:
     ref_accuracy: float | None = field(default=None)
 
     @classmethod
-    def build(cls, model, batches, threads: int | None, labels: np.ndarray | None, source: str) -> "HeldOut":
+    def build(cls, model, batches, threads: int | None, labels: np.ndarray | None, source: str, choice=None) -> "HeldOut":
+        """``choice``: the output calibrate compares (:mod:`bertopt.outputs`; default: chosen by name and shape)."""
         from bertopt.calibrators.sensitivity import Evaluator
 
-        ev = Evaluator.for_model(model, batches, threads)
+        ev = Evaluator.for_model(model, batches, threads, choice=choice)
         h = cls(ev, labels, source)
         if labels is not None:
-            if ev.ref.shape[1] < 2:
-                raise BertoptError(f"{source}: --max-accuracy-drop needs a classifier (its output '{ev.output}' has one column)",
+            if ev.choice.kind != "logits":
+                raise BertoptError(f"{source}: --max-accuracy-drop needs a classifier (its output '{ev.output}' is not logits)",
                                    hint="use --min-cosine for an encoder")
             h.ref_accuracy = float((ev.ref.argmax(1) == labels).mean())
         return h

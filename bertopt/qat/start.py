@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertopt.artifacts import forget_outputs_under
 from bertopt.ui import note
 
 STARTS = ("calibrate", "max")
@@ -29,4 +30,5 @@ def calibrated_start(model_dir: Path, base: Path, *, data: str, text_column: str
     note(f"qat: no --init-from: starting from bertopt's own calibration of {model_dir} on {data} (calibrate's defaults)")
     run_export(model_dir, exp, task=task, pooling=pooling, normalize=normalize, opset=opset, force=force)
     run_calibrate(exp, cal, data=str(data), text_column=text_column, max_length=max_length, trt_cache=False, force=force)
+    forget_outputs_under(base)  # a temporary start, not an output: Ctrl-C later reports qat's own output
     return cal
