@@ -131,7 +131,7 @@ def cputime(paths: dict[str, Path], batches: list[int], seq: int, rounds: int, t
 
     sess, feeds_for = {}, {}
     for name, p in paths.items():
-        r = open_runner(p, threads=2)
+        r = open_runner(p, threads=2, spinning=False)
         mp = load_artifact(p).model_path
         sess[name] = make_session(mp, {"session_config_entries": {"session.intra_op.allow_spinning": "0"}}, threads=2)
         feeds_for[name] = r

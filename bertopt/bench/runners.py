@@ -61,7 +61,9 @@ def onnx_precision(model_path: Path) -> str:
     return "fp32"
 
 
-def open_runner(path: str | Path, threads: int | None, name: str | None = None) -> Runner:
+def open_runner(path: str | Path, threads: int | None, name: str | None = None, spinning: bool = True) -> Runner:
+    """``spinning=False`` turns ONNX Runtime's intra-op spinning off (unless the artifact's session.json
+    sets it): sessions timed in turn in one process must not steal the cores with idle spinning threads."""
     from bertopt.models import is_hf_folder
 
     p = resolve_path(path)
@@ -95,7 +97,10 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None) 
 
     model_path = art.model_path
     try:
-        sess = make_session(model_path, load_session_config(art.path), threads)
+        cfg = dict(load_session_config(art.path) or {})
+        if not spinning:
+            cfg["session_config_entries"] = {"session.intra_op.allow_spinning": "0", **cfg.get("session_config_entries", {})}
+        sess = make_session(model_path, cfg, threads)
     except Exception as e:  # noqa: BLE001 - ORT's load errors are about the user's file
         raise BertoptError(f"{model_path}: ONNX Runtime cannot load it ({str(e)[:300]})", hint="re-run the stage that wrote it") from None
     sess_inputs = [i.name for i in sess.get_inputs()]

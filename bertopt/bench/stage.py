@@ -139,7 +139,7 @@ def run_bench(
     runners = []
     names: set[str] = set()
     for i, p in enumerate(input):
-        r = open_runner(p, threads)
+        r = open_runner(p, threads, spinning=len(input) == 1)  # interleaved sessions: spinning off
         if r.name in names:
             r.name = f"{r.name}#{i}"
         names.add(r.name)

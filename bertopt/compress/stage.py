@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from bertopt.artifacts import MANIFEST, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
+from bertopt.params import HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
 from bertopt.models import TASKS, default_task, read_config, sentence_transformers_pooling
 from bertopt.paths import resolve_path
 from bertopt.qat.train import Checkpointer
@@ -38,27 +40,27 @@ def run_compress(
     val_data: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
-    val_fraction: float = 0.1,
-    limit: int | None = None,
-    layers: int | None = None,
+    val_fraction: OpenFraction = 0.1,
+    limit: PositiveInt | None = None,
+    layers: PositiveInt | None = None,
     select: str = "spaced",
-    ffn_size: int | None = None,
-    importance_batches: int = 32,
-    epochs: float = 3.0,
-    steps: int | None = None,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    warmup: float = 0.1,
-    eval_every: int | None = None,
-    patience: int = 3,
-    min_delta: float = 0.01,
-    max_length: int = 128,
-    temperature: float = 2.0,
-    output_weight: float = 1.0,
-    hidden_weight: float = 1.0,
-    task_weight: float = 1.0,
-    task: str | None = None,
-    pooling: str = "auto",
+    ffn_size: PositiveInt | None = None,
+    importance_batches: PositiveInt = 32,
+    epochs: PositiveFloat = 3.0,
+    steps: PositiveInt | None = None,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 1e-4,
+    warmup: HalfOpenFraction = 0.1,
+    eval_every: PositiveInt | None = None,
+    patience: PositiveInt = 3,
+    min_delta: HalfOpenFraction = 0.01,
+    max_length: MaxLength = 128,
+    temperature: PositiveFloat = 2.0,
+    output_weight: NonNegativeFloat = 1.0,
+    hidden_weight: NonNegativeFloat = 1.0,
+    task_weight: NonNegativeFloat = 1.0,
+    task: Literal[TASKS] | None = None,
+    pooling: Literal["auto", "mean", "cls", "none"] = "auto",
     seed: int = 0,
     checkpoint_dir: str | None = None,
     resume: bool = True,
