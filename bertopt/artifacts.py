@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import datetime as _dt
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -513,7 +514,7 @@ def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
     out = Path(out)
     removed = []
     for kind in ("tmp", "old"):
-        for p in out.parent.glob(f".{glob_escape(out.name)}.{kind}-*"):
+        for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
             tail = p.name[len(f".{out.name}.{kind}-"):]
             pid_s, sep, _ = tail.partition("-")
             if sep and pid_s.isdigit():
@@ -531,12 +532,6 @@ def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
 
         note(f"removed {len(removed)} temporary folder(s) that an interrupted run left beside {out}")
     return removed
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 # --------------------------------------------------------------------------------------- interrupts

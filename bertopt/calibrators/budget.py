@@ -129,16 +129,9 @@ def search(
 
 def time_models(models: dict, feeds: dict, threads: int | None = None, iters: int = 15, rounds: int = 3) -> dict:
     """Median ms per call of each model on ``feeds``, interleaved round by round (ORT, spinning off)."""
-    import onnxruntime as ort
+    from bertopt.calibrators.sensitivity import session
 
-    sessions = {}
-    for name, m in models.items():
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[name] = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sessions = {name: session(m, threads, spinning=False) for name, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for s in sessions.values():
         s.run(None, feeds)

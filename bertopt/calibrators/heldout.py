@@ -6,7 +6,7 @@ sample of the ``--data`` texts that were *not* used for calibration is held out,
 
 The measured numbers are those a user gets: the candidate runs on ONNX Runtime with its
 optimizations (INT8 kernels), the reference is the FP32 input model on the same feeds; the compared
-vector is the model's primary output (:func:`bertopt.calibrators.sensitivity.primary_output`).
+vector is the model's primary output (:func:`bertopt.outputs.choose_for_onnx`).
 """
 
 from __future__ import annotations
@@ -79,11 +79,11 @@ class HeldOut:
 
     def measure(self, model) -> dict:
         """min/mean cosine (unrounded min kept for the budget test), accuracy and its drop in points."""
+        from bertopt.calibrators.sensitivity import cosines
+
         got = self.evaluator.vectors(model)
         res = self.evaluator.compare(got)
-        a, b = self.evaluator.ref, got
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-        res["_cosine_min"] = float(cos.min())
+        res["_cosine_min"] = float(cosines(self.evaluator.ref, got).min())  # compare() rounds it
         if self.labels is not None:
             acc = float((got.argmax(1) == self.labels).mean())
             res["accuracy"] = round(acc, 6)

@@ -21,21 +21,22 @@ from bertopt.calibrators.qdq import GemmTarget
 from bertopt.outputs import OutputChoice
 
 
-def primary_output(model, requested: str | None = None, task: str | None = None, where: str = "the model"):
-    """The :class:`bertopt.outputs.OutputChoice` to compare for ``model``."""
-    from bertopt.outputs import choose_for_onnx
-
-    return choose_for_onnx(model, requested=requested, task=task, where=where)
-
-
-def _session(model, threads: int | None = None):
+def session(model, threads: int | None = None, spinning: bool = True):
+    """An ONNX Runtime CPU session on an in-memory model (``spinning=False`` for models timed in turn)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two [rows, features] arrays."""
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
 @dataclass
@@ -53,12 +54,14 @@ class Evaluator:
 
     @classmethod
     def for_model(cls, model, batches: Sequence[Batch], threads: int | None = None, choice: OutputChoice | None = None) -> "Evaluator":
-        ev = cls(list(batches), choice or primary_output(model), np.zeros(0), threads)
+        from bertopt.outputs import choose_for_onnx
+
+        ev = cls(list(batches), choice or choose_for_onnx(model), np.zeros(0), threads)
         ev.ref = ev.vectors(model)
         return ev
 
     def vectors(self, model) -> np.ndarray:
-        sess = _session(model, self.threads)
+        sess = session(model, self.threads)
         rows = []
         order = []
         for b in self.batches:
@@ -70,7 +73,7 @@ class Evaluator:
 
     def compare(self, got: np.ndarray) -> dict:
         a, b = self.ref, got
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        cos = cosines(a, b)
         rel = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-30)
         res = {
             "output": self.output,
