@@ -24,3 +24,54 @@ MaxLength = Annotated[int, Field(ge=8)]
 Opset = Annotated[int, Field(ge=14, le=21)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Sizes = Annotated[list[PositiveInt], Field(min_length=1)]  # e.g. bench's batch sizes
+
+
+# ---------------------------------------------------------------------------------------------------
+# One vocabulary: options renamed so that one concept has one name in every command and recipe.
+# stage -> {old name: new name}. The old spelling still works for one release (hidden CLI alias
+# ``--old-name``, recipe key ``old_name``, Python keyword) and prints a deprecation note once.
+# README "Option names" lists them; tests/test_vocabulary.py checks every alias still works.
+RENAMED: dict[str, dict[str, str]] = {
+    "calibrate": {"include_bmm": "quantize_bmm"},          # as qat's --quantize-bmm and calibrate's --quantize-head
+    "qat": {"labels_column": "label_column",                # as every other command's --label-column
+            "limit": "samples",                             # --samples = how many texts of --data are used
+            "warmup": "warmup_ratio"},                      # --warmup is bench's untimed calls; this is a fraction of the steps
+    "compress": {"labels_column": "label_column", "limit": "samples", "warmup": "warmup_ratio"},
+}
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def deprecated_name(old: str, new: str, where: str = "") -> None:
+    """Tell the user (once per process and name) that ``old`` is now ``new``; goes to stderr even with --quiet."""
+    import sys
+
+    if (old, new) in _NOTED:
+        return
+    _NOTED.add((old, new))
+    at = f"{where}: " if where else ""
+    print(f"note: {at}{old} is now {new}; the old name still works in this release and goes away in the next",
+          file=sys.stderr, flush=True)
+
+
+def accepts_renamed(stage: str):
+    """Decorator for ``run_<stage>``: Python callers passing an old keyword (``labels_column=``) get it
+    mapped to the new one with a note. The signature (what recipes and the CLI check) is the new one."""
+    import functools
+
+    renamed = RENAMED.get(stage, {})
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            for old, new in renamed.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"run_{stage}() got both '{old}' (old name) and '{new}'")
+                    deprecated_name(f"{old}=", f"{new}=", f"run_{stage}")
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return run
+
+    return wrap

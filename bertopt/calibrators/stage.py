@@ -32,7 +32,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from bertopt.calibrators.methods import METHODS
-from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, Percentile, PositiveInt, UnitInterval
+from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, Percentile, PositiveInt, UnitInterval, accepts_renamed
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.ui import console, note, skipped
@@ -44,6 +44,7 @@ DEFAULT_EXCLUDE = ("*pooler*", "*classifier*")
 EQUALIZATION_TOLERANCE = 1e-3
 
 
+@accepts_renamed(STAGE)
 def run_calibrate(
     input: str | Path,
     out: str | Path,
@@ -58,7 +59,7 @@ def run_calibrate(
     smooth: UnitInterval = 0.9,
     shift: bool = True,
     bias_correction: bool = True,
-    include_bmm: bool = False,
+    quantize_bmm: bool = False,
     exclude: list[str] | None = None,
     quantize_head: bool = False,
     skip_sensitive: NonNegativeInt = 0,
@@ -127,7 +128,7 @@ def run_calibrate(
         inputs["ranges"] = describe_input(rp / "ranges.json" if rp.is_dir() else rp)
     params = dict(data=str(data) if data else None, text_column=text_column, method=method, percentile=percentile, samples=samples,
                   max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
-                  include_bmm=include_bmm, exclude=exclude_all, skip_sensitive=skip_sensitive, report=report,
+                  quantize_bmm=quantize_bmm, exclude=exclude_all, skip_sensitive=skip_sensitive, report=report,
                   eval_samples=eval_samples, ranges=str(ranges) if ranges else None, trt_cache=trt_cache)
     if output:
         params["output"] = output
@@ -236,7 +237,7 @@ class _Job:
     def targets(self):
         from bertopt.calibrators.qdq import quantizable_gemms
 
-        ts = quantizable_gemms(self.model, include_bmm=self.p["include_bmm"], exclude=self.exclude)
+        ts = quantizable_gemms(self.model, include_bmm=self.p["quantize_bmm"], exclude=self.exclude)
         self._count_excluded(ts)
         if not ts:
             raise BertoptError(
@@ -251,7 +252,7 @@ class _Job:
         """Which GEMMs each --exclude pattern kept in float; warn on a user pattern matching none."""
         from bertopt.calibrators.qdq import matches, quantizable_gemms
 
-        every = quantizable_gemms(self.model, include_bmm=self.p["include_bmm"])
+        every = quantizable_gemms(self.model, include_bmm=self.p["quantize_bmm"])
         self.all_gemms = len(every)
         kept_nodes = {t.node for t in kept}
         self.excluded = {}
@@ -410,7 +411,7 @@ class _Job:
                 hint="pass the same input the ranges were calibrated on, or calibrate this model with --data",
             )
         pl, eqd = doc["placement"], doc["equalization"]
-        self.p.update(include_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0), shift=bool(eqd.get("shift", False)),
+        self.p.update(quantize_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0), shift=bool(eqd.get("shift", False)),
                       bias_correction=bool(eqd.get("bias_correction", False)))
         self.exclude = list(pl.get("exclude", []))
         self.user_exclude = []  # the ranges file decides the placement
@@ -491,7 +492,7 @@ class _Job:
                        "tokenizer": sha256_path(self.art.tokenizer_dir) if self.art.tokenizer_dir else None,
                        "data": self.data_hash},
             "calibration": self.calibration,
-            "placement": {"include_bmm": self.p["include_bmm"], "exclude": self.exclude, "exclude_matches": self.exclude_matches,
+            "placement": {"include_bmm": self.p["quantize_bmm"], "exclude": self.exclude, "exclude_matches": self.exclude_matches,
                           "skipped": self.skipped,
                           "quantized": [t.node for t in self.quant]},
             "equalization": {"alpha": self.p["smooth"], "shift": self.p["shift"], "bias_correction": self.p["bias_correction"],

@@ -12,7 +12,14 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bertopt.cli.options import Force, JsonOut, Threads, Verbose, parse_int_list
+from bertopt.cli.options import Force, JsonOut, Quiet, Threads, Verbose, parse_int_list
+
+PANELS = {
+    "Shapes and timing": ["batch", "seq", "lengths", "sort", "threads", "warmup", "iters", "repeats"],
+    "Data": ["data", "text_column", "samples", "max_length", "eval", "label_column", "eval_samples"],
+    "Quality gates": ["output", "min_cosine", "max_accuracy_drop"],
+    "Output and logging": ["report"],
+}
 
 
 def command(
@@ -40,6 +47,7 @@ def command(
     json_out: JsonOut = None,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.bench.stage import render, run_bench
     from bertopt.errors import QualityGateError

@@ -11,7 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from bertopt.cli.options import Force, Out, Verbose
+from bertopt.cli.options import Force, Out, Quiet, Verbose
+
+PANELS = {
+    "Build": ["backend", "precision", "threads", "tune", "profile", "timing_cache", "keep_fp32"],
+    "Data": ["data", "text_column"],
+    "Checks": ["strict"],
+}
 
 
 def command(
@@ -29,6 +35,7 @@ def command(
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) when the graph holds no BERT encoder layer.")] = False,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.backends.stage import run_build
 

@@ -15,7 +15,14 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bertopt.cli.options import Force, Out, Verbose
+from bertopt.cli.options import Force, Out, Quiet, Verbose, split_items
+
+PANELS = {
+    "Data": ["data", "text_column", "samples", "max_length", "batch_size", "threads"],
+    "Quantization": ["method", "percentile", "smooth", "shift", "bias_correction", "quantize_bmm", "quantize_head", "exclude",
+                     "skip_sensitive", "ranges", "trt_cache"],
+    "Checks and budget": ["eval", "label_column", "eval_samples", "output", "min_cosine", "max_accuracy_drop", "max_float", "report"],
+}
 
 
 def command(
@@ -31,12 +38,12 @@ def command(
     smooth: Annotated[float, typer.Option(min=0.0, max=1.0, help="Smoothing strength alpha (0 turns smoothing off).")] = 0.9,
     shift: Annotated[bool, typer.Option("--shift/--no-shift", help="Centre each GEMM input channel before quantizing.")] = True,
     bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Correct the mean output shift of INT8 weights.")] = True,
-    include_bmm: Annotated[bool, typer.Option("--include-bmm", help="Also quantize the attention batched MatMuls.")] = False,
-    exclude: Annotated[Optional[List[str]], typer.Option(help="Leave this node (name or glob, e.g. '*/layer.5/output/*') in float; repeatable.")] = None,
+    quantize_bmm: Annotated[bool, typer.Option("--quantize-bmm", help="Also quantize the attention batched MatMuls.")] = False,
+    exclude: Annotated[Optional[List[str]], typer.Option(help="Leave these nodes (names or globs, e.g. '*/layer.5/output/*') in float; repeatable, commas too.")] = None,
     quantize_head: Annotated[bool, typer.Option("--quantize-head", help="Also quantize the pooler/classifier GEMMs (float by default).")] = False,
     skip_sensitive: Annotated[int, typer.Option(min=0, help="Leave the N most sensitive GEMMs in float.")] = 0,
     report: Annotated[bool, typer.Option("--report", help="Per-GEMM sensitivity report (report.json + table).")] = False,
-    eval_samples: Annotated[int, typer.Option(min=1, help="Held-out texts (after --samples) for the fidelity check and --report.")] = 64,
+    eval_samples: Annotated[int, typer.Option(min=1, help="Held-out texts from --data after the --samples ones: fidelity check, --report, budget without --eval.")] = 64,
     ranges: Annotated[Optional[str], typer.Option(help="Regenerate from this ranges.json instead of calibrating (no --data needed).")] = None,
     trt_cache: Annotated[bool, typer.Option("--trt-cache/--no-trt-cache", help="Also write TensorRT's calibration cache.")] = True,
     output: Annotated[Optional[str], typer.Option(help="Model output the fidelity check compares (default: chosen by shape; see README).")] = None,
@@ -48,12 +55,13 @@ def command(
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads for ONNX Runtime.")] = None,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.calibrators.stage import run_calibrate
 
     run_calibrate(input, out, data=data, text_column=text_column, method=method, percentile=percentile, samples=samples,
                   max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
-                  include_bmm=include_bmm, exclude=list(exclude) if exclude else None, quantize_head=quantize_head,
+                  quantize_bmm=quantize_bmm, exclude=split_items(exclude) or None, quantize_head=quantize_head,
                   skip_sensitive=skip_sensitive, report=report, eval_samples=eval_samples, ranges=ranges, trt_cache=trt_cache,
                   output=output, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=eval, label_column=label_column,
                   max_float=max_float, threads=threads, force=force, verbose=verbose)

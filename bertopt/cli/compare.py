@@ -11,7 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bertopt.cli.options import JsonOut
+from bertopt.cli.options import JsonOut, Quiet
+
+PANELS = {"Regression gates": ["max_latency_regression", "max_accuracy_drop"]}
 
 
 def command(
@@ -20,6 +22,7 @@ def command(
     max_latency_regression: Annotated[Optional[str], typer.Option(help="Gate: fail (exit 3) if any p50 latency grows more than this, e.g. 10%.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(min=0, help="Gate: fail (exit 3) if any accuracy drops more points than this.")] = None,
     json_out: JsonOut = None,
+    quiet: Quiet = False,
 ) -> None:
     import json
 

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bertopt.cli.options import Force, Out, Verbose
+from bertopt.cli.options import Force, Out, Quiet, Verbose
+
+PANELS = {"Export": ["task", "pooling", "normalize", "opset", "exporter"], "Checks": ["tolerance"]}
 
 
 def command(
@@ -21,6 +23,7 @@ def command(
     tolerance: Annotated[float, typer.Option(help="Max abs difference allowed between PyTorch and ONNX Runtime.")] = 1e-4,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.export import run_export
 

@@ -13,7 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from bertopt.cli.options import Force, Out, Verbose
+from bertopt.cli.options import Force, Out, Quiet, Verbose
+
+PANELS = {"Fusion": ["target", "ort_fusions", "attention_op"], "Checks": ["output", "strict"]}
 
 
 def command(
@@ -26,6 +28,7 @@ def command(
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) when the graph holds no BERT encoder layer.")] = False,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.passes.pipeline import run_fuse, summary_table
     from bertopt.ui import stdout

@@ -11,10 +11,13 @@ from typing import Annotated
 
 import typer
 
+from bertopt.cli.options import Quiet
+
 
 def command(
     artifact: Annotated[str, typer.Argument(help="An artifact folder, a .onnx file, or a Hugging Face folder.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     import json
 

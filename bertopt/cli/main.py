@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from bertopt import __version__
+from bertopt.cli.command import QUIET_HELP, command_class, reflow
 from bertopt.errors import BertoptError
 
 # In pipeline order; this is also the order of `bertopt --help`.
@@ -41,8 +42,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP + " Same as each command's -q.")] = False,
 ) -> None:
     """bertopt: one command per step, or one recipe for all."""
+    if quiet:
+        from bertopt import ui
+
+        ui.set_quiet(True)
 
 
 def _interruptible(command):
@@ -63,7 +69,8 @@ def _interruptible(command):
 for _name in COMMANDS:
     if importlib.util.find_spec(f"bertopt.cli.{_name}") is not None:
         _mod = importlib.import_module(f"bertopt.cli.{_name}")
-        app.command(name=_name, help=_mod.__doc__, no_args_is_help=True)(_interruptible(_mod.command))
+        app.command(name=_name, help=reflow(_mod.__doc__), no_args_is_help=True,
+                    cls=command_class(_name, getattr(_mod, "PANELS", None)))(_interruptible(_mod.command))
 
 
 def report_error(e: BertoptError) -> None:

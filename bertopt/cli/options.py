@@ -11,7 +11,18 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Output artifact folder (
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write machine-readable results to this JSON file ('-' for stdout).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more, e.g. which passes fired zero times and why.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Redo the work even when the output is up to date.")]
+QUIET_HELP = "Print only errors and the results (no progress, no notes)."
+# Every command declares ``quiet: Quiet = False``; BertoptCommand (cli/command.py) applies it before the command runs.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 Threads = Annotated[int, typer.Option("--threads", "-t", min=1, help="Intra-op threads for ONNX Runtime / PyTorch.")]
+
+
+def split_items(values: list[str] | None) -> list[str] | None:
+    """A repeatable option that also takes commas: ``--exclude a --exclude b,c`` -> ['a', 'b', 'c'];
+    None when not given (``--exclude ''`` gives [], i.e. "none")."""
+    if values is None:
+        return None
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
 def parse_int_list(value: str, name: str) -> list[int]:

@@ -11,10 +11,13 @@ from typing import Annotated
 
 import typer
 
+from bertopt.cli.options import Quiet
+
 
 def command(
     bench_json: Annotated[Path, typer.Argument(help="A JSON written by `bertopt bench --json` (or a bench artifact folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html into.")] = Path("bench-report"),
+    quiet: Quiet = False,
 ) -> None:
     from bertopt.bench.report import load_report, write_report
     from bertopt.ui import stdout

@@ -7,7 +7,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bertopt.cli.options import Force, JsonOut, Verbose
+from bertopt.cli.options import Force, JsonOut, Quiet, Verbose
+
+PANELS = {"Recipe": ["workdir", "only", "check"]}
 
 
 def command(
@@ -18,6 +20,7 @@ def command(
     json_out: JsonOut = None,
     force: Force = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     import json
 

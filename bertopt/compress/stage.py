@@ -20,7 +20,7 @@ from typing import Literal
 
 from bertopt.artifacts import MANIFEST, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
-from bertopt.params import HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
+from bertopt.params import HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt, accepts_renamed
 from bertopt.models import TASKS, default_task, read_config, sentence_transformers_pooling
 from bertopt.paths import resolve_path
 from bertopt.qat.train import Checkpointer
@@ -32,6 +32,7 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 COMPRESSIBLE = ("bert", "roberta", "xlm-roberta", "electra")
 
 
+@accepts_renamed("compress")
 def run_compress(
     input: str | Path,
     out: str | Path,
@@ -41,7 +42,7 @@ def run_compress(
     text_column: str | None = None,
     label_column: str | None = None,
     val_fraction: OpenFraction = 0.1,
-    limit: PositiveInt | None = None,
+    samples: PositiveInt | None = None,
     layers: PositiveInt | None = None,
     select: str = "spaced",
     ffn_size: PositiveInt | None = None,
@@ -50,7 +51,7 @@ def run_compress(
     steps: PositiveInt | None = None,
     batch_size: PositiveInt = 32,
     lr: PositiveFloat = 1e-4,
-    warmup: HalfOpenFraction = 0.1,
+    warmup_ratio: HalfOpenFraction = 0.1,
     eval_every: PositiveInt | None = None,
     patience: PositiveInt = 3,
     min_delta: HalfOpenFraction = 0.01,
@@ -80,7 +81,7 @@ def run_compress(
     - early stopping on ``val_data`` (or a seeded ``val_fraction`` of ``data``): held-out accuracy
       with labels, else the distillation loss; the best held-out state is written.
     - ``epochs`` or ``steps`` (one step = one batch per process), ``batch_size`` per process,
-      ``lr`` peak AdamW (linear warmup/decay); checkpoints in ``checkpoint_dir`` (default: a hidden
+      ``lr`` peak AdamW (linear warmup over ``warmup_ratio`` of the steps, then linear decay); checkpoints in ``checkpoint_dir`` (default: a hidden
       ``.<out>.compress-checkpoint`` beside ``out``), resumed when a killed run is started again.
     """
     from bertopt.qat.stage import _check_numbers, _describe_data
@@ -117,8 +118,8 @@ def run_compress(
                            hint="pass --layers N (fewer than the teacher's {}) and/or --ffn-size (below {})".format(n_teacher, full_ffn))
     if importance_batches < 1:
         raise BertoptError(f"importance_batches={importance_batches}: must be at least 1", hint="fix --importance-batches")
-    _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
-                   patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=1, temperature=temperature, limit=limit,
+    _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup_ratio, val_fraction=val_fraction, eval_every=eval_every,
+                   patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=1, temperature=temperature, limit=samples,
                    min_cosine=0.0, opset=17, weights=(output_weight, hidden_weight, 0.0, task_weight))
     if label_column and task != "sequence-classification":
         raise BertoptError(f"--label-column '{label_column}' given, but {model_dir} is a {task} model",
@@ -130,9 +131,9 @@ def run_compress(
         inputs["val_data"] = _describe_data(resolve_path(val_data))
     params = {
         "task": task, "pooling": pooling, "text_column": text_column, "label_column": label_column,
-        "val_fraction": None if val_data else val_fraction, "limit": limit, "layers": keep, "ffn_size": ffn_size,
+        "val_fraction": None if val_data else val_fraction, "samples": samples, "layers": keep, "ffn_size": ffn_size,
         "importance_batches": importance_batches if ffn_size < full_ffn else None, "epochs": None if steps else epochs, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "warmup": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta,
+        "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio, "eval_every": eval_every, "patience": patience, "min_delta": min_delta,
         "max_length": max_length, "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight,
         "task_weight": task_weight if label_column else None, "seed": seed,
     }
@@ -185,7 +186,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, data_path
     input_names = SUPPORTED[cfg["model_type"]]
 
     # ---- data (read and checked before anything is written)
-    train_td = load_texts(data_path, text_column=text_column, label_column=label_column, limit=params["limit"])
+    train_td = load_texts(data_path, text_column=text_column, label_column=label_column, limit=params["samples"])
     labels = _labels(train_td, cfg) if label_column else None
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -239,7 +240,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, data_path
     weights = LossWeights(output=params["output_weight"], hidden=params["hidden_weight"], attention=0.0,
                           task=params["task_weight"] or 0.0, temperature=params["temperature"])
     tcfg = TrainConfig(epochs=params["epochs"] or 1.0, steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"],
-                       warmup=params["warmup"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"],
+                       warmup=params["warmup_ratio"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"],
                        seed=params["seed"])
     ckpt_dir = resolve_path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}.compress-checkpoint"
     ckpt = Checkpointer(ckpt_dir, fingerprint("compress-checkpoint", inputs, params | {"world_size": env.world}), owned=not checkpoint_dir)

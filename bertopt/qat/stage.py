@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt
+from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt, accepts_renamed
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import (
@@ -37,21 +37,22 @@ from bertopt.ui import console, note, skipped
 PARITY_TEXTS = 64
 
 
+@accepts_renamed("qat")
 def run_qat(
     input: str | Path,
     out: str | Path,
     *,
     data: str,
     text_column: str | None = None,
-    labels_column: str | None = None,
+    label_column: str | None = None,
     val_data: str | None = None,
     val_fraction: OpenFraction = 0.1,
-    limit: PositiveInt | None = None,
+    samples: PositiveInt | None = None,
     epochs: PositiveFloat = 1.0,
     steps: PositiveInt | None = None,
     batch_size: PositiveInt = 32,
     lr: PositiveFloat = 2e-5,
-    warmup: HalfOpenFraction = 0.1,
+    warmup_ratio: HalfOpenFraction = 0.1,
     eval_every: PositiveInt | None = None,
     patience: PositiveInt = 3,
     min_delta: HalfOpenFraction = 0.01,
@@ -81,7 +82,7 @@ def run_qat(
 ) -> Artifact:
     """Quantization-aware training of ``input`` (an HF folder, or an export artifact of one) into ``out``.
 
-    - ``data``: training texts (.txt/.csv/.tsv/.jsonl); ``labels_column`` adds the task loss
+    - ``data``: training texts (.txt/.csv/.tsv/.jsonl); ``label_column`` adds the task loss
       (classifiers); without it the student learns from the teacher alone.
     - held-out split for early stopping: ``val_data`` (a file with the same columns) or a seeded
       ``val_fraction`` of ``data``; the best held-out state is kept (accuracy when labels are given,
@@ -109,6 +110,7 @@ def run_qat(
     - checkpoints go to ``checkpoint_dir`` (default: a hidden ``.<out>.qat-checkpoint`` beside ``out``);
       a killed run resumes from the last one when started again (``resume=False`` starts over).
     """
+    labels_column, limit, warmup = label_column, samples, warmup_ratio  # the options' older names, kept inside
     out = resolve_path(out)
     model_dir, src = _model_dir(input)
     cfg = read_config(model_dir)
@@ -133,8 +135,8 @@ def run_qat(
                    patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
                    min_cosine=min_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
     if labels_column and task != "sequence-classification":
-        raise BertoptError(f"--labels-column '{labels_column}' given, but {model_dir} is a {task} model",
-                           hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --labels-column)")
+        raise BertoptError(f"--label-column '{labels_column}' given, but {model_dir} is a {task} model",
+                           hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
 
     from bertopt.qat.start import STARTS, calibrated_start
 
@@ -154,9 +156,9 @@ def run_qat(
         init_path = resolve_init_from(init_from)
         inputs["init_from"] = describe_input(Path(resolve_path(init_from)))
     params = {
-        "task": task, "pooling": pooling, "normalize": bool(normalize), "text_column": text_column, "labels_column": labels_column,
-        "val_fraction": None if val_data else val_fraction, "limit": limit, "epochs": None if steps else epochs, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "warmup": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
+        "task": task, "pooling": pooling, "normalize": bool(normalize), "text_column": text_column, "label_column": labels_column,
+        "val_fraction": None if val_data else val_fraction, "samples": limit, "epochs": None if steps else epochs, "steps": steps,
+        "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
         "start": "calibrate" if auto_start else (None if init_from else start), "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
         "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
         "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
@@ -297,7 +299,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     weights = LossWeights(output=params["output_weight"], hidden=params["hidden_weight"], attention=params["attention_weight"],
                           task=params["task_weight"] or 0.0, temperature=params["temperature"])
     tcfg = TrainConfig(epochs=params["epochs"] or 1.0, steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"],
-                       warmup=params["warmup"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"], seed=params["seed"])
+                       warmup=params["warmup_ratio"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"], seed=params["seed"])
     ckpt_dir = resolve_path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}.qat-checkpoint"
     ckpt = Checkpointer(ckpt_dir, fingerprint("qat-checkpoint", inputs, params | {"world_size": env.world}), owned=not checkpoint_dir)
     if not resume and env.main:
@@ -460,7 +462,7 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
 
     if steps is None and not epochs > 0:
         bad("epochs", epochs, "must be positive")
-    for name, v in (("steps", steps), ("eval_every", eval_every), ("limit", limit)):
+    for name, v in (("steps", steps), ("eval_every", eval_every), ("samples", limit)):
         if v is not None and v < 1:
             bad(name, v, "must be at least 1")
     for name, v in (("batch_size", batch_size), ("patience", patience), ("max_length", max_length), ("calib_batches", calib_batches)):
@@ -469,7 +471,7 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
     if not lr > 0:
         bad("lr", lr, "must be positive")
     if not 0 <= warmup < 1:
-        bad("warmup", warmup, "must be in [0, 1)")
+        bad("warmup_ratio", warmup, "must be in [0, 1)")
     if not 0 <= min_delta < 1:
         bad("min_delta", min_delta, "must be in [0, 1)")
     if not 0 < val_fraction < 1:
