@@ -102,7 +102,7 @@ def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
         where = f"steps[{i}] ({sname})"
         if sname in seen or sname == "model":
             raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
-        options = {k: v for k, v in step.items() if k not in RESERVED}
+        options = renamed_options(file, where, stage, {k: v for k, v in step.items() if k not in RESERVED})
         options = validate_options(file, where, stage, options)
         for k in PATH_OPTIONS & options.keys():
             v = options[k]
@@ -147,6 +147,20 @@ def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
         recipe["steps"].append({"stage": stage, "name": sname, "refs": refs, "options": options, "where": where})
         seen.add(sname)
     return recipe
+
+
+def renamed_options(file: Path, where: str, stage: str, options: dict) -> dict:
+    """Old option keys (``bertopt.params.RENAMED``, e.g. qat's ``labels_column``) -> the new ones, with a note."""
+    from bertopt.params import RENAMED, deprecated_name
+
+    out = dict(options)
+    for old, new in RENAMED.get(stage, {}).items():
+        if old in out:
+            if new in out:
+                raise _err(file, f"{where}.{old}", f"both '{old}' (the old name) and '{new}' given", hint=f"keep '{new}'")
+            deprecated_name(f"'{old}'", f"'{new}'", f"{file}: {where}")
+            out[new] = out.pop(old)
+    return out
 
 
 def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:

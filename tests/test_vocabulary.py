@@ -1,0 +1,232 @@
+"""One option vocabulary: every CLI option is a stage parameter and every stage parameter is on the
+CLI and in recipes; old names still work (with a note); -q/--quiet; plain progress lines off a terminal."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bertopt import recipe, stages
+from bertopt.cli.main import app
+from bertopt.params import RENAMED, accepts_renamed
+
+from conftest import run_cli
+
+# CLI parameters that are not stage parameters, and why.
+CLI_ONLY = {
+    "quiet": "output only (ui.set_quiet), no effect on the artifact",
+    "help": "click's",
+}
+CLI_ONLY_PER_COMMAND = {"bench": {"report": "--report DIR: the command draws the HTML page from the stage's result"}}
+# CLI name -> stage parameter name where they differ.
+CLI_TO_STAGE = {"json_out": "json_path"}
+# Stage parameters a recipe step does not take as a key, and where they come from instead.
+RECIPE_ELSEWHERE = {
+    "input": "the step's 'input' ('inputs' for bench)",
+    "out": "<workdir>/<step name>",
+    "force": "bertopt run --force",
+    "verbose": "bertopt run --verbose",
+    "json_path": "bertopt run --json (the bench step's numbers are in its artifact and the run summary)",
+}
+
+
+def _commands():
+    return typer.main.get_command(app).commands
+
+
+def _stage_params(name: str) -> list[str]:
+    return [n for n, p in inspect.signature(stages.get(name)).parameters.items() if p.kind is not p.VAR_KEYWORD]
+
+
+@pytest.mark.parametrize("name", list(stages.STAGES))
+def test_cli_options_and_stage_parameters_match(name):
+    cmd = _commands()[name]
+    stage = set(_stage_params(name))
+    cli = set()
+    for p in cmd.params:
+        if p.param_type_name == "argument":
+            cli.add("input")  # the positional artifact / model folder(s)
+        elif p.name not in CLI_ONLY and p.name not in CLI_ONLY_PER_COMMAND.get(name, {}):
+            cli.add(CLI_TO_STAGE.get(p.name, p.name))
+    assert cli - stage == set(), f"`bertopt {name}` options that are no parameter of run_{name}"
+    assert stage - cli == set(), f"run_{name} parameters not reachable from `bertopt {name}`"
+
+
+def _value(stage: str, name: str):
+    p = inspect.signature(stages.get(stage)).parameters[name]
+    return "x" if p.default is p.empty else p.default
+
+
+@pytest.mark.parametrize("name", list(stages.STAGES))
+def test_every_stage_parameter_is_a_recipe_key(name):
+    for param in _stage_params(name):
+        if param in RECIPE_ELSEWHERE:
+            continue
+        got = recipe.validate_options(Path("r.yaml"), "steps[0]", name, {param: _value(name, param)})
+        assert param in got
+    with pytest.raises(Exception, match="unknown option"):
+        recipe.validate_options(Path("r.yaml"), "steps[0]", name, {"no_such_option": 1})
+
+
+def test_every_command_has_quiet_and_panels():
+    for name, cmd in _commands().items():
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        assert {"-q", "--quiet"} <= opts, name
+        if name in stages.STAGES:  # stage commands group every option in a panel
+            loose = [p.name for p in cmd.params if p.param_type_name == "option" and not p.rich_help_panel]
+            assert loose == [], f"{name}: options outside a help panel"
+
+
+@pytest.mark.parametrize("name", ["qat", "calibrate", "bench", "compress"])
+def test_help_fits_80_columns(name):
+    r = run_cli(name, "--help", env={"COLUMNS": "80"})
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not any("…" in line for line in lines), "an option name or help text was cut off"
+    for panel in ("Data", "Output and logging"):
+        assert f"─ {panel} ─" in r.stdout
+    for old in RENAMED.get(name, {}):
+        assert "--" + old.replace("_", "-") + " " not in r.stdout, "old names are hidden"
+
+
+def _record(monkeypatch, target: str) -> dict:
+    seen: dict = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs, args=args)
+
+    monkeypatch.setattr(target, fake)
+    return seen
+
+
+def test_old_cli_names_still_work_with_a_note(monkeypatch):
+    import bertopt.params as params
+
+    monkeypatch.setattr(params, "_NOTED", set())
+    seen = _record(monkeypatch, "bertopt.qat.stage.run_qat")
+    r = CliRunner().invoke(app, ["qat", "m", "-o", "o", "--data", "d.csv", "--labels-column", "label", "--limit=7",
+                                 "--warmup", "0.2", "--exclude", "a,b", "--exclude", "c"])
+    assert r.exit_code == 0, r.output
+    assert seen["label_column"] == "label" and seen["samples"] == 7 and seen["warmup_ratio"] == 0.2
+    assert seen["exclude"] == ["a", "b", "c"]
+    for old, new in (("--labels-column", "--label-column"), ("--limit", "--samples"), ("--warmup", "--warmup-ratio")):
+        assert f"note: bertopt qat: {old} is now {new}" in r.stderr
+
+    seen = _record(monkeypatch, "bertopt.calibrators.stage.run_calibrate")
+    r = CliRunner().invoke(app, ["calibrate", "m", "-o", "o", "--data", "d.csv", "--include-bmm", "--exclude", "*/a/*,*/b/*"])
+    assert r.exit_code == 0, r.output
+    assert seen["quantize_bmm"] is True and seen["exclude"] == ["*/a/*", "*/b/*"]
+    assert "--include-bmm is now --quantize-bmm" in r.stderr
+    # the new names: no note; qat's --exclude '' still means "nothing in float"
+    seen = _record(monkeypatch, "bertopt.qat.stage.run_qat")
+    monkeypatch.setattr(params, "_NOTED", set())
+    r = CliRunner().invoke(app, ["qat", "m", "-o", "o", "--data", "d.csv", "--label-column", "y", "--samples", "3", "--exclude", ""])
+    assert r.exit_code == 0 and "note:" not in r.stderr
+    assert seen["label_column"] == "y" and seen["samples"] == 3 and seen["exclude"] == []
+
+
+def test_old_recipe_keys_still_work_with_a_note(tmp_path, capsys, monkeypatch):
+    import bertopt.params as params
+
+    monkeypatch.setattr(params, "_NOTED", set())
+    (tmp_path / "d.csv").write_text("text,label\na,0\nb,1\n")
+    r = tmp_path / "r.yaml"
+    r.write_text(textwrap.dedent("""\
+        model: some-model
+        steps:
+          - stage: calibrate
+            input: model
+            data: d.csv
+            include_bmm: true
+          - stage: qat
+            input: model
+            data: d.csv
+            labels_column: label
+            limit: 2
+            warmup: 0.05
+    """))
+    steps = recipe.load_recipe(r)["steps"]
+    assert steps[0]["options"]["quantize_bmm"] is True and "include_bmm" not in steps[0]["options"]
+    assert {k: steps[1]["options"][k] for k in ("label_column", "samples", "warmup_ratio")} == {"label_column": "label", "samples": 2, "warmup_ratio": 0.05}
+    err = capsys.readouterr().err
+    assert "steps[1] (qat): 'labels_column' is now 'label_column'" in err and "'include_bmm' is now 'quantize_bmm'" in err
+    # both spellings at once is an error naming the field
+    r.write_text(r.read_text().replace("limit: 2", "limit: 2\n    samples: 3"))
+    with pytest.raises(Exception, match=r"steps\[1\] \(qat\)\.limit: both 'limit' \(the old name\) and 'samples'"):
+        recipe.load_recipe(r)
+
+
+def test_old_python_keywords_still_work(capsys, monkeypatch):
+    import bertopt.params as params
+
+    monkeypatch.setattr(params, "_NOTED", set())
+
+    @accepts_renamed("qat")
+    def run_qat(input, out, *, label_column=None, samples=None):
+        return label_column, samples
+
+    assert run_qat("m", "o", labels_column="y", limit=4) == ("y", 4)
+    assert "run_qat: labels_column= is now label_column=" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="both"):
+        run_qat("m", "o", labels_column="y", label_column="z")
+    for name in RENAMED:  # the real stage functions carry the mapping and show the new signature
+        fn = stages.get(name)
+        assert hasattr(fn, "__wrapped__") and not set(RENAMED[name]) & set(_stage_params(name))
+
+
+def test_recipes_use_the_current_names():
+    old = {k for m in RENAMED.values() for k in m}
+    for f in Path(__file__).resolve().parents[1].glob("recipes/*.yaml"):
+        keys = set(re.findall(r"^\s+-?\s*(\w+):", f.read_text(), flags=re.M))
+        assert not keys & old, f"{f.name} uses old keys {keys & old}"
+
+
+PLAIN = """
+import time
+from bertopt import ui
+with ui.progress() as p:
+    t = p.add_task("demo: collect", total=4, status="")
+    for _ in range(4):
+        time.sleep(0.3)
+        p.advance(t)
+with ui.console.status("demo: a long step"):
+    time.sleep(0.5)
+"""
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal():
+    env = {"BERTOPT_PROGRESS_EVERY": "0.2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    import os
+
+    p = subprocess.run([sys.executable, "-c", PLAIN], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    bar = [line for line in lines if line.startswith("demo: collect ")]
+    assert len(bar) >= 3, lines  # periodic, not only at the end
+    assert re.fullmatch(r"demo: collect 4/4 \(100%\) 0:0\d", bar[-1]), bar[-1]
+    assert "demo: a long step" in lines and any(re.fullmatch(r"demo: a long step \.\.\. 0:0\d", x) for x in lines), lines
+    q = subprocess.run([sys.executable, "-c", PLAIN.replace("from bertopt import ui", "from bertopt import ui; ui.set_quiet()")],
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    assert q.returncode == 0 and q.stderr == ""
+
+
+def test_a_stage_prints_progress_lines_in_ci_and_nothing_with_quiet(exported_minilm, tmp_path):
+    env = {"BERTOPT_PROGRESS_EVERY": "0.05"}
+    r = run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "fuse"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^fuse \(onnxruntime\) \d+/\d+ \(100%\) \d+:\d\d", r.stderr, flags=re.M), r.stderr
+    again = run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "fuse"), env=env)
+    assert again.returncode == 0 and "is up to date" in again.stderr
+    for args in (["fuse", "-q"], ["-q", "fuse"]):
+        q = run_cli(*args, str(exported_minilm), "-o", str(tmp_path / "fuse"), env=env)
+        assert q.returncode == 0 and q.stderr == "", q.stderr
+        assert "MultiHeadAttention" in q.stdout or "attention" in q.stdout.lower()  # the result still prints
