@@ -21,7 +21,7 @@ samples = int(sys.argv[2]) if len(sys.argv) > 2 else 512
 art = load_artifact(resolve_path(fuse))
 model = _load_model(art)
 params = dict(data=None, text_column="text", method="max", percentile=99.99, samples=samples, max_length=128, batch_size=16,
-              smooth=float(sys.argv[3]), shift=True, bias_correction=True, include_bmm=False, exclude=list(DEFAULT_EXCLUDE), skip_sensitive=0,
+              smooth=float(sys.argv[3]), shift=True, bias_correction=True, quantize_bmm=False, exclude=list(DEFAULT_EXCLUDE), skip_sensitive=0,
               report=False, eval_samples=64, ranges=None, trt_cache=False)
 job = _Job(art=art, model=model, params=params, exclude=list(DEFAULT_EXCLUDE), threads=2, verbose=False)
 t0 = time.time()

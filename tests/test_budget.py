@@ -113,7 +113,7 @@ def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slab
     pytest.importorskip("modelopt.torch.quantization")
     from bertopt.qat.stage import run_qat
 
-    short = dict(data=str(slabs_dir / "train.csv"), text_column="text", limit=120, steps=1, lr=1e-12, batch_size=16, max_length=32)
+    short = dict(data=str(slabs_dir / "train.csv"), text_column="text", samples=120, steps=1, lr=1e-12, batch_size=16, max_length=32)
     art = run_qat(str(minilm_dir), tmp_path / "qat", **short)
     m = art.manifest
     init = m["quantization"]["init_from"]

@@ -19,7 +19,7 @@ def student(minilm_dir, tmp_path_factory) -> Path:
     from bertopt.compress.stage import run_compress
 
     out = tmp_path_factory.mktemp("compress") / "student"
-    run_compress(minilm_dir, out, data=TRAIN, text_column="text", limit=200, layers=2, ffn_size=384, steps=6, batch_size=16,
+    run_compress(minilm_dir, out, data=TRAIN, text_column="text", samples=200, layers=2, ffn_size=384, steps=6, batch_size=16,
                  importance_batches=4)
     return out
 
@@ -170,7 +170,7 @@ def test_recipes_validate():
 
 
 def _short(out, minilm_dir, *extra):
-    return ["-m", "bertopt", "compress", str(minilm_dir), "-o", str(out), "--data", TRAIN, "--text-column", "text", "--limit", "240",
+    return ["-m", "bertopt", "compress", str(minilm_dir), "-o", str(out), "--data", TRAIN, "--text-column", "text", "--samples", "240",
             "--layers", "2", "--ffn-size", "384", "--importance-batches", "2", "--batch-size", "8", "--max-length", "32", *extra]
 
 

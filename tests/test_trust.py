@@ -66,7 +66,7 @@ def test_qat_checkpoint_dir_keeps_user_files_and_never_unpickles(minilm_dir, tmp
     (ckdir / "checkpoint.pt").write_bytes(pickle.dumps({"fingerprint": _Planted(marker)}))
     (ckdir / "checkpoint.json").write_text('{"fingerprint": "forged"}')
     out = tmp_path / "qat"
-    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", DATA, "--text-column", "text", "--limit", "64", "--steps", "2",
+    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", DATA, "--text-column", "text", "--samples", "64", "--steps", "2",
                 "--eval-every", "1", "--batch-size", "8", "--max-length", "32", "--start", "max", "--calib-batches", "2", "--checkpoint-dir", str(ckdir))
     assert r.returncode == 0, r.stderr[-3000:]
     assert not marker.exists()
@@ -186,10 +186,10 @@ def test_recipe_stage_receives_the_converted_values(tmp_path, minilm_dir, monkey
     from bertopt.recipe import load_recipe, run_recipe
 
     p = _recipe(tmp_path, _steps(minilm_dir, "- stage: calibrate\n  input: model\n  data: " + DATA + "\n  shift: \"false\"\n  samples: \"64\"\n",
-                                 "- stage: qat\n  input: model\n  data: " + DATA + "\n  lr: 2e-5\n  warmup: '0.2'\n"))
+                                 "- stage: qat\n  input: model\n  data: " + DATA + "\n  lr: 2e-5\n  warmup_ratio: '0.2'\n"))
     opts = {s["name"]: s["options"] for s in load_recipe(p)["steps"]}
     assert opts["calibrate"]["shift"] is False and opts["calibrate"]["samples"] == 64
-    assert isinstance(opts["qat"]["lr"], float) and opts["qat"]["lr"] == 2e-5 and opts["qat"]["warmup"] == 0.2
+    assert isinstance(opts["qat"]["lr"], float) and opts["qat"]["lr"] == 2e-5 and opts["qat"]["warmup_ratio"] == 0.2
     seen = {}
 
     class _Art:
@@ -362,7 +362,7 @@ def test_ctrl_c_in_qat_keeps_the_checkpoint(tmp_path, minilm_dir):
     out = tmp_path / "qat"
     ckpt = tmp_path / ".qat.qat-checkpoint" / "checkpoint.pt"
     p = subprocess.Popen([sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", DATA, "--text-column", "text",
-                          "--limit", "64", "--steps", "40", "--eval-every", "1", "--batch-size", "8", "--max-length", "32", "--calib-batches", "2"],
+                          "--samples", "64", "--steps", "40", "--eval-every", "1", "--batch-size", "8", "--max-length", "32", "--calib-batches", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not ckpt.exists() and p.poll() is None and time.time() < deadline:
