@@ -6,7 +6,7 @@
 - hidden: MSE of every layer's hidden states over real (unpadded) tokens, divided by the teacher's
   mean square for that layer so that the weight means the same for every model (TinyBERT-style);
 - attention: KL of every layer's attention probabilities over real query rows (optional);
-- task: cross-entropy against the labels (classifiers, only when ``--labels-column`` is given).
+- task: cross-entropy against the labels (classifiers, only when ``--label-column`` is given).
 """
 
 from __future__ import annotations
