@@ -82,7 +82,7 @@ def test_every_command_has_quiet_and_panels():
         assert {"-q", "--quiet"} <= opts, name
         if name in stages.STAGES:  # stage commands group every option in a panel
             loose = [p.name for p in cmd.params if p.param_type_name == "option" and not p.rich_help_panel]
-            assert loose == [], f"{name}: options outside a help panel"
+            assert loose == [], f"{name}: options outside a help panel: add them to PANELS in bertopt/cli/{name}.py"
 
 
 @pytest.mark.parametrize("name", ["qat", "calibrate", "bench", "compress"])
