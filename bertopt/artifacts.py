@@ -17,6 +17,7 @@ import contextlib
 import datetime as _dt
 import errno
 import glob
+import functools
 import hashlib
 import json
 import os
@@ -47,18 +48,20 @@ TOKENIZER_FILES = (
 
 
 # --------------------------------------------------------------------------------------- hashing
-def sha256_file(path: Path, _cache: dict = {}) -> str:  # noqa: B006 - deliberate memo
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in a process."""
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _cache:
-        return _cache[key]
+    return _sha256_file(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the memo: a rewritten file is hashed again
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    _cache[key] = digest = h.hexdigest()
-    return digest
+    return h.hexdigest()
 
 
 def sha256_path(path: Path) -> str:

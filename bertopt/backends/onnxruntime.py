@@ -19,15 +19,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from bertopt.graph import MS_DOMAIN, detect_precision, external_data, op_counts, ort_optimize  # noqa: F401 - detect_precision: backends read it here
+
 SESSION_FILE = "session.json"
-
-# Ops that make a graph INT8 (Q/DQ, ORT's integer and fused quantized contrib ops).
-INT8_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul",
-    "ConvInteger", "QLinearConv", "QEmbedLayerNormalization",
-})
-
 
 def make_session(model_path: str | Path, session_config: dict | None = None, threads: int | None = None, optimize: bool = True):
     """An ``onnxruntime.InferenceSession`` on the CPU.
@@ -95,41 +89,6 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine()
-
-
-# ------------------------------------------------------------------------------------- graph facts
-def detect_precision(model_or_path: Any) -> str:
-    """'int8' when the graph holds Q/DQ or integer ops, 'fp16' when its float tensors are half, else 'fp32'."""
-    import onnx
-
-    m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path), load_external_data=False)
-    ops = {n.op_type for n in m.graph.node}
-    if ops & INT8_OPS:
-        return "int8"
-    f16 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    f32 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    return "fp16" if f16 > f32 else "fp32"
-
-
-def offline_optimize(src: Path, dst: Path, level: str) -> None:
-    """Run ORT's graph optimizer once and save the optimized graph (``optimized_model_filepath``)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-
-
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    out: dict[str, int] = {}
-    for n in m.graph.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ------------------------------------------------------------------------------------- latency
@@ -218,27 +177,6 @@ def candidate_configs(base: dict) -> dict[str, dict]:
     return out
 
 
-def _external_data(path: Path) -> bool:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
-
-
-def _optimize_into(src: Path, dst: Path, level: str) -> None:
-    """Offline-optimize ``src`` to ``dst``; large models keep their weights in ``dst.name + '.data'``."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3  # the NCHWc "same machine only" warning: build records the decision itself
-    if _external_data(src):
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-
-
 def fold_int8_gemm_bias(path: Path) -> int:
     """``Add(MatMulIntegerToFloat(...), constant bias)`` -> the bias input of ``MatMulIntegerToFloat``.
 
@@ -248,7 +186,7 @@ def fold_int8_gemm_bias(path: Path) -> int:
     Models with external weights are left alone.
     """
     import onnx
-    if _external_data(path):
+    if external_data(path):
         return 0
     m = onnx.load(str(path))
     g = m.graph
@@ -260,7 +198,7 @@ def fold_int8_gemm_bias(path: Path) -> int:
     graph_outputs = {o.name for o in g.output}
     dead: set[int] = set()
     for n in g.node:
-        if n.op_type != "MatMulIntegerToFloat" or n.domain != "com.microsoft":
+        if n.op_type != "MatMulIntegerToFloat" or n.domain != MS_DOMAIN:
             continue
         while _fold_one_bias(n, readers, inits, graph_outputs, g, dead):  # a bias, then maybe a correction of it
             pass
@@ -339,7 +277,7 @@ def build_onnxruntime(
     decision: dict[str, Any] = {"offline_optimization": "ORT_ENABLE_EXTENDED", "tuned": bool(tune)}
 
     say("optimizing the graph offline (ORT_ENABLE_EXTENDED)")
-    _optimize_into(src, model_out, "ORT_ENABLE_EXTENDED")
+    ort_optimize(src, model_out, "ORT_ENABLE_EXTENDED")
     decision["int8_gemm_bias_folded"] = fold_int8_gemm_bias(model_out)
     ext_ops = op_counts(model_out)
     decision["ops_before"] = op_counts(src)
@@ -352,7 +290,7 @@ def build_onnxruntime(
         try:
             all_path = tmp / "model-all.onnx"
             say("optimizing the graph offline (ORT_ENABLE_ALL) for comparison")
-            _optimize_into(src, all_path, "ORT_ENABLE_ALL")
+            ort_optimize(src, all_path, "ORT_ENABLE_ALL")
             fold_int8_gemm_bias(all_path)
             all_ops = op_counts(all_path)
             feeds = tune_feeds or {b: synthetic_feeds(input_names, b, seq) for b in batches}

@@ -33,7 +33,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bertopt.calibrators.qdq import GemmTarget, constants, quantize_weight
+from bertopt.calibrators.qdq import GemmTarget, quantize_weight
+from bertopt.graph import constants
 
 S_MIN, S_MAX = 1e-4, 1e4
 

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-MS_DOMAIN = "com.microsoft"
+from bertopt.graph import MS_DOMAIN
+
 # Probe shapes: symbolic dims on axis 0 get PROBE_BATCH, on axis 1 PROBE_SEQ, elsewhere 3.
 PROBE_BATCH = 2
 PROBE_SEQ = 7
@@ -31,10 +32,6 @@ MAX_IR_VERSION = 10
 # --------------------------------------------------------------------------------------- tensors
 def producer(t: gs.Tensor) -> gs.Node | None:
     return t.inputs[0] if len(t.inputs) else None
-
-
-def consumers(t: gs.Tensor) -> list[gs.Node]:
-    return list(t.outputs)
 
 
 def is_op(node: gs.Node | None, op: str | Sequence[str], domain: str = "") -> bool:
@@ -62,10 +59,6 @@ def scalar_value(t: gs.Tensor | None) -> float | None:
     if v is None or v.size != 1:
         return None
     return float(v.reshape(-1)[0])
-
-
-def near(a: float | None, b: float, rel: float = 1e-3) -> bool:
-    return a is not None and math.isfinite(a) and abs(a - b) <= rel * abs(b)
 
 
 def split_const(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None]:
@@ -127,10 +120,6 @@ def take_over(out: gs.Variable, node: gs.Node) -> None:
     """Make ``node`` the producer of ``out`` (its old producer loses it and is cleaned up later)."""
     out.inputs.clear()
     node.outputs = [out]
-
-
-def nodes_by_op(graph: gs.Graph, op: str, domain: str = "") -> list[gs.Node]:
-    return [n for n in graph.nodes if is_op(n, op, domain)]
 
 
 def ancestors(t: gs.Tensor, limit: int = 10_000) -> tuple[set[int], list[gs.Tensor]]:
@@ -336,7 +325,6 @@ _UNARY = {
     "Identity": lambda x: x,
 }
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power}
-ELEMENTWISE = tuple(_UNARY) + tuple(_BINARY)
 
 
 def erf(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ instead of 36 MatMulIntegerToFloat on MiniLM-L6, the other 18 fall back to float
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -257,35 +256,7 @@ def _prune(model) -> None:
 
 
 # --------------------------------------------------------------------------------------- checks
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
-
-
-def ort_kernel_counts(path: Path) -> dict[str, int]:
-    """Op counts of the graph ONNX Runtime actually runs (after its optimizations): the int8 kernels
-    show up as MatMulIntegerToFloat / QLinearMatMul / DynamicQuantizeMatMul / MatMulInteger."""
-    import os
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return dict(Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
-
-
-INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
-
-
-def int8_gemms(kernel_counts: dict[str, int]) -> int:
-    return sum(v for k, v in kernel_counts.items() if k in INT8_KERNELS)
+# The op and kernel counts come from bertopt.graph (op_counts, ort_kernel_counts, int8_gemms).
 
 
 def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str, output: str | None = None) -> dict:
