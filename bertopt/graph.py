@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 MS_DOMAIN = "com.microsoft"
 
@@ -68,6 +68,54 @@ def constants(graph) -> dict:
                 if a.name == "value":
                     consts[n.output[0]] = a.t
     return consts
+
+
+def constant_values(graph) -> Callable[[str], Any]:
+    """A lookup: tensor name -> its numpy value when it is a constant (:func:`constants`), else None."""
+    from onnx import numpy_helper
+
+    consts = constants(graph)
+
+    def value(name: str):
+        t = consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    return value
+
+
+def attr(node, name: str, default=None):
+    """A node attribute's value, ``default`` when the node does not set it."""
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node, name: str, value) -> None:
+    import onnx
+
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def drop_unused_initializers(model) -> None:
+    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place."""
+    import onnx
+
+    used = {i for n in model.graph.node for i in n.input}
+    used |= {o.name for o in model.graph.output}
+    for n in model.graph.node:  # subgraphs are not expected in these encoders; keep what they read
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= {i for m in a.g.node for i in m.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
 
 
 def external_data(path: Path) -> bool:

@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bertopt.calibrators.qdq import GemmTarget, quantize_weight
-from bertopt.graph import constants
+from bertopt.graph import attr, constants
 
 S_MIN, S_MAX = 1e-4, 1e4
 
@@ -154,14 +154,7 @@ class _Editor:
     def readers(self, name: str) -> list:
         return [n for n in self.g.node if name in n.input]
 
-    @staticmethod
-    def attr(node, name: str, default=None):
-        from onnx import helper
-
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+    attr = staticmethod(attr)
 
     def fresh(self, base: str) -> str:
         name, k = base, 1

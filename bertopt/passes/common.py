@@ -254,20 +254,6 @@ def to_model(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place."""
-    used = {i for n in model.graph.node for i in n.input}
-    used |= {o.name for o in model.graph.output}
-    for n in model.graph.node:  # subgraphs are not expected in these encoders; keep what they read
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= {i for m in a.g.node for i in m.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
-
 def session(model: onnx.ModelProto | str | Path, optimize: bool = False, threads: int | None = None):
     """An ORT CPU session; by default with ORT's graph optimizations disabled (ours must stand alone)."""
     import onnxruntime as ort

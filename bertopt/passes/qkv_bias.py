@@ -22,8 +22,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from bertopt.graph import MS_DOMAIN, constants
-from bertopt.passes.common import PassContext, drop_unused_initializers
+from bertopt.graph import MS_DOMAIN, constants, drop_unused_initializers
+from bertopt.passes.common import PassContext
 
 NAME = "qkv_bias"
 FAMILY = "attention"

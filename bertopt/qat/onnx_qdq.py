@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertopt.graph import attr, constant_values, drop_unused_initializers, set_attr
+
 
 def export_qdq(wrapper, args: tuple, path: Path, input_names, outs, axes: dict, opset: int) -> None:
     """torch.onnx.export (legacy) of the fake-quant model. modelopt refuses to export narrow-range signed
@@ -44,24 +46,6 @@ def _export(wrapper, args, path, input_names, outs, axes, opset) -> None:
             wrapper, args, str(path), input_names=list(input_names), output_names=list(outs),
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-
-
-def _attr(node, name, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _set_attr(node, name, value) -> None:
-    import onnx
-
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
 def postprocess(path: Path) -> dict:
@@ -94,7 +78,7 @@ def remove_identity_casts(model) -> int:
         if n.op_type not in ("Cast", "Identity") or n.output[0] in outputs:
             continue
         src = rename.get(n.input[0], n.input[0])
-        if n.op_type == "Identity" or (types.get(src) and types.get(src) == _attr(n, "to")):
+        if n.op_type == "Identity" or (types.get(src) and types.get(src) == attr(n, "to")):
             rename[n.output[0]] = src
             drop.add(n.output[0])
     for n in g.node:
@@ -120,23 +104,6 @@ def _keep_nodes(g, drop: set[str]) -> None:
     g.node.extend(keep)
 
 
-def _values(g):
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-
-    def value(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        n = consts.get(name)
-        if n is not None and n.attribute and n.attribute[0].name == "value":
-            return numpy_helper.to_array(n.attribute[0].t)
-        return None
-
-    return inits, value
-
-
 def fold_weights(model, narrow: bool = True) -> int:
     """``W(float) -> Q -> DQ [-> Transpose]`` becomes ``W(int8) -> DQ`` (transposed when a Transpose followed).
 
@@ -144,7 +111,8 @@ def fold_weights(model, narrow: bool = True) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    inits, value = _values(g)
+    inits = {i.name for i in g.initializer}
+    value = constant_values(g)
     consumers: dict[str, list] = {}
     for n in g.node:
         for i in n.input:
@@ -163,7 +131,7 @@ def fold_weights(model, narrow: bool = True) -> int:
         scale, zp = value(q.input[1]), value(q.input[2]) if len(q.input) > 2 else None
         if w is None or scale is None or w.ndim != 2:
             continue
-        axis = _attr(q, "axis", 1) % w.ndim
+        axis = attr(q, "axis", 1) % w.ndim
         s = scale.astype(np.float32)
         if s.size > 1:
             shape = [1, 1]
@@ -176,10 +144,10 @@ def fold_weights(model, narrow: bool = True) -> int:
         # ONNX QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point)
         qv = np.clip(np.rint(w.astype(np.float32) / s) + z, qmin, qmax).astype(np.int8 if qmin < 0 else np.uint8)
         outs = consumers.get(dq.output[0], [])
-        transpose = len(outs) == 1 and outs[0].op_type == "Transpose" and list(_attr(outs[0], "perm", [1, 0])) == [1, 0]
+        transpose = len(outs) == 1 and outs[0].op_type == "Transpose" and list(attr(outs[0], "perm", [1, 0])) == [1, 0]
         if transpose:
             qv = np.ascontiguousarray(qv.T)
-            _set_attr(dq, "axis", 1 - axis)
+            set_attr(dq, "axis", 1 - axis)
         name = q.input[0] + "_int8"
         g.initializer.append(numpy_helper.from_array(qv, name))
         dq.input[0] = name
@@ -204,7 +172,7 @@ def share_constant_ops(model) -> int:
     brings in runs once per GEMM in torch (a pre-hook on each Linear), so Q, K and V each export the same
     ``Mul(x, 1/s) -> Add(-c/s)``; one shared pair is what calibrate writes (and one pass over x, not three)."""
     g = model.graph
-    _, value = _values(g)
+    value = constant_values(g)
     seen: dict = {}
     rename: dict[str, str] = {}
     drop: set[str] = set()
@@ -234,8 +202,6 @@ def share_constant_ops(model) -> int:
 
 def _prune(model) -> None:
     """Drop initializers and Constant nodes nothing reads any more."""
-    import onnx
-
     g = model.graph
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -244,15 +210,7 @@ def _prune(model) -> None:
             g.node.remove(n)
         if not dead:
             break
-    used = {i for n in g.node for i in n.input}
-    keep = []
-    for i in g.initializer:
-        if i.name in used:
-            c = onnx.TensorProto()
-            c.CopyFrom(i)
-            keep.append(c)
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    drop_unused_initializers(model)
 
 
 # --------------------------------------------------------------------------------------- checks
