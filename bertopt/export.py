@@ -4,7 +4,7 @@ Exporter choice: the legacy TorchScript exporter (``dynamo=False``) with eager a
 default, deliberately:
 - its graph is the plain MatMul/Softmax/LayerNorm pattern that ``bertopt fuse``, ONNX Runtime's
   fusions and TensorRT's attention fusion all recognise; the dynamo exporter's graph (and sdpa
-  attention) defeats ORT's transformers optimizer (ANCHORS.md: 18.8 ms vs 21.6 ms unfused at batch 1);
+  attention) defeats ORT's transformers optimizer;
 - modelopt's Q/DQ export for ``bertopt qat`` only works through the legacy exporter, so PTQ and QAT
   artifacts come out of the same exporter and take the same path through fuse/build/bench.
 ``--exporter dynamo`` is offered for users who want to compare.

@@ -122,6 +122,15 @@ def take_over(out: gs.Variable, node: gs.Node) -> None:
     node.outputs = [out]
 
 
+def int32_cast(graph: gs.Graph, t: gs.Tensor, cache: dict) -> gs.Variable:
+    """One Cast(t -> int32) per tensor and ``cache`` (a pass shares one over the graph, e.g. the attention mask)."""
+    if t.name not in cache:
+        out = gs.Variable(f"{t.name}_int32", dtype=np.int32, shape=t.shape)
+        graph.nodes.append(gs.Node("Cast", name=f"{t.name}_to_int32", attrs={"to": onnx.TensorProto.INT32}, inputs=[t], outputs=[out]))
+        cache[t.name] = out
+    return cache[t.name]
+
+
 def ancestors(t: gs.Tensor, limit: int = 10_000) -> tuple[set[int], list[gs.Tensor]]:
     """(ids of the nodes ``t`` depends on, the non-constant graph-input-like leaves it reaches)."""
     seen: set[int] = set()

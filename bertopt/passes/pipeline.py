@@ -47,8 +47,9 @@ SAMPLE_TEXTS = (
 
 
 # Fused com.microsoft ops that ONNX Runtime's CPU kernels run slower than the ops they replace
-# (ORT 1.31, measured with `benchmarks/fuse_vs_ort_optimizer.py --kernels`). With ort_fusions="measured" (the default)
-# these passes are not run and keep_fast_kernels stops ORT's session optimizer from doing them.
+# (measured with `benchmarks/fuse_vs_ort_optimizer.py --kernels`; re-measure after an ONNX Runtime upgrade).
+# With ort_fusions="measured" (the default) these passes are not run and keep_fast_kernels stops ORT's
+# session optimizer from doing them.
 SLOWER_ON_ORT_CPU = {
     "skip_layernorm": "ORT's CPU SkipLayerNormalization kernel is ~5x slower than Add + LayerNormalization (measured)",
     "embed_layernorm": "ORT's CPU EmbedLayerNormalization kernel is 1.4-1.7x slower than Gather/Add + LayerNormalization (measured)",
