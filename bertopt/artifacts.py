@@ -195,20 +195,15 @@ def _check_onnx_readable(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- writing
+@functools.cache
 def code_digest() -> str:
     """sha256 (16 hex) of bertopt's own source files: part of every fingerprint, so an artifact made by
     other code (a pass changed, the version not bumped) is rebuilt instead of served as up to date."""
-    global _CODE_DIGEST
-    if _CODE_DIGEST is None:
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*.py")):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-        _CODE_DIGEST = h.hexdigest()[:16]
-    return _CODE_DIGEST
-
-
-_CODE_DIGEST: str | None = None
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def fingerprint(stage: str, inputs: dict[str, dict], params: dict) -> str:
