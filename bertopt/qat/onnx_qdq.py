@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertopt.graph import attr, constant_values, drop_unused_initializers, set_attr
+from bertopt.graph import attr, constant_values, set_attr
 
 
 def export_qdq(wrapper, args: tuple, path: Path, input_names, outs, axes: dict, opset: int) -> None:
@@ -65,28 +65,34 @@ def postprocess(path: Path) -> dict:
 def remove_identity_casts(model) -> int:
     """Drop Identity nodes and Casts to the type their input already has (modelopt's quantizer export
     leaves float->float Casts that chain Q, K and V's input quantizers one behind another instead of
-    reading the same tensor; the exporter puts Identity nodes on initializers with equal values)."""
+    reading the same tensor; the exporter puts Identity nodes on initializers with equal values).
+
+    The Casts become Identity here (their types come from ONNX shape inference); onnx_ir's
+    ``IdentityEliminationPass`` then removes every Identity, keeping graph output names."""
     import onnx
+    from onnx_ir.passes.common import IdentityEliminationPass
 
     g = model.graph
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(g.input) + list(g.output)}
     types.update({i.name: i.data_type for i in g.initializer})
-    outputs = {o.name for o in g.output}
-    rename, drop = {}, set()
     for n in g.node:
-        if n.op_type not in ("Cast", "Identity") or n.output[0] in outputs:
-            continue
-        src = rename.get(n.input[0], n.input[0])
-        if n.op_type == "Identity" or (types.get(src) and types.get(src) == attr(n, "to")):
-            rename[n.output[0]] = src
-            drop.add(n.output[0])
-    for n in g.node:
-        for k, i in enumerate(n.input):
-            if i in rename:
-                n.input[k] = rename[i]
-    _keep_nodes(g, drop)
-    return len(drop)
+        if n.op_type == "Cast" and types.get(n.input[0]) and types.get(n.input[0]) == attr(n, "to"):
+            n.op_type = "Identity"
+            del n.attribute[:]
+    before = sum(n.op_type == "Identity" for n in g.node)
+    _ir_passes(model, IdentityEliminationPass())
+    return before - sum(n.op_type == "Identity" for n in model.graph.node)
+
+
+def _ir_passes(model, *passes) -> None:
+    """Run onnx_ir passes on ``model`` in place."""
+    import onnx_ir as ir
+
+    m = ir.serde.deserialize_model(model)
+    for p in passes:
+        p(m)
+    model.CopyFrom(ir.serde.serialize_model(m))
 
 
 def _keep_nodes(g, drop: set[str]) -> None:
@@ -201,16 +207,10 @@ def share_constant_ops(model) -> int:
 
 
 def _prune(model) -> None:
-    """Drop initializers and Constant nodes nothing reads any more."""
-    g = model.graph
-    while True:
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
-        for n in dead:
-            g.node.remove(n)
-        if not dead:
-            break
-    drop_unused_initializers(model)
+    """Drop the nodes (Constants) and initializers nothing reads any more (onnx_ir's ``RemoveUnusedNodesPass``)."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    _ir_passes(model, RemoveUnusedNodesPass())
 
 
 # --------------------------------------------------------------------------------------- checks
