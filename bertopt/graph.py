@@ -103,7 +103,10 @@ def set_attr(node, name: str, value) -> None:
 
 
 def drop_unused_initializers(model) -> None:
-    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place."""
+    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place.
+
+    On the proto, not through onnx_ir's RemoveUnusedNodesPass: calibrate and build write their models
+    through here, and an onnx_ir round trip re-serializes them (same graph, other bytes)."""
     import onnx
 
     used = {i for n in model.graph.node for i in n.input}
