@@ -21,7 +21,7 @@ import numpy as np
 from bertopt.params import Opset, PositiveFloat
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
-from bertopt.models import POOLINGS, SUPPORTED, TASKS, default_task, dynamic_axes, model_summary, output_names, read_config, resolve_head
+from bertopt.models import POOLINGS, SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.ui import console, skipped
 
@@ -127,9 +127,7 @@ def run_export(
     model_dir = resolve_path(input)
     out = Path(out)
     cfg = read_config(model_dir)
-    task = task or default_task(cfg)
-    if task not in TASKS:
-        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
+    task = resolve_task(cfg, task)
     if exporter not in EXPORTERS:
         raise BertoptError(f"unknown exporter '{exporter}'", hint="exporter: " + ", ".join(EXPORTERS))
     if not 14 <= opset <= 21:

@@ -91,6 +91,15 @@ def sentence_transformers_normalize(model_dir: Path) -> bool:
 POOLINGS = ("auto", "mean", "cls", "none")
 
 
+def resolve_task(cfg: dict, task: str | None = None, known: dict | None = None) -> str:
+    """The task to export: what was asked, else what ``known`` (an artifact's model block) says, else
+    what config.json's architectures imply."""
+    task = task or (known or {}).get("task") or default_task(cfg)
+    if task not in TASKS:
+        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
+    return task
+
+
 def resolve_head(model_dir: Path, task: str, pooling: str = "auto", normalize: bool | None = None,
                  known: dict | None = None) -> tuple[str, bool]:
     """(pooling, normalize) of the exported model: what was asked, else what ``known`` (an export

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bertopt import graph
 from bertopt.errors import BertoptError
-from bertopt.models import dynamic_axes, output_names, resolve_head
+from bertopt.models import dynamic_axes, output_names, resolve_head, resolve_task
 from bertopt.passes.testing import make_model
 
 
@@ -81,6 +81,12 @@ def test_ort_kernel_counts_on_a_qdq_gemm(tmp_path):
 
 
 def test_head_resolution(minilm_dir, tmp_path):
+    cls_cfg = {"architectures": ["BertForSequenceClassification"]}
+    assert resolve_task(cls_cfg) == "sequence-classification" and resolve_task({}) == "feature-extraction"
+    assert resolve_task(cls_cfg, known={"task": "feature-extraction"}) == "feature-extraction"  # an export artifact's task wins
+    assert resolve_task(cls_cfg, "feature-extraction", known={"task": "sequence-classification"}) == "feature-extraction"
+    with pytest.raises(BertoptError, match="unknown task 'qa'"):
+        resolve_task({}, "qa")
     # all-MiniLM-L6-v2 is a sentence-transformers model: mean pooling, normalized
     assert resolve_head(minilm_dir, "feature-extraction") == ("mean", True)
     assert resolve_head(minilm_dir, "feature-extraction", "cls", False) == ("cls", False)

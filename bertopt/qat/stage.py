@@ -21,7 +21,7 @@ from typing import Literal
 from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError, MissingDependencyError
-from bertopt.models import SUPPORTED, TASKS, default_task, dynamic_axes, model_summary, output_names, read_config, resolve_head
+from bertopt.models import SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.qat.placement import DEFAULT_EXCLUDE
 from bertopt.ui import console, note, skipped
@@ -104,9 +104,7 @@ def run_qat(
     out = resolve_path(out)
     model_dir, src = _model_dir(input)
     cfg = read_config(model_dir)
-    task = task or src.get("task") or default_task(cfg)
-    if task not in TASKS:
-        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
+    task = resolve_task(cfg, task, known=src)
     pooling, normalize = resolve_head(model_dir, task, pooling, normalize, known=src)
     # With --init-from, the calibrated model decides what stays float (its own default keeps the
     # pooler and head float); an explicit --exclude is applied on top.
