@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bertopt.calibrators.qdq import GemmTarget, quantize_weight
-from bertopt.graph import attr, constants
+from bertopt.graph import MS_DOMAIN, attr, constants
 
 S_MIN, S_MAX = 1e-4, 1e4
 
@@ -308,7 +308,7 @@ def _value_projection(ed: "_Editor", x: str, channels: int):
     p = ed.producer(x)
     if p is None:
         return None
-    if p.op_type == "MultiHeadAttention" and p.domain == "com.microsoft":
+    if p.op_type == "MultiHeadAttention" and p.domain == MS_DOMAIN:
         if p.output[0] != x or len(p.input) < 3 or not p.input[1] or (len(p.input) > 3 and p.input[3]):
             return None
         v = p.input[2]
