@@ -17,6 +17,7 @@ import contextlib
 import datetime as _dt
 import errno
 import glob
+import functools
 import hashlib
 import json
 import os
@@ -47,18 +48,20 @@ TOKENIZER_FILES = (
 
 
 # --------------------------------------------------------------------------------------- hashing
-def sha256_file(path: Path, _cache: dict = {}) -> str:  # noqa: B006 - deliberate memo
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in a process."""
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _cache:
-        return _cache[key]
+    return _sha256_file(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the memo: a rewritten file is hashed again
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    _cache[key] = digest = h.hexdigest()
-    return digest
+    return h.hexdigest()
 
 
 def sha256_path(path: Path) -> str:
@@ -192,20 +195,15 @@ def _check_onnx_readable(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- writing
+@functools.cache
 def code_digest() -> str:
     """sha256 (16 hex) of bertopt's own source files: part of every fingerprint, so an artifact made by
     other code (a pass changed, the version not bumped) is rebuilt instead of served as up to date."""
-    global _CODE_DIGEST
-    if _CODE_DIGEST is None:
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*.py")):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-        _CODE_DIGEST = h.hexdigest()[:16]
-    return _CODE_DIGEST
-
-
-_CODE_DIGEST: str | None = None
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def fingerprint(stage: str, inputs: dict[str, dict], params: dict) -> str:

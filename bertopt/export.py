@@ -4,7 +4,7 @@ Exporter choice: the legacy TorchScript exporter (``dynamo=False``) with eager a
 default, deliberately:
 - its graph is the plain MatMul/Softmax/LayerNorm pattern that ``bertopt fuse``, ONNX Runtime's
   fusions and TensorRT's attention fusion all recognise; the dynamo exporter's graph (and sdpa
-  attention) defeats ORT's transformers optimizer (ANCHORS.md: 18.8 ms vs 21.6 ms unfused at batch 1);
+  attention) defeats ORT's transformers optimizer;
 - modelopt's Q/DQ export for ``bertopt qat`` only works through the legacy exporter, so PTQ and QAT
   artifacts come out of the same exporter and take the same path through fuse/build/bench.
 ``--exporter dynamo`` is offered for users who want to compare.
@@ -21,20 +21,10 @@ import numpy as np
 from bertopt.params import Opset, PositiveFloat
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
-from bertopt.models import (
-    DYNAMIC_AXES,
-    SUPPORTED,
-    TASKS,
-    default_task,
-    model_summary,
-    read_config,
-    sentence_transformers_normalize,
-    sentence_transformers_pooling,
-)
+from bertopt.models import POOLINGS, SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.ui import console, skipped
 
-POOLINGS = ("auto", "mean", "cls", "none")
 EXPORTERS = ("legacy", "dynamo")
 
 # Real sentences for the parity check (varied length, punctuation, casing, a prompt injection).
@@ -120,12 +110,6 @@ def make_wrapper(model, task: str, input_names: tuple[str, ...], pooling: str, n
     return Wrapper().eval()
 
 
-def output_names(task: str, pooling: str) -> list[str]:
-    if task == "sequence-classification":
-        return ["logits"]
-    return ["last_hidden_state"] if pooling == "none" else ["last_hidden_state", "sentence_embedding"]
-
-
 def run_export(
     input: str | Path,
     out: str | Path,
@@ -143,20 +127,12 @@ def run_export(
     model_dir = resolve_path(input)
     out = Path(out)
     cfg = read_config(model_dir)
-    task = task or default_task(cfg)
-    if task not in TASKS:
-        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
-    if pooling not in POOLINGS:
-        raise BertoptError(f"unknown pooling '{pooling}'", hint="pooling: " + ", ".join(POOLINGS))
+    task = resolve_task(cfg, task)
     if exporter not in EXPORTERS:
         raise BertoptError(f"unknown exporter '{exporter}'", hint="exporter: " + ", ".join(EXPORTERS))
     if not 14 <= opset <= 21:
         raise BertoptError(f"opset {opset} is out of range", hint="use an opset from 14 to 21 (17 gives LayerNormalization)")
-    st_pool = sentence_transformers_pooling(model_dir)
-    if pooling == "auto":
-        pooling = (st_pool or "none") if task == "feature-extraction" else "none"
-    if normalize is None:
-        normalize = task == "feature-extraction" and pooling != "none" and sentence_transformers_normalize(model_dir)
+    pooling, normalize = resolve_head(model_dir, task, pooling, normalize)
     input_names = SUPPORTED[cfg["model_type"]]
     params = {"task": task, "pooling": pooling, "normalize": normalize, "opset": opset, "exporter": exporter, "tolerance": tolerance}
     inputs = {"model": describe_input(model_dir)}
@@ -178,10 +154,7 @@ def run_export(
         onnx_path = w.add_output("model", MODEL_FILE)
         sample = _feeds(tokenizer, PARITY_TEXTS[:2], input_names, 16)
         args = tuple(torch.from_numpy(sample[n]) for n in input_names)
-        axes = {n: DYNAMIC_AXES for n in list(input_names) + outs}
-        for o in outs:
-            if o in ("logits", "sentence_embedding"):
-                axes[o] = {0: "batch"}
+        axes = dynamic_axes(input_names, outs)
         with console.status(f"export: tracing with the {exporter} exporter (opset {opset})"), w.timed("export"), torch.no_grad(), \
                 warnings.catch_warnings():
             # TracerWarnings from transformers' mask code are expected: the parity check below runs

@@ -27,6 +27,8 @@ def graph_summary(model_path: Path) -> dict:
     which weight GEMMs stay float, and the activation x activation matmuls (attention) apart."""
     import onnx
 
+    from bertopt.graph import op_key
+
     m = onnx.load(str(model_path), load_external_data=False)
     g = m.graph
     inits = {t.name for t in g.initializer}
@@ -50,7 +52,7 @@ def graph_summary(model_path: Path) -> dict:
     weight = {"total": 0, "int8": 0, "float": []}
     bmm = {"total": 0, "int8": 0}
     for n in g.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        key = op_key(n)
         ops[key] = ops.get(key, 0) + 1
         if n.op_type in FLOAT_COMPUTE:
             float_compute[n.op_type] = float_compute.get(n.op_type, 0) + 1
@@ -79,12 +81,12 @@ def graph_summary(model_path: Path) -> dict:
             out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims})
         return out
 
-    from bertopt.backends.onnxruntime import INT8_OPS
+    from bertopt.graph import INT8_OPS, opset_version, precision
 
     return {
         "file": model_path.name,
         "bytes": model_path.stat().st_size,
-        "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": opset_version(m) or None,
         "nodes": len(g.node),
         "inputs": io([i for i in g.input if i.name not in inits]),
         "outputs": io(g.output),
@@ -92,7 +94,8 @@ def graph_summary(model_path: Path) -> dict:
         "attention_matmuls": bmm,
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "float_compute": float_compute,
-        "int8_ops": {k: v for k, v in ops.items() if k.split(".")[-1] in INT8_OPS},
+        "int8_ops": {k: v for k, v in ops.items() if k.split("::")[-1] in INT8_OPS},
+        "precision": precision(m),
     }
 
 
@@ -256,7 +259,7 @@ def inspect_artifact(path: str | Path) -> dict:
 def _precision(graph: dict | None) -> str:
     if not graph or "gemms" not in graph:
         return "?"
-    return "int8" if graph["int8_ops"] else ("fp16" if any(i["dtype"] == "float16" for i in graph["outputs"]) else "fp32")
+    return graph.get("precision", "?")
 
 
 def _short(params: dict, limit: int = 8) -> str:

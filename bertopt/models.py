@@ -88,6 +88,58 @@ def sentence_transformers_normalize(model_dir: Path) -> bool:
     return any("Normalize" in m.get("type", "") for m in json.loads(mods.read_text()))
 
 
+POOLINGS = ("auto", "mean", "cls", "none")
+
+
+def resolve_task(cfg: dict, task: str | None = None, known: dict | None = None) -> str:
+    """The task to export: what was asked, else what ``known`` (an artifact's model block) says, else
+    what config.json's architectures imply."""
+    task = task or (known or {}).get("task") or default_task(cfg)
+    if task not in TASKS:
+        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
+    return task
+
+
+def resolve_head(model_dir: Path, task: str, pooling: str = "auto", normalize: bool | None = None,
+                 known: dict | None = None) -> tuple[str, bool]:
+    """(pooling, normalize) of the exported model: what was asked, else what ``known`` (an export
+    artifact's model block) says, else the sentence-transformers config in ``model_dir``.
+
+    A classifier has no pooled output (its logits come from the model's own head): pooling 'none'.
+    """
+    known = known or {}
+    if pooling not in POOLINGS:
+        raise BertoptError(f"unknown pooling '{pooling}'", hint="pooling: " + ", ".join(POOLINGS))
+    if task == "sequence-classification":
+        pooling = "none"
+    elif pooling == "auto":
+        pooling = known.get("pooling") or sentence_transformers_pooling(model_dir) or "none"
+    if pooling not in POOLINGS[1:]:
+        raise BertoptError(f"{model_dir}: the sentence-transformers pooling is '{pooling}', which bertopt does not export",
+                           hint="pass --pooling mean, cls or none")
+    if normalize is None:
+        normalize = known.get("normalize")
+        if normalize is None:
+            normalize = task == "feature-extraction" and pooling != "none" and sentence_transformers_normalize(model_dir)
+    return pooling, bool(normalize)
+
+
+def output_names(task: str, pooling: str) -> list[str]:
+    """The exported model's outputs: logits, or the token states (and the pooled sentence embedding)."""
+    if task == "sequence-classification":
+        return ["logits"]
+    return ["last_hidden_state"] if pooling == "none" else ["last_hidden_state", "sentence_embedding"]
+
+
+def dynamic_axes(input_names, outs) -> dict[str, dict[int, str]]:
+    """The exporter's ``dynamic_axes``: batch x sequence, batch only for per-text outputs."""
+    axes = {n: DYNAMIC_AXES for n in list(input_names) + list(outs)}
+    for o in outs:
+        if o in ("logits", "sentence_embedding"):
+            axes[o] = {0: "batch"}
+    return axes
+
+
 def default_task(cfg: dict) -> str:
     archs = cfg.get("architectures") or []
     return "sequence-classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "feature-extraction"

@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 from typing import Callable
 
-# stage name -> "module:function". A stage whose module is not there yet is not offered.
+# stage name -> "module:function", imported on first use (``available`` leaves out a module that cannot be found).
 STAGES: dict[str, str] = {
     "compress": "bertopt.compress.stage:run_compress",
     "export": "bertopt.export:run_export",

@@ -86,5 +86,5 @@ def test_other_code_invalidates(tmp_path, monkeypatch):
     inputs = _write(out, {"x": 1})
     assert is_up_to_date(out, "demo", inputs, {"x": 1})
     assert json.loads((out / "manifest.json").read_text())["bertopt_code"] == arts.code_digest()
-    monkeypatch.setattr(arts, "_CODE_DIGEST", "0" * 16)
+    monkeypatch.setattr(arts, "code_digest", lambda: "0" * 16)
     assert not is_up_to_date(out, "demo", inputs, {"x": 1})

@@ -84,7 +84,7 @@ def test_fp32_artifact_matches_its_input(ort_fp32, exported_minilm, feeds):
     assert (art.tokenizer_dir / "tokenizer.json").is_file() or (art.tokenizer_dir / "vocab.txt").is_file()
     # ORT's optimizer really ran offline: fused ops are in the saved graph, not in the input
     ops = ortb.op_counts(art.model_path)
-    assert ops.get("com.microsoft.BiasGelu", 0) == 6 and "com.microsoft.BiasGelu" not in build["ops_before"]
+    assert ops.get("com.microsoft::BiasGelu", 0) == 6 and "com.microsoft::BiasGelu" not in build["ops_before"]
     assert ops.get("Constant", 0) == 0 < build["ops_before"].get("Constant", 0)
     cfg = ortb.load_session_config(art.path)
     assert cfg == build["session"]

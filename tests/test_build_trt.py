@@ -279,10 +279,10 @@ def test_prepare_rejects_asymmetric_qdq(tmp_path):
 
 
 def test_prepare_rejects_ort_contrib_ops(tmp_path, exported_minilm):
-    from bertopt.backends.onnxruntime import offline_optimize
+    from bertopt.graph import ort_optimize
 
     fused = tmp_path / "ort.onnx"
-    offline_optimize(exported_minilm / "model.onnx", fused, "ORT_ENABLE_EXTENDED")
+    ort_optimize(exported_minilm / "model.onnx", fused, "ORT_ENABLE_EXTENDED")
     with pytest.raises(BertoptError) as e:
         trtb.prepare_onnx(fused, "fp16", ())
     assert "com.microsoft" in e.value.message and "ONNX Runtime" in e.value.hint

@@ -70,9 +70,9 @@ def test_every_gemm_is_int8_in_tensorrt_form_and_in_onnx_runtime(calibrated_mini
     m = man["metrics"]
     assert man["stage"] == "calibrate" and man["model"]["precision"] == "int8"
     assert m["quantized_gemms"] == m["candidate_gemms"] == 36 and m["float_gemms"] == {}
-    assert m["ort_kernels"].get("MatMulIntegerToFloat") == 36  # real int8 kernels on ORT CPU
+    assert m["ort_kernels"].get("com.microsoft::MatMulIntegerToFloat") == 36  # real int8 kernels on ORT CPU
     assert "DequantizeLinear" not in m["ort_kernels"]  # no DQ -> float -> Q round trips left
-    assert m["ort_kernels"].get("MatMul", 0) + m["ort_kernels"].get("FusedMatMul", 0) == 12  # the float attention BMMs
+    assert m["ort_kernels"].get("MatMul", 0) + m["ort_kernels"].get("com.microsoft::FusedMatMul", 0) == 12  # the float attention BMMs
     assert m["equalization_rel_error_max"] < 1e-4  # the equalized float model is the same function
 
     model = onnx.load(str(calibrated_minilm / "model.onnx"))
@@ -155,7 +155,7 @@ def test_calibrate_composes_with_fuse(exported_minilm, train_csv, slabs_texts, t
     run_fuse(exported_minilm, fused, target="onnxruntime")
     art = run_calibrate(fused, tmp_path / "int8", data=str(train_csv), text_column="text", samples=128, eval_samples=32, trt_cache=False)
     m = art.manifest["metrics"]
-    assert m["quantized_gemms"] == 36 and m["ort_kernels"].get("MatMulIntegerToFloat") == 36
+    assert m["quantized_gemms"] == 36 and m["ort_kernels"].get("com.microsoft::MatMulIntegerToFloat") == 36
     assert not (tmp_path / "int8" / "calibration.cache").exists()
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node)
     assert ops["MultiHeadAttention"] == 6  # the fused attention stays, fed by INT8 Q/K/V GEMMs

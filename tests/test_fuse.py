@@ -141,6 +141,12 @@ def test_decomposed_layernorm_export_gets_layernormalization(minilm_dir, tmp_pat
     assert _ops(exp.model_path)["LayerNormalization"] == 0
     art = run_fuse(exp.path, tmp_path / "trt", target="tensorrt")
     assert art.manifest["metrics"]["passes"]["layernorm"] == 13
+    assert art.manifest["metrics"]["expected"]["layernorm"] == 13
+    # The family counts are taken before the first non-clean-up pass, whichever passes run (with a
+    # clean-up pass left out, the third pass is a fusion: counting there saw its work already done).
+    for cleanup in ("fold_constants", "remove_noops"):
+        _, rep = fuse_model(onnx.load(str(exp.model_path)), "tensorrt", options={"disable": [cleanup]})
+        assert rep.expected["layernorm"] == 13, cleanup
     m = onnx.load(str(art.model_path))
     assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17
     assert _ops(art.model_path)["LayerNormalization"] == 13

@@ -55,7 +55,7 @@ def test_artifact_is_qdq_with_int8_kernels(qat_minilm):
     # 6 layers x (Q, K, V, attention output, FFN in, FFN out), every one an int8 kernel in ORT
     assert m["metrics"]["quantized_gemms"] == 36
     assert m["metrics"]["ort_int8_gemms"] == 36
-    assert m["metrics"]["ort_kernels"].get("MatMul", 0) == 6 and m["metrics"]["ort_kernels"].get("FusedMatMul", 0) == 6  # attention BMMs stay float
+    assert m["metrics"]["ort_kernels"].get("MatMul", 0) == 6 and m["metrics"]["ort_kernels"].get("com.microsoft::FusedMatMul", 0) == 6  # attention BMMs stay float
     g = onnx.load(str(art.model_path)).graph
     assert [i.name for i in g.input] == ["input_ids", "attention_mask", "token_type_ids"]
     for i in g.input:
@@ -190,7 +190,7 @@ def test_init_from_calibrate_starts_as_the_calibrated_model(calibrated_classifie
     so (with a vanishing learning rate) the exported QAT model gives calibrate's outputs on ORT's same kernels."""
     from bertopt.backends.onnxruntime import make_session
     from bertopt.data import load_texts, load_tokenizer, tokenize
-    from bertopt.qat.onnx_qdq import ort_kernel_counts
+    from bertopt.graph import ort_kernel_counts
     from bertopt.qat.stage import run_qat
 
     out = tmp_path / "qat"

@@ -83,7 +83,7 @@ def test_folded_graph_is_exact_and_int8(quantized):
 
 
 def test_ort_runs_int8_kernels(quantized):
-    from bertopt.qat.onnx_qdq import int8_gemms, ort_kernel_counts
+    from bertopt.graph import int8_gemms, ort_kernel_counts
 
     assert int8_gemms(ort_kernel_counts(quantized["post"])) == 2
 

@@ -19,15 +19,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, ort_optimize  # noqa: F401 - detect_precision: backends read it here
+
 SESSION_FILE = "session.json"
-
-# Ops that make a graph INT8 (Q/DQ, ORT's integer and fused quantized contrib ops).
-INT8_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul",
-    "ConvInteger", "QLinearConv", "QEmbedLayerNormalization",
-})
-
 
 def make_session(model_path: str | Path, session_config: dict | None = None, threads: int | None = None, optimize: bool = True):
     """An ``onnxruntime.InferenceSession`` on the CPU.
@@ -95,41 +89,6 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine()
-
-
-# ------------------------------------------------------------------------------------- graph facts
-def detect_precision(model_or_path: Any) -> str:
-    """'int8' when the graph holds Q/DQ or integer ops, 'fp16' when its float tensors are half, else 'fp32'."""
-    import onnx
-
-    m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path), load_external_data=False)
-    ops = {n.op_type for n in m.graph.node}
-    if ops & INT8_OPS:
-        return "int8"
-    f16 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    f32 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    return "fp16" if f16 > f32 else "fp32"
-
-
-def offline_optimize(src: Path, dst: Path, level: str) -> None:
-    """Run ORT's graph optimizer once and save the optimized graph (``optimized_model_filepath``)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-
-
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    out: dict[str, int] = {}
-    for n in m.graph.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ------------------------------------------------------------------------------------- latency
@@ -218,27 +177,6 @@ def candidate_configs(base: dict) -> dict[str, dict]:
     return out
 
 
-def _external_data(path: Path) -> bool:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
-
-
-def _optimize_into(src: Path, dst: Path, level: str) -> None:
-    """Offline-optimize ``src`` to ``dst``; large models keep their weights in ``dst.name + '.data'``."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3  # the NCHWc "same machine only" warning: build records the decision itself
-    if _external_data(src):
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-
-
 def fold_int8_gemm_bias(path: Path) -> int:
     """``Add(MatMulIntegerToFloat(...), constant bias)`` -> the bias input of ``MatMulIntegerToFloat``.
 
@@ -248,7 +186,7 @@ def fold_int8_gemm_bias(path: Path) -> int:
     Models with external weights are left alone.
     """
     import onnx
-    if _external_data(path):
+    if external_data(path):
         return 0
     m = onnx.load(str(path))
     g = m.graph
@@ -260,14 +198,12 @@ def fold_int8_gemm_bias(path: Path) -> int:
     graph_outputs = {o.name for o in g.output}
     dead: set[int] = set()
     for n in g.node:
-        if n.op_type != "MatMulIntegerToFloat" or n.domain != "com.microsoft":
+        if n.op_type != "MatMulIntegerToFloat" or n.domain != MS_DOMAIN:
             continue
         while _fold_one_bias(n, readers, inits, graph_outputs, g, dead):  # a bias, then maybe a correction of it
             pass
     if not dead:
         return 0
-    from bertopt.passes.common import drop_unused_initializers
-
     keep = [n for n in g.node if id(n) not in dead]
     del g.node[:]
     g.node.extend(keep)
@@ -339,83 +275,20 @@ def build_onnxruntime(
     decision: dict[str, Any] = {"offline_optimization": "ORT_ENABLE_EXTENDED", "tuned": bool(tune)}
 
     say("optimizing the graph offline (ORT_ENABLE_EXTENDED)")
-    _optimize_into(src, model_out, "ORT_ENABLE_EXTENDED")
+    ort_optimize(src, model_out, "ORT_ENABLE_EXTENDED")
     decision["int8_gemm_bias_folded"] = fold_int8_gemm_bias(model_out)
-    ext_ops = op_counts(model_out)
     decision["ops_before"] = op_counts(src)
     if not tune:
         cfg = base
     else:
+        import shutil
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix=".tune-", dir=out_dir))
         try:
-            all_path = tmp / "model-all.onnx"
-            say("optimizing the graph offline (ORT_ENABLE_ALL) for comparison")
-            _optimize_into(src, all_path, "ORT_ENABLE_ALL")
-            fold_int8_gemm_bias(all_path)
-            all_ops = op_counts(all_path)
             feeds = tune_feeds or {b: synthetic_feeds(input_names, b, seq) for b in batches}
-            variants: dict[str, tuple[Path, dict | None]] = {
-                "input model, plain": (src, None),
-                "extended": (model_out, base),
-            }
-            if all_ops != ext_ops:
-                variants["all (hardware-specific)"] = (all_path, base)
-            else:
-                decision["all_vs_extended"] = "identical graphs: ORT_ENABLE_ALL adds nothing for this model, EXTENDED kept (portable)"
-            for name, c in candidate_configs(base).items():
-                variants[name] = (model_out, c)
-            say(f"measuring {len(variants)} session variants x {rounds} rounds (batch {'/'.join(map(str, feeds))}, seq {seq})")
-            load_before = _loadavg()
-            lat1 = _measure(variants, feeds, rounds)
-            ref = lat1["extended"]
-            plain = lat1["input model, plain"]
-            scores = {k: round(score(v, ref), 4) for k, v in lat1.items()}
-            model_path = model_out
-            if "all (hardware-specific)" in lat1 and scores["all (hardware-specific)"] < 0.97:
-                os.replace(all_path, model_out)
-                decision["offline_optimization"] = "ORT_ENABLE_ALL"
-                decision["all_vs_extended"] = f"ORT_ENABLE_ALL {(1 - scores['all (hardware-specific)']) * 100:.1f}% faster: kept (valid on this machine type only)"
-            elif "all (hardware-specific)" in lat1:
-                decision["all_vs_extended"] = "ORT_ENABLE_ALL not >3% faster: EXTENDED kept (portable)"
-            winners = [k for k in candidate_configs(base) if scores[k] < 0.97]
-            tuned = json.loads(json.dumps(base))
-            for k in winners:
-                c = candidate_configs(base)[k]
-                tuned["session_config_entries"].update(c["session_config_entries"])
-                for key in ("enable_cpu_mem_arena", "intra_op_num_threads"):
-                    if key in c and c[key] != base.get(key):
-                        tuned[key] = c[key]
-            final = {"input model, plain": (src, None), "extended": (model_path, base)}
-            if winners:
-                final["tuned"] = (model_path, tuned)
-            say(f"confirming: {', '.join(final)}")
-            lat2 = _measure(final, feeds, rounds)
-            ref2 = lat2["input model, plain"]
-            scores2 = {k: round(score(v, ref2), 4) for k, v in lat2.items()}
-            best = min(scores2, key=lambda k: (scores2[k], k != "extended"))
-            decision.update(
-                search={"shape": {"batches": list(feeds), "seq": seq}, "rounds": rounds, "latency_ms": _jsonable(lat1), "score_vs_extended": scores},
-                winners=winners,
-                confirm={"latency_ms": _jsonable(lat2), "score_vs_plain": scores2},
-                chosen=best,
-                # Spinning threads and pool sizes win or lose with the machine's load: a choice made on a
-                # busy shared host (load above the core count) can be slower on a quiet one, and back.
-                load_average={"before": load_before, "after": _loadavg(), "cores": physical_cores()},
-                plain_latency_ms=_jsonable({"search": plain, "confirm": ref2}),
-            )
-            if best == "input model, plain":
-                import shutil
-
-                shutil.copyfile(src, model_out)
-                decision["offline_optimization"] = "none (the input model run plainly measured fastest)"
-                cfg = {"graph_optimization_level": "ORT_ENABLE_ALL", "inter_op_num_threads": 1, "session_config_entries": {}}
-            else:
-                cfg = tuned if best == "tuned" else base
+            cfg = _tune(src, model_out, tmp, base, feeds, seq, rounds, decision, say)
         finally:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     decision["ops_after"] = op_counts(model_out)
     (out_dir / SESSION_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -423,6 +296,78 @@ def build_onnxruntime(
     make_session(model_out, cfg)
     decision["session"] = cfg
     return decision
+
+
+def _tune(src: Path, model_out: Path, tmp: Path, base: dict, feeds, seq: int, rounds: int, decision: dict, say) -> dict:
+    """The session search of ``build_onnxruntime(tune=True)``: search, then confirm against the input model
+    run plainly; rewrites ``model_out`` when another form wins; returns the session config."""
+    variants = _variants(src, model_out, tmp, base, decision, say)
+    say(f"measuring {len(variants)} session variants x {rounds} rounds (batch {'/'.join(map(str, feeds))}, seq {seq})")
+    load_before = _loadavg()
+    lat1 = _measure(variants, feeds, rounds)
+    scores = {k: round(score(v, lat1["extended"]), 4) for k, v in lat1.items()}
+    if "all (hardware-specific)" in lat1 and scores["all (hardware-specific)"] < 0.97:
+        os.replace(tmp / "model-all.onnx", model_out)
+        decision["offline_optimization"] = "ORT_ENABLE_ALL"
+        decision["all_vs_extended"] = f"ORT_ENABLE_ALL {(1 - scores['all (hardware-specific)']) * 100:.1f}% faster: kept (valid on this machine type only)"
+    elif "all (hardware-specific)" in lat1:
+        decision["all_vs_extended"] = "ORT_ENABLE_ALL not >3% faster: EXTENDED kept (portable)"
+    winners = [k for k in candidate_configs(base) if scores[k] < 0.97]
+    tuned = _combine(base, winners)
+    final = {"input model, plain": (src, None), "extended": (model_out, base)}
+    if winners:
+        final["tuned"] = (model_out, tuned)
+    say(f"confirming: {', '.join(final)}")
+    lat2 = _measure(final, feeds, rounds)
+    ref2 = lat2["input model, plain"]
+    scores2 = {k: round(score(v, ref2), 4) for k, v in lat2.items()}
+    best = min(scores2, key=lambda k: (scores2[k], k != "extended"))
+    decision.update(
+        search={"shape": {"batches": list(feeds), "seq": seq}, "rounds": rounds, "latency_ms": _jsonable(lat1), "score_vs_extended": scores},
+        winners=winners,
+        confirm={"latency_ms": _jsonable(lat2), "score_vs_plain": scores2},
+        chosen=best,
+        # Spinning threads and pool sizes win or lose with the machine's load: a choice made on a
+        # busy shared host (load above the core count) can be slower on a quiet one, and back.
+        load_average={"before": load_before, "after": _loadavg(), "cores": physical_cores()},
+        plain_latency_ms=_jsonable({"search": lat1["input model, plain"], "confirm": ref2}),
+    )
+    if best == "input model, plain":
+        import shutil
+
+        shutil.copyfile(src, model_out)
+        decision["offline_optimization"] = "none (the input model run plainly measured fastest)"
+        return {"graph_optimization_level": "ORT_ENABLE_ALL", "inter_op_num_threads": 1, "session_config_entries": {}}
+    return tuned if best == "tuned" else base
+
+
+def _variants(src: Path, model_out: Path, tmp: Path, base: dict, decision: dict, say) -> dict[str, tuple[Path, dict | None]]:
+    """What the search measures: the input model run plainly, the EXTENDED graph with the base config and
+    each one-knob variation, and the ORT_ENABLE_ALL graph when it differs from the EXTENDED one."""
+    all_path = tmp / "model-all.onnx"
+    say("optimizing the graph offline (ORT_ENABLE_ALL) for comparison")
+    ort_optimize(src, all_path, "ORT_ENABLE_ALL")
+    fold_int8_gemm_bias(all_path)
+    variants: dict[str, tuple[Path, dict | None]] = {"input model, plain": (src, None), "extended": (model_out, base)}
+    if op_counts(all_path) != op_counts(model_out):
+        variants["all (hardware-specific)"] = (all_path, base)
+    else:
+        decision["all_vs_extended"] = "identical graphs: ORT_ENABLE_ALL adds nothing for this model, EXTENDED kept (portable)"
+    for name, c in candidate_configs(base).items():
+        variants[name] = (model_out, c)
+    return variants
+
+
+def _combine(base: dict, winners: list[str]) -> dict:
+    """``base`` with every winning knob applied."""
+    tuned = json.loads(json.dumps(base))
+    for k in winners:
+        c = candidate_configs(base)[k]
+        tuned["session_config_entries"].update(c["session_config_entries"])
+        for key in ("enable_cpu_mem_arena", "intra_op_num_threads"):
+            if key in c and c[key] != base.get(key):
+                tuned[key] = c[key]
+    return tuned
 
 
 def _measure(variants: dict[str, tuple[Path, dict | None]], feeds, rounds: int) -> dict[str, dict[int, float]]:

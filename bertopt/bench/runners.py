@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from bertopt.errors import BertoptError
+from bertopt.graph import precision
 from bertopt.paths import resolve_path
 
 
@@ -45,20 +46,6 @@ class Runner:
 
             self._tokenizer = load_tokenizer(self.tokenizer_dir, where=str(self.path))
         return self._tokenizer
-
-
-def onnx_precision(model_path: Path) -> str:
-    """int8 when the graph holds Q/DQ or integer ops, fp16 when its weights are half, else fp32."""
-    import onnx
-
-    m = onnx.load(str(model_path), load_external_data=False)
-    ops = {n.op_type for n in m.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear",
-              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}:
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
-        return "fp16"
-    return "fp32"
 
 
 def open_runner(path: str | Path, threads: int | None, name: str | None = None, spinning: bool = True) -> Runner:
@@ -115,7 +102,7 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
 
-    return Runner(backend="onnxruntime", precision=build.get("precision") or onnx_precision(model_path), outputs=outs, run=run, **common)
+    return Runner(backend="onnxruntime", precision=build.get("precision") or precision(model_path), outputs=outs, run=run, **common)
 
 
 def profile_limits(profiles: list[dict]):
@@ -140,7 +127,8 @@ def profile_limits(profiles: list[dict]):
 def _torch_runner(model_dir: Path, threads: int | None, name: str | None) -> Runner:
     import torch
 
-    from bertopt.export import load_torch_model, make_wrapper, output_names
+    from bertopt.export import load_torch_model, make_wrapper
+    from bertopt.models import output_names
     from bertopt.models import SUPPORTED, default_task, model_summary, read_config, sentence_transformers_normalize, sentence_transformers_pooling
 
     cfg = read_config(model_dir)

@@ -85,22 +85,11 @@ def run_bench(
     verbose: bool = False,
 ) -> dict:
     """Benchmark ``input`` artifacts; the first is the reference. Returns the report dict."""
-    from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
-    from bertopt.data import load_texts
-    from bertopt.ui import note, progress, skipped
+    from bertopt.artifacts import describe_input, up_to_date
+    from bertopt.bench.runners import describe
+    from bertopt.ui import note, skipped
 
-    if not input:
-        raise BertoptError("bench needs at least one artifact", hint="bertopt bench REFERENCE [ARTIFACT ...]")
-    for name, values in (("batch", batch), ("seq", seq)):
-        if not values or any(int(v) < 1 for v in values):
-            raise BertoptError(f"--{name} must be positive integers, got {values}")
-    if min(warmup, iters, repeats) < 0 or iters < 1 or repeats < 1:
-        raise BertoptError("--iters and --repeats must be at least 1, --warmup at least 0")
-    if lengths not in LENGTHS:
-        raise BertoptError(f"--lengths must be one of {', '.join(LENGTHS)}, got '{lengths}'",
-                           hint="fixed: the batch x seq grid only; real: also batches of real texts padded per batch")
-    if lengths == "real" and not (data or eval):
-        raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
+    _check_args(input, batch, seq, warmup, iters, repeats, lengths, data, eval)
     threads = threads or default_threads()
     params = {k: v for k, v in dict(batch=list(batch), seq=list(seq), threads=threads, warmup=warmup, iters=iters, repeats=repeats,
                                     data=data, text_column=text_column, samples=samples, max_length=max_length, eval=eval,
@@ -113,7 +102,7 @@ def run_bench(
     for extra in ("data", "eval"):
         if params[extra]:
             inputs[extra] = describe_input(_resolve(params[extra]))
-    if out is not None and (done := up_to_date(out, "bench", inputs, params, force)) is not None:
+    if out is not None and up_to_date(out, "bench", inputs, params, force) is not None:
         skipped("bench", out)
         report = json.loads((Path(out) / REPORT_FILE).read_text()) | {"cached": True}
         # the gates are re-checked on the cached numbers: a failed gate fails again, never "up to date"
@@ -122,6 +111,47 @@ def run_bench(
         _raise_if_failed(report)
         return report
 
+    fid_texts, ev = _texts(data, eval, text_column, label_column, samples, eval_samples)
+    runners = _open_runners(input, threads, output, seq)
+    runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
+                           "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
+    _measure(runners, runs, fid_texts, ev, batch=batch, seq=seq, warmup=warmup, iters=iters, repeats=repeats, max_length=max_length,
+             output=output, lengths=lengths, sort=sort)
+    for run in runs:
+        for res in run["results"]:
+            if "skipped" in res:
+                note(f"bench: {run['name']} skips batch={res['batch']} seq={res['seq']}: {res['skipped']}")
+    report = {"schema": SCHEMA, "bertopt_version": _version(), "created": _now(), "threads": threads,
+              "grid": {"batch": list(batch), "seq": list(seq)}, "reference": runners[0].name, "params": params,
+              "versions": _versions(), "host": host_info(), "units": UNITS, "runs": runs}
+    report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
+    if out is not None:
+        _write_report(out, inputs, params, report)
+    _write_json(report, json_path)
+    _raise_if_failed(report)
+    return report
+
+
+def _check_args(input, batch, seq, warmup, iters, repeats, lengths, data, eval) -> None:  # noqa: A002
+    if not input:
+        raise BertoptError("bench needs at least one artifact", hint="bertopt bench REFERENCE [ARTIFACT ...]")
+    for name, values in (("batch", batch), ("seq", seq)):
+        if not values or any(int(v) < 1 for v in values):
+            raise BertoptError(f"--{name} must be positive integers, got {values}")
+    if min(warmup, iters, repeats) < 0 or iters < 1 or repeats < 1:
+        raise BertoptError("--iters and --repeats must be at least 1, --warmup at least 0")
+    if lengths not in LENGTHS:
+        raise BertoptError(f"--lengths must be one of {', '.join(LENGTHS)}, got '{lengths}'",
+                           hint="fixed: the batch x seq grid only; real: also batches of real texts padded per batch")
+    if lengths == "real" and not (data or eval):
+        raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
+
+
+def _texts(data, eval, text_column, label_column, samples, eval_samples):  # noqa: A002
+    """(texts for the fidelity check, labelled texts for accuracy), either None."""
+    from bertopt.data import load_texts
+    from bertopt.ui import note
+
     fid_texts = load_texts(data, text_column=text_column, limit=samples) if data else None
     ev = load_texts(eval, text_column=text_column, label_column=label_column, limit=eval_samples) if eval else None
     if ev is not None and not label_column:
@@ -129,12 +159,13 @@ def run_bench(
     if fid_texts is None and ev is not None:
         fid_texts = load_texts(eval, text_column=text_column, limit=samples)
     if fid_texts is not None and samples and len(fid_texts) < samples:
-        from bertopt.ui import note
-
         note(f"bench: {fid_texts.path} has {len(fid_texts)} texts, fewer than --samples {samples}; using all of them")
+    return fid_texts, ev
 
-    from bertopt.bench.measure import accuracy, choose_output, fidelity, latency_sweep, run_texts
-    from bertopt.bench.runners import describe, open_runner
+
+def _open_runners(input, threads: int, output: str | None, seq) -> list:  # noqa: A002
+    """One runner per artifact (unique names), checked against ``--output`` and the sequence lengths."""
+    from bertopt.bench.runners import open_runner
 
     runners = []
     names: set[str] = set()
@@ -148,11 +179,16 @@ def run_bench(
         raise BertoptError(f"--output '{output}': no artifact has such an output",
                            hint="outputs: " + "; ".join(f"{r.name}: {', '.join(r.outputs)}" for r in runners))
     _check_seq(runners, seq)
+    return runners
+
+
+def _measure(runners, runs, fid_texts, ev, *, batch, seq, warmup, iters, repeats, max_length, output, lengths, sort) -> None:
+    """Latency over the grid (and real-length batches), then fidelity and accuracy, into ``runs``."""
+    from bertopt.bench.measure import accuracy, choose_output, fidelity, latency_sweep, run_texts
+    from bertopt.ui import note, progress
 
     grid = [(int(b), int(s)) for s in seq for b in batch]
     sweep_texts = fid_texts.texts if fid_texts is not None else (ev.texts if ev is not None else None)
-    runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
-                           "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
     n_text = (len(fid_texts) if fid_texts else 0) + (len(ev) if ev else 0)
     with progress() as prog:
         t_lat = prog.add_task("bench: latency", total=len(grid) * repeats * len(runners), status="")
@@ -185,26 +221,18 @@ def run_bench(
                     o = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
                     c = choose_output(r, o, output, ref_choice)
                     run["accuracy"] = accuracy(r, o, ev.labels, c.name) if c.kind == "logits" else None
-    for run in runs:
-        for res in run["results"]:
-            if "skipped" in res:
-                note(f"bench: {run['name']} skips batch={res['batch']} seq={res['seq']}: {res['skipped']}")
-    report = {"schema": SCHEMA, "bertopt_version": _version(), "created": _now(), "threads": threads,
-              "grid": {"batch": list(batch), "seq": list(seq)}, "reference": runners[0].name, "params": params,
-              "versions": _versions(), "host": host_info(), "units": UNITS, "runs": runs}
-    report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
 
-    if out is not None:
-        from bertopt.bench.report import write_html
 
-        with write_artifact(out, "bench", inputs, params) as w:
-            path = w.add_output("report", REPORT_FILE)
-            path.write_text(json.dumps(report, indent=2) + "\n")
-            write_html(report, w.add_output("html", HTML_FILE))
-            w.metrics = {"runs": len(runs)} | ({"gates_passed": report["gates"]["passed"]} if report["gates"] else {})
-    _write_json(report, json_path)
-    _raise_if_failed(report)
-    return report
+def _write_report(out, inputs: dict, params: dict, report: dict) -> None:
+    """The bench artifact: report.json, report.html and the manifest."""
+    from bertopt.artifacts import write_artifact
+    from bertopt.bench.report import write_html
+
+    with write_artifact(out, "bench", inputs, params) as w:
+        path = w.add_output("report", REPORT_FILE)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        write_html(report, w.add_output("html", HTML_FILE))
+        w.metrics = {"runs": len(report["runs"])} | ({"gates_passed": report["gates"]["passed"]} if report["gates"] else {})
 
 
 def _model_sha256(path: Path) -> str | None:

@@ -34,6 +34,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bertopt.graph import constants, opset_version
+
 QMAX = 127  # narrow symmetric range, TensorRT's INT8
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 
@@ -83,17 +85,6 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def constants(graph) -> dict:
-    """name -> TensorProto for initializers and Constant nodes' ``value`` tensors."""
-    consts = {i.name: i for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = a.t
-    return consts
-
-
 def quantizable_gemms(model, include_bmm: bool = False, exclude: Sequence[str] = ()) -> list[GemmTarget]:
     """The GEMMs that get Q/DQ, in graph order, following the rules in the module docstring.
 
@@ -130,13 +121,6 @@ def quantizable_gemms(model, include_bmm: bool = False, exclude: Sequence[str] =
         elif a_const is None and n.op_type == "MatMul" and include_bmm:
             targets.append(GemmTarget(node=name, op=n.op_type, kind="bmm", activations=((0, a), (1, b)), module=mod))
     return targets
-
-
-def opset_version(model) -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return int(o.version)
-    return 0
 
 
 WEIGHT_METHODS = ("max", "mse")

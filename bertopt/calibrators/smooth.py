@@ -33,7 +33,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bertopt.calibrators.qdq import GemmTarget, constants, quantize_weight
+from bertopt.calibrators.qdq import GemmTarget, quantize_weight
+from bertopt.graph import MS_DOMAIN, attr, constants
 
 S_MIN, S_MAX = 1e-4, 1e4
 
@@ -153,14 +154,7 @@ class _Editor:
     def readers(self, name: str) -> list:
         return [n for n in self.g.node if name in n.input]
 
-    @staticmethod
-    def attr(node, name: str, default=None):
-        from onnx import helper
-
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+    attr = staticmethod(attr)
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
@@ -314,7 +308,7 @@ def _value_projection(ed: "_Editor", x: str, channels: int):
     p = ed.producer(x)
     if p is None:
         return None
-    if p.op_type == "MultiHeadAttention" and p.domain == "com.microsoft":
+    if p.op_type == "MultiHeadAttention" and p.domain == MS_DOMAIN:
         if p.output[0] != x or len(p.input) < 3 or not p.input[1] or (len(p.input) > 3 and p.input[3]):
             return None
         v = p.input[2]

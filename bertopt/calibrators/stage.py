@@ -26,8 +26,9 @@ float and is listed (``skipped``) in the manifest and the ranges file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from bertopt.calibrators.methods import METHODS
 from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, Percentile, PositiveInt, UnitInterval, accepts_renamed
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
 from bertopt.errors import BertoptError
+from bertopt.graph import int8_gemms, ort_kernel_counts
 from bertopt.ui import console, note, skipped
 
 STAGE = "calibrate"
@@ -153,9 +155,8 @@ def run_calibrate(
 
     choice = choose_for_onnx(model, requested=output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
                              where=str(art.model_path))
-    job = _Job(art=art, model=model, params=dict(params), exclude=exclude_all, threads=threads, verbose=verbose)
-    job.choice = choice
-    job.user_exclude = list(exclude or [])
+    job = _Job(art=art, model=model, p=dict(params), exclude=exclude_all, threads=threads, verbose=verbose, choice=choice,
+               user_exclude=list(exclude or []))
     with write_artifact(out, STAGE, inputs, params) as w:
         if ranges is not None:
             job.from_ranges(ranges)
@@ -187,16 +188,15 @@ def _budget_gate(art: Artifact) -> None:
 def _load_model(art: Artifact):
     import onnx
 
-    from bertopt.calibrators.qdq import MIN_OPSET, opset_version
+    from bertopt.calibrators.qdq import MIN_OPSET
+    from bertopt.graph import opset_version, precision
 
     path = art.model_path
     try:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise BertoptError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", hint="re-export the model") from None
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}:
+    if precision(model) == "int8":
         raise BertoptError(f"{path}: the model is already quantized (it holds Q/DQ or integer ops)",
                            hint="calibrate the FP32 model: the output of `bertopt export` or `bertopt fuse`")
     if opset_version(model) < MIN_OPSET:
@@ -210,28 +210,38 @@ def _load_model(art: Artifact):
     return model
 
 
+@dataclass
 class _Job:
-    """The state of one calibrate run between its steps (see the module docstring)."""
+    """The state of one calibrate run between its steps (see the module docstring): ``calibrate`` (from
+    text) or ``from_ranges`` (from a ranges file) sets the ranges and the GEMMs to quantize, ``write``
+    writes the artifact."""
 
-    def __init__(self, art: Artifact, model, params: dict, exclude: list[str], threads: int | None, verbose: bool):
-        self.art = art
-        self.model = model
-        self.p = params
-        self.exclude = exclude
-        self.threads = threads
-        self.verbose = verbose
-        self.metrics: dict = {}
-        self.skipped: dict[str, str] = {}
-        self.report_rows: list[dict] | None = None
-        self.trt_amax: dict[str, float] | None = None
-        self.evaluator = None
-        self.data_hash = None
-        self.calibration: dict = {}
-        self.choice = None
-        self.user_exclude: list[str] = []
-        self.excluded: dict[str, str] = {}  # node -> the --exclude pattern that keeps it float
-        self.exclude_matches: dict[str, int] = {}
-        self.budget: dict | None = None
+    art: Artifact
+    model: Any  # onnx.ModelProto, FP32
+    p: dict  # the run's params (the manifest's)
+    exclude: list[str]
+    threads: int | None
+    verbose: bool
+    choice: Any = None  # the output compared (bertopt.outputs)
+    user_exclude: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why it stays float
+    report_rows: list[dict] | None = None
+    trt_amax: dict[str, float] | None = None
+    evaluator: Any = None
+    data_hash: str | None = None
+    calibration: dict = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # node -> the --exclude pattern that keeps it float
+    exclude_matches: dict[str, int] = field(default_factory=dict)
+    budget: dict | None = None
+    all_gemms: int | None = None
+    eq: dict = field(default_factory=dict)  # GEMM input -> Equalization
+    eq_model: Any = None  # the equalized FP32 model
+    targets_eq: list = field(default_factory=list)
+    eq_tensors: dict = field(default_factory=dict)
+    amax: dict[str, float] = field(default_factory=dict)
+    means: dict = field(default_factory=dict)  # equalized GEMM input -> per-channel mean (bias correction)
+    quant: list = field(default_factory=list)  # the GEMMs that get Q/DQ
 
     # ------------------------------------------------------------------ shared pieces
     def targets(self):
@@ -281,16 +291,26 @@ class _Job:
 
     # ------------------------------------------------------------------ calibrate from data
     def calibrate(self, data: str, text_column: str | None) -> None:
+        p = self.p
+        budget = p.get("min_cosine") is not None or p.get("max_accuracy_drop") is not None
+        td, tok, names, texts, batches, eval_batches = self._read_texts(data, text_column, budget)
+        targets = self.targets()
+        stats = self._collect_ranges(targets, texts, batches, eval_batches)
+        self._set_means(targets, stats)
+        self.quant = self._skip_sensitive(self._drop_zero_ranges(self.targets_eq))
+        if budget:
+            from bertopt.calibrators.budget import apply_budget
+
+            apply_budget(self, td, tok, names)
+
+    def _read_texts(self, data: str, text_column: str | None, budget: bool):
+        """Load the calibration and held-out texts and batch them: (texts file, tokenizer, input names,
+        calibration texts, their batches, held-out batches)."""
         from bertopt.calibrators import collect
-        from bertopt.calibrators.methods import compute_amax
-        from bertopt.calibrators.sensitivity import Evaluator, layer_sensitivity
-        from bertopt.calibrators.smooth import apply_equalization, equalization_params, equalized_mean, smoothable
         from bertopt.data import load_texts, load_tokenizer
-        from bertopt.ui import progress
 
         p = self.p
         want = p["samples"] + p["eval_samples"]
-        budget = p.get("min_cosine") is not None or p.get("max_accuracy_drop") is not None
         td = load_texts(data, text_column=text_column, limit=None if budget and not p.get("eval") else want)
         texts = td.texts[: p["samples"]]
         held_out = td.texts[p["samples"]:want]
@@ -313,8 +333,18 @@ class _Job:
         eval_batches = collect.make_batches(tok, held_out, names, p["max_length"], p["batch_size"])
         self.metrics.update({"samples": len(texts), "samples_requested": p["samples"], "truncated_texts": truncated,
                              "tokens": int(sum(min(n, p["max_length"]) for n in lengths))})
+        return td, tok, names, texts, batches, eval_batches
 
-        targets = self.targets()
+    def _collect_ranges(self, targets, texts, batches, eval_batches) -> dict:
+        """Pass 1 (FP32 statistics), equalization, pass 2 (GEMM input histograms) and the ranges;
+        returns pass 1's per-channel statistics."""
+        from bertopt.calibrators import collect
+        from bertopt.calibrators.methods import compute_amax
+        from bertopt.calibrators.sensitivity import Evaluator
+        from bertopt.calibrators.smooth import apply_equalization, equalization_params, smoothable
+        from bertopt.ui import progress
+
+        p = self.p
         gemm_inputs = smoothable(targets)
         equalize = p["smooth"] > 0 or p["shift"]
         need_channels = gemm_inputs if (equalize or p["bias_correction"]) else []
@@ -353,6 +383,13 @@ class _Job:
                 for x, h in hists1.items():
                     self.trt_amax[x] = compute_amax(h, p["method"], p["percentile"])
                     prog.advance(t3)
+        return stats
+
+    def _set_means(self, targets, stats: dict) -> None:
+        """The equalized GEMM inputs' channel means (for bias correction) and the equalization record."""
+        from bertopt.calibrators.smooth import equalized_mean
+
+        eq = self.eq
         orig_of = {te.node: t for t, te in zip(targets, self.targets_eq)}
         self.means = {}
         for te in self.targets_eq:
@@ -362,10 +399,15 @@ class _Job:
                     self.means[te.activations[0][1]] = equalized_mean(stats[x0].mean, eq.get(x0)).tolist()
         self.eq_tensors = {x0: {"scale": e.scale.tolist(), "shift": e.shift.tolist(),
                                 "mean": stats[x0].mean.tolist()} for x0, e in eq.items()}
-        if not eq and p["bias_correction"]:
+        if not eq and self.p["bias_correction"]:
             self.eq_tensors = {x0: {"mean": stats[x0].mean.tolist()} for x0 in stats}
 
-        quant = self._drop_zero_ranges(self.targets_eq)
+    def _skip_sensitive(self, quant: list) -> list:
+        """``--report``: rank the GEMMs by sensitivity; ``--skip-sensitive N``: leave the N worst in float."""
+        from bertopt.calibrators.sensitivity import layer_sensitivity
+        from bertopt.ui import progress
+
+        p = self.p
         if p["report"] or p["skip_sensitive"]:
             with progress() as prog:
                 t = prog.add_task("calibrate: per-GEMM sensitivity", total=len(quant), status="")
@@ -378,11 +420,7 @@ class _Job:
                 if not quant:
                     raise BertoptError(f"--skip-sensitive {p['skip_sensitive']} leaves no GEMM to quantize ({len(worst)} candidates)",
                                        hint="skip fewer GEMMs")
-        self.quant = quant
-        if budget:
-            from bertopt.calibrators.budget import apply_budget
-
-            apply_budget(self, td, tok, names)
+        return quant
 
     def _drop_zero_ranges(self, targets):
         out = []
@@ -443,10 +481,28 @@ class _Job:
     def write(self, w) -> None:
         import json
 
+        from bertopt.calibrators.rangefile import CACHE_FILE, RANGES_FILE, trt_cache_text, write_ranges
+
+        final, path = self._write_model(w)
+        self._check(final, path)
+        write_ranges(w.add_output("ranges", RANGES_FILE), self._ranges_doc())
+        if self.trt_amax:
+            w.add_output("trt_cache", CACHE_FILE).write_text(trt_cache_text(self.trt_amax, self.calibration.get("method", "entropy")))
+        if self.budget is not None:
+            self.metrics["budget"] = self.budget
+        if self.report_rows is not None:
+            rep = {"schema": "bertopt.calibrate-report/1", "metric": "output error with only that GEMM quantized",
+                   "fidelity": self.metrics.get("fidelity"), "layers": self.report_rows}
+            w.add_output("report", REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
+            _render_report(self.report_rows, self.verbose)
+        w.copy_tokenizer(self.art.tokenizer_dir)
+        w.model = dict(self.art.model_info) | {"precision": "int8", "quantization": "qdq"}
+        w.metrics = self.metrics
+
+    def _write_model(self, w):
+        """The Q/DQ model (checked by the ONNX checker), saved as the artifact's model: (model, path)."""
         import onnx
 
-        from bertopt.calibrators.qdq import qdq_summary
-        from bertopt.calibrators.rangefile import CACHE_FILE, RANGES_FILE, trt_cache_text, write_ranges
         from bertopt.passes.qkv_bias import merge_qkv_bias
 
         with console.status("calibrate: inserting Q/DQ"), w.timed("qdq"):
@@ -458,18 +514,24 @@ class _Job:
                 raise RuntimeError(f"internal error: the Q/DQ model fails the ONNX checker: {e}") from e
         path = w.add_output("model", MODEL_FILE)
         onnx.save(final, str(path))
+        return final, path
+
+    def _check(self, final, path: Path) -> None:
+        """Metrics of the written model: Q/DQ counts, ORT's INT8 kernels, fidelity vs FP32 on held-out text."""
+        from bertopt.calibrators.qdq import qdq_summary
+
         summary = qdq_summary(final)
-        ort_ops = ort_int8_kernels(path)
+        ort_ops = ort_kernel_counts(path)
         self.metrics.update({
             "quantized_gemms": len(self.quant),
-            "candidate_gemms": getattr(self, "all_gemms", len(self.targets_eq)),
+            "candidate_gemms": self.all_gemms if self.all_gemms is not None else len(self.targets_eq),
             "float_gemms": self.skipped,
             "excluded_gemms": self.excluded,
             "exclude_matches": self.exclude_matches,
             "qdq": summary,
             "ort_kernels": ort_ops,
         })
-        int8_kernels = sum(ort_ops.get(k, 0) for k in ORT_INT8_KERNELS)
+        int8_kernels = int8_gemms(ort_ops)
         if int8_kernels < len(self.quant):
             note(f"calibrate: ONNX Runtime runs only {int8_kernels} of the {len(self.quant)} quantized GEMMs as INT8 kernels "
                  f"(optimized graph: {ort_ops})")
@@ -487,6 +549,8 @@ class _Job:
                      "can clip the rare, large activations BERT's special tokens carry), more --samples, or --skip-sensitive N "
                      "(see --report)")
 
+    def _ranges_doc(self) -> dict:
+        """ranges.json: what a later ``--ranges`` run needs to write the same model without data."""
         doc = {
             "hashes": {"model": sha256_file(self.art.model_path),
                        "tokenizer": sha256_path(self.art.tokenizer_dir) if self.art.tokenizer_dir else None,
@@ -501,43 +565,7 @@ class _Job:
         }
         if self.trt_amax:
             doc["trt_cache"] = self.trt_amax
-        write_ranges(w.add_output("ranges", RANGES_FILE), doc)
-        if self.trt_amax:
-            w.add_output("trt_cache", CACHE_FILE).write_text(trt_cache_text(self.trt_amax, self.calibration.get("method", "entropy")))
-        if self.budget is not None:
-            self.metrics["budget"] = self.budget
-        if self.report_rows is not None:
-            rep = {"schema": "bertopt.calibrate-report/1", "metric": "output error with only that GEMM quantized",
-                   "fidelity": self.metrics.get("fidelity"), "layers": self.report_rows}
-            w.add_output("report", REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
-            _render_report(self.report_rows, self.verbose)
-        w.copy_tokenizer(self.art.tokenizer_dir)
-        w.model = dict(self.art.model_info) | {"precision": "int8", "quantization": "qdq"}
-        w.metrics = self.metrics
-
-
-ORT_INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
-
-
-def ort_int8_kernels(model_path: Path) -> dict[str, int]:
-    """Op counts of ONNX Runtime's optimized graph (CPU, ORT_ENABLE_ALL) that tell whether the
-    quantized GEMMs became integer kernels, and how many Q/DQ nodes stayed."""
-    import tempfile
-    from collections import Counter
-
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        # EXTENDED: the level whose output is portable (ENABLE_ALL adds CPU-specific layout changes)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
-        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-    keep = set(ORT_INT8_KERNELS) | {"QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "FusedMatMul"}
-    return {k: int(v) for k, v in sorted(ops.items()) if k in keep}
+        return doc
 
 
 def _render_report(rows: Sequence[dict], verbose: bool) -> None:
@@ -573,7 +601,7 @@ def _summary(art: Artifact) -> None:
     fid = m.get("fidelity") or {}
     bits = [gemm_count_text(m)]
     k = m.get("ort_kernels", {})
-    bits.append(f"ORT int8 kernels {sum(k.get(x, 0) for x in ORT_INT8_KERNELS)}")
+    bits.append(f"ORT int8 kernels {int8_gemms(k)}")
     if fid:
         bits.append(f"'{fid['output']}' cosine vs FP32 min {fid['cosine_min']:.4f} mean {fid['cosine_mean']:.4f} (n={fid['n']})")
         if "top1_agreement" in fid:

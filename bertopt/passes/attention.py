@@ -12,11 +12,10 @@ about 1% faster in FP32 on this CPU, within noise). When the exporter's mask is 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from bertopt.passes.attention_match import AttentionMatch, candidates, verify
-from bertopt.passes.common import MS_DOMAIN, PassContext, ensure_ms_domain, take_over
+from bertopt.passes.common import MS_DOMAIN, PassContext, ensure_ms_domain, int32_cast, take_over
 
 NAME = "attention"
 FAMILY = "attention"
@@ -37,7 +36,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
         if form == "Attention" and not _packable(m):
             ctx.miss("Attention form needs Q, K and V projected from one input with biases")
             continue
-        kpm = _int32_mask(graph, m.mask_input, masks) if m.mask_kind == "key_padding" else None
+        kpm = int32_cast(graph, m.mask_input, masks) if m.mask_kind == "key_padding" else None
         bias = m.mask if m.mask_kind == "bias" else None
         name = f"{m.softmax.name or 'attn'}_{form}"
         attrs = {"num_heads": int(m.num_heads), "scale": float(m.scale)}
@@ -64,12 +63,3 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
 
 def _packable(m: AttentionMatch) -> bool:
     return m.q.x is m.k.x is m.v.x and all(p.bias is not None for p in (m.q, m.k, m.v))
-
-
-def _int32_mask(graph: gs.Graph, mask_input: gs.Tensor, cache: dict) -> gs.Variable:
-    """One Cast(attention_mask -> int32) shared by every layer."""
-    if mask_input.name not in cache:
-        out = gs.Variable(f"{mask_input.name}_int32", dtype=np.int32, shape=mask_input.shape)
-        graph.nodes.append(gs.Node("Cast", name=f"{mask_input.name}_to_int32", attrs={"to": onnx.TensorProto.INT32}, inputs=[mask_input], outputs=[out]))
-        cache[mask_input.name] = out
-    return cache[mask_input.name]

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-MS_DOMAIN = "com.microsoft"
+from bertopt.graph import MS_DOMAIN
+
 # Probe shapes: symbolic dims on axis 0 get PROBE_BATCH, on axis 1 PROBE_SEQ, elsewhere 3.
 PROBE_BATCH = 2
 PROBE_SEQ = 7
@@ -31,10 +32,6 @@ MAX_IR_VERSION = 10
 # --------------------------------------------------------------------------------------- tensors
 def producer(t: gs.Tensor) -> gs.Node | None:
     return t.inputs[0] if len(t.inputs) else None
-
-
-def consumers(t: gs.Tensor) -> list[gs.Node]:
-    return list(t.outputs)
 
 
 def is_op(node: gs.Node | None, op: str | Sequence[str], domain: str = "") -> bool:
@@ -62,10 +59,6 @@ def scalar_value(t: gs.Tensor | None) -> float | None:
     if v is None or v.size != 1:
         return None
     return float(v.reshape(-1)[0])
-
-
-def near(a: float | None, b: float, rel: float = 1e-3) -> bool:
-    return a is not None and math.isfinite(a) and abs(a - b) <= rel * abs(b)
 
 
 def split_const(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None]:
@@ -129,8 +122,13 @@ def take_over(out: gs.Variable, node: gs.Node) -> None:
     node.outputs = [out]
 
 
-def nodes_by_op(graph: gs.Graph, op: str, domain: str = "") -> list[gs.Node]:
-    return [n for n in graph.nodes if is_op(n, op, domain)]
+def int32_cast(graph: gs.Graph, t: gs.Tensor, cache: dict) -> gs.Variable:
+    """One Cast(t -> int32) per tensor and ``cache`` (a pass shares one over the graph, e.g. the attention mask)."""
+    if t.name not in cache:
+        out = gs.Variable(f"{t.name}_int32", dtype=np.int32, shape=t.shape)
+        graph.nodes.append(gs.Node("Cast", name=f"{t.name}_to_int32", attrs={"to": onnx.TensorProto.INT32}, inputs=[t], outputs=[out]))
+        cache[t.name] = out
+    return cache[t.name]
 
 
 def ancestors(t: gs.Tensor, limit: int = 10_000) -> tuple[set[int], list[gs.Tensor]]:
@@ -265,20 +263,6 @@ def to_model(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place."""
-    used = {i for n in model.graph.node for i in n.input}
-    used |= {o.name for o in model.graph.output}
-    for n in model.graph.node:  # subgraphs are not expected in these encoders; keep what they read
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= {i for m in a.g.node for i in m.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
-
 def session(model: onnx.ModelProto | str | Path, optimize: bool = False, threads: int | None = None):
     """An ORT CPU session; by default with ORT's graph optimizations disabled (ours must stand alone)."""
     import onnxruntime as ort
@@ -336,7 +320,6 @@ _UNARY = {
     "Identity": lambda x: x,
 }
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power}
-ELEMENTWISE = tuple(_UNARY) + tuple(_BINARY)
 
 
 def erf(x: np.ndarray) -> np.ndarray:

@@ -11,10 +11,9 @@ for left padding too.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from bertopt.passes.common import MS_DOMAIN, PassContext, const_value, ensure_ms_domain, is_op, producer, single_use
+from bertopt.passes.common import MS_DOMAIN, PassContext, const_value, ensure_ms_domain, int32_cast, is_op, producer, single_use
 
 NAME = "embed_layernorm"
 FAMILY = "embedding"
@@ -82,8 +81,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
         word, segment = roles["word"], roles.get("segment")
         empty = gs.Variable.empty
         ins = [
-            _int32(graph, word.inputs[1], casts),
-            _int32(graph, segment.inputs[1], casts) if segment is not None else empty(),
+            int32_cast(graph, word.inputs[1], casts),
+            int32_cast(graph, segment.inputs[1], casts) if segment is not None else empty(),
             word.inputs[0],
             roles["position"].inputs[0],
             segment.inputs[0] if segment is not None else empty(),
@@ -106,11 +105,3 @@ def run(graph: gs.Graph, ctx: PassContext) -> int:
     if count:
         ensure_ms_domain(graph)
     return count
-
-
-def _int32(graph: gs.Graph, t: gs.Tensor, cache: dict) -> gs.Variable:
-    if t.name not in cache:
-        out = gs.Variable(f"{t.name}_int32", dtype=np.int32, shape=t.shape)
-        graph.nodes.append(gs.Node("Cast", name=f"{t.name}_to_int32", attrs={"to": onnx.TensorProto.INT32}, inputs=[t], outputs=[out]))
-        cache[t.name] = out
-    return cache[t.name]

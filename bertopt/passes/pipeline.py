@@ -31,6 +31,7 @@ import numpy as np
 
 
 from bertopt.errors import BertoptError, QualityGateError
+from bertopt.graph import op_counts, opset_version
 
 TARGETS = ("onnxruntime", "tensorrt")
 STAGE = "fuse"
@@ -46,8 +47,9 @@ SAMPLE_TEXTS = (
 
 
 # Fused com.microsoft ops that ONNX Runtime's CPU kernels run slower than the ops they replace
-# (ORT 1.31, measured with `benchmarks/fuse_vs_ort_optimizer.py --kernels`). With ort_fusions="measured" (the default)
-# these passes are not run and keep_fast_kernels stops ORT's session optimizer from doing them.
+# (measured with `benchmarks/fuse_vs_ort_optimizer.py --kernels`; re-measure after an ONNX Runtime upgrade).
+# With ort_fusions="measured" (the default) these passes are not run and keep_fast_kernels stops ORT's
+# session optimizer from doing them.
 SLOWER_ON_ORT_CPU = {
     "skip_layernorm": "ORT's CPU SkipLayerNormalization kernel is ~5x slower than Add + LayerNormalization (measured)",
     "embed_layernorm": "ORT's CPU EmbedLayerNormalization kernel is 1.4-1.7x slower than Gather/Add + LayerNormalization (measured)",
@@ -118,11 +120,6 @@ class FuseReport:
         }
 
 
-def op_counts(model) -> dict[str, int]:
-    c = Counter((f"{n.domain}::" if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node)
-    return dict(sorted(c.items()))
-
-
 # ----------------------------------------------------------------------------------- the passes
 def fuse_model(model, target: str = "onnxruntime", *, options: dict | None = None, on_pass: Callable[[str], None] | None = None):
     """Run the pass list for ``target`` on an ``onnx.ModelProto``: (fused ModelProto, FuseReport).
@@ -160,11 +157,13 @@ def fuse_model(model, target: str = "onnxruntime", *, options: dict | None = Non
     modules = [m for m in pass_modules(target, ort_fusions) if m.NAME not in disabled]
     if target == "onnxruntime" and ort_fusions == "measured":
         report.not_run = dict(SLOWER_ON_ORT_CPU)
-    for i, mod in enumerate(modules):
+    counted = False
+    for mod in modules:
         if on_pass:
             on_pass(mod.NAME)
-        if i == 2:  # after the clean-up: what the families should find
+        if not counted and mod.FAMILY != "cleanup":  # after the clean-up passes: what the families should find
             report.expected = _expected(graph, target, opset_of(graph))
+            counted = True
         ctx.current = mod.NAME
         t0 = time.perf_counter()
         n = int(mod.run(graph, ctx))
@@ -184,7 +183,7 @@ def _upgrade_opset(model):
     """Opset < 17 -> 17 (LayerNormalization; Unsqueeze axes as input). The ops in between only gained types."""
     import onnx
 
-    ver = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ver = opset_version(model)
     if ver >= 17:
         return model
     try:

@@ -22,24 +22,16 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from bertopt.passes.common import PassContext, drop_unused_initializers
+from bertopt.graph import MS_DOMAIN, constants, drop_unused_initializers
+from bertopt.passes.common import PassContext
 
 NAME = "qkv_bias"
 FAMILY = "attention"
-MS_DOMAIN = "com.microsoft"
 _BIAS = 3  # MultiHeadAttention inputs: query, key, value, bias, key_padding_mask, attention_bias, ...
 
 
 def _mha_nodes(model: onnx.ModelProto):
     return [n for n in model.graph.node if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]
-
-
-def _consts(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    out = {i.name: i for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = n.attribute[0].t
-    return out
 
 
 def _readers(model: onnx.ModelProto) -> dict[str, int]:
@@ -55,7 +47,7 @@ def _readers(model: onnx.ModelProto) -> dict[str, int]:
 def merge_qkv_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """MultiHeadAttention(Add(x_q, bq), Add(x_k, bk), Add(x_v, bv)) without a bias ->
     MultiHeadAttention(x_q, x_k, x_v, bias=concat(bq, bk, bv)); each Add must be read only by it."""
-    consts, readers = _consts(model), _readers(model)
+    consts, readers = constants(model.graph), _readers(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     dead: set[int] = set()
     count = 0
@@ -101,7 +93,7 @@ def merge_qkv_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 def split_qkv_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """The inverse: MultiHeadAttention's constant bias input -> an ``Add`` in front of each of its
     separate query/key/value inputs (what calibrate's equalization and bias correction edit)."""
-    consts = _consts(model)
+    consts = constants(model.graph)
     nodes = list(model.graph.node)
     out_nodes = []
     count = 0

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertopt.graph import op_counts as _op_counts
 from bertopt.passes.common import MS_DOMAIN, PassContext, probe_feeds, session, to_model
 
 
@@ -31,7 +32,7 @@ def make_model(nodes, inputs: dict, outputs: list, inits: dict | None = None, op
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:
-    return Counter((f"{n.domain}::" if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node)
+    return Counter(_op_counts(model))
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

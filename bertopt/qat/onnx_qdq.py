@@ -14,10 +14,11 @@ instead of 36 MatMulIntegerToFloat on MiniLM-L6, the other 18 fall back to float
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from bertopt.graph import attr, constant_values, set_attr
 
 
 def export_qdq(wrapper, args: tuple, path: Path, input_names, outs, axes: dict, opset: int) -> None:
@@ -47,24 +48,6 @@ def _export(wrapper, args, path, input_names, outs, axes, opset) -> None:
         )
 
 
-def _attr(node, name, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _set_attr(node, name, value) -> None:
-    import onnx
-
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(onnx.helper.make_attribute(name, value))
-
-
 def postprocess(path: Path) -> dict:
     """Drop identity Casts, fold weight quantization into int8 initializers, share duplicate
     equalization Mul/Add; returns counts."""
@@ -82,28 +65,34 @@ def postprocess(path: Path) -> dict:
 def remove_identity_casts(model) -> int:
     """Drop Identity nodes and Casts to the type their input already has (modelopt's quantizer export
     leaves float->float Casts that chain Q, K and V's input quantizers one behind another instead of
-    reading the same tensor; the exporter puts Identity nodes on initializers with equal values)."""
+    reading the same tensor; the exporter puts Identity nodes on initializers with equal values).
+
+    The Casts become Identity here (their types come from ONNX shape inference); onnx_ir's
+    ``IdentityEliminationPass`` then removes every Identity, keeping graph output names."""
     import onnx
+    from onnx_ir.passes.common import IdentityEliminationPass
 
     g = model.graph
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(g.input) + list(g.output)}
     types.update({i.name: i.data_type for i in g.initializer})
-    outputs = {o.name for o in g.output}
-    rename, drop = {}, set()
     for n in g.node:
-        if n.op_type not in ("Cast", "Identity") or n.output[0] in outputs:
-            continue
-        src = rename.get(n.input[0], n.input[0])
-        if n.op_type == "Identity" or (types.get(src) and types.get(src) == _attr(n, "to")):
-            rename[n.output[0]] = src
-            drop.add(n.output[0])
-    for n in g.node:
-        for k, i in enumerate(n.input):
-            if i in rename:
-                n.input[k] = rename[i]
-    _keep_nodes(g, drop)
-    return len(drop)
+        if n.op_type == "Cast" and types.get(n.input[0]) and types.get(n.input[0]) == attr(n, "to"):
+            n.op_type = "Identity"
+            del n.attribute[:]
+    before = sum(n.op_type == "Identity" for n in g.node)
+    _ir_passes(model, IdentityEliminationPass())
+    return before - sum(n.op_type == "Identity" for n in model.graph.node)
+
+
+def _ir_passes(model, *passes) -> None:
+    """Run onnx_ir passes on ``model`` in place."""
+    import onnx_ir as ir
+
+    m = ir.serde.deserialize_model(model)
+    for p in passes:
+        p(m)
+    model.CopyFrom(ir.serde.serialize_model(m))
 
 
 def _keep_nodes(g, drop: set[str]) -> None:
@@ -121,23 +110,6 @@ def _keep_nodes(g, drop: set[str]) -> None:
     g.node.extend(keep)
 
 
-def _values(g):
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-
-    def value(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        n = consts.get(name)
-        if n is not None and n.attribute and n.attribute[0].name == "value":
-            return numpy_helper.to_array(n.attribute[0].t)
-        return None
-
-    return inits, value
-
-
 def fold_weights(model, narrow: bool = True) -> int:
     """``W(float) -> Q -> DQ [-> Transpose]`` becomes ``W(int8) -> DQ`` (transposed when a Transpose followed).
 
@@ -145,7 +117,8 @@ def fold_weights(model, narrow: bool = True) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    inits, value = _values(g)
+    inits = {i.name for i in g.initializer}
+    value = constant_values(g)
     consumers: dict[str, list] = {}
     for n in g.node:
         for i in n.input:
@@ -164,7 +137,7 @@ def fold_weights(model, narrow: bool = True) -> int:
         scale, zp = value(q.input[1]), value(q.input[2]) if len(q.input) > 2 else None
         if w is None or scale is None or w.ndim != 2:
             continue
-        axis = _attr(q, "axis", 1) % w.ndim
+        axis = attr(q, "axis", 1) % w.ndim
         s = scale.astype(np.float32)
         if s.size > 1:
             shape = [1, 1]
@@ -177,10 +150,10 @@ def fold_weights(model, narrow: bool = True) -> int:
         # ONNX QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point)
         qv = np.clip(np.rint(w.astype(np.float32) / s) + z, qmin, qmax).astype(np.int8 if qmin < 0 else np.uint8)
         outs = consumers.get(dq.output[0], [])
-        transpose = len(outs) == 1 and outs[0].op_type == "Transpose" and list(_attr(outs[0], "perm", [1, 0])) == [1, 0]
+        transpose = len(outs) == 1 and outs[0].op_type == "Transpose" and list(attr(outs[0], "perm", [1, 0])) == [1, 0]
         if transpose:
             qv = np.ascontiguousarray(qv.T)
-            _set_attr(dq, "axis", 1 - axis)
+            set_attr(dq, "axis", 1 - axis)
         name = q.input[0] + "_int8"
         g.initializer.append(numpy_helper.from_array(qv, name))
         dq.input[0] = name
@@ -205,7 +178,7 @@ def share_constant_ops(model) -> int:
     brings in runs once per GEMM in torch (a pre-hook on each Linear), so Q, K and V each export the same
     ``Mul(x, 1/s) -> Add(-c/s)``; one shared pair is what calibrate writes (and one pass over x, not three)."""
     g = model.graph
-    _, value = _values(g)
+    value = constant_values(g)
     seen: dict = {}
     rename: dict[str, str] = {}
     drop: set[str] = set()
@@ -234,58 +207,14 @@ def share_constant_ops(model) -> int:
 
 
 def _prune(model) -> None:
-    """Drop initializers and Constant nodes nothing reads any more."""
-    import onnx
+    """Drop the nodes (Constants) and initializers nothing reads any more (onnx_ir's ``RemoveUnusedNodesPass``)."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-    g = model.graph
-    while True:
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
-        for n in dead:
-            g.node.remove(n)
-        if not dead:
-            break
-    used = {i for n in g.node for i in n.input}
-    keep = []
-    for i in g.initializer:
-        if i.name in used:
-            c = onnx.TensorProto()
-            c.CopyFrom(i)
-            keep.append(c)
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    _ir_passes(model, RemoveUnusedNodesPass())
 
 
 # --------------------------------------------------------------------------------------- checks
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
-
-
-def ort_kernel_counts(path: Path) -> dict[str, int]:
-    """Op counts of the graph ONNX Runtime actually runs (after its optimizations): the int8 kernels
-    show up as MatMulIntegerToFloat / QLinearMatMul / DynamicQuantizeMatMul / MatMulInteger."""
-    import os
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return dict(Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
-
-
-INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "QAttention")
-
-
-def int8_gemms(kernel_counts: dict[str, int]) -> int:
-    return sum(v for k, v in kernel_counts.items() if k in INT8_KERNELS)
+# The op and kernel counts come from bertopt.graph (op_counts, ort_kernel_counts, int8_gemms).
 
 
 def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str, output: str | None = None) -> dict:

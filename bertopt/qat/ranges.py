@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bertopt.errors import BertoptError
+from bertopt.graph import attr, constant_values
 
 GEMM_OPS = {"MatMul": 1, "Gemm": 1}  # op -> index of the weight input
 QMAX = 127.0
@@ -60,61 +61,104 @@ class InitRanges:
 def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
     """Every GEMM of a Q/DQ model whose weight is quantized, with its scales, equalization and bias."""
     import onnx
-    from onnx import numpy_helper
 
     from bertopt.passes.qkv_bias import split_qkv_bias
 
     model = onnx.load(str(onnx_path))
     model, _ = split_qkv_bias(model)  # a fused MultiHeadAttention holds the Q/K/V biases
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    reader = _QdqReader(model.graph, onnx_path)
+    return [gr for node in model.graph.node if node.op_type in GEMM_OPS and (gr := reader.gemm(node)) is not None]
 
-    def value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        n = consts.get(name)
-        if n is not None:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-        return None
 
-    def attr(node, name, default=None):
-        for a in node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
+class _QdqReader:
+    """Lookups over one Q/DQ graph, and the steps that read one GEMM: its weight, activation scale and
+    equalization, and bias."""
 
-    def dq_of(name: str):
+    def __init__(self, g, onnx_path: Path):
+        self.path = onnx_path
+        self.value = constant_values(g)
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def gemm(self, node) -> GemmRange | None:
+        w = self.weight(node)
+        if w is None:
+            return None
+        wf, ws = w
+        gr = GemmRange(node=node.name, act_scale=None, weight=wf, weight_scale=ws)
+        self.activation(node, gr)
+        self.bias(node, gr)
+        return gr
+
+    def dq_of(self, name: str):
         """(scale, zero point, axis, int values or None, source float or None, Q input) for a DQ output."""
-        n = producer.get(name)
+        n = self.producer.get(name)
         if n is None or n.op_type != "DequantizeLinear":
             return None
-        scale = value(n.input[1])
-        zp = value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        q = value(n.input[0])
+        scale = self.value(n.input[1])
+        zp = self.value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        q = self.value(n.input[0])
         src, q_in = None, None
-        qn = producer.get(n.input[0])
+        qn = self.producer.get(n.input[0])
         if q is None and qn is not None and qn.op_type == "QuantizeLinear":
             q_in = qn.input[0]
-            src = value(q_in)
+            src = self.value(q_in)
         return scale, zp, attr(n, "axis", 1), q, src, q_in
 
-    def pre_affine(t: str, width: int):
+    def weight(self, node) -> tuple[np.ndarray, np.ndarray] | None:
+        """(dequantized weight [in, N], per-output-channel scales [N]), None for a GEMM without a quantized weight."""
+        wname = node.input[GEMM_OPS[node.op_type]]
+        transposed = bool(node.op_type == "Gemm" and attr(node, "transB", 0))
+        p = self.producer.get(wname)
+        if p is not None and p.op_type == "Transpose" and list(attr(p, "perm", [1, 0])) == [1, 0]:
+            transposed, wname = not transposed, p.input[0]
+        w = self.dq_of(wname)
+        if w is None:
+            return None
+        scale, zp, axis, q, src, _ = w
+        if q is None and src is None:
+            return None  # an activation x activation MatMul (attention), not a weight GEMM
+        if zp is not None and np.any(zp != 0):
+            raise BertoptError(f"{self.path}: weight zero point of '{node.name}' is not 0", hint="--init-from needs symmetric INT8 (calibrate's)")
+        if q is None:
+            q = np.clip(np.round(src / _bcast(scale, src.ndim, axis)), -128, 127)
+        if q.ndim != 2:
+            return None
+        wf = q.astype(np.float32) * _bcast(scale, q.ndim, axis)
+        scale_arr = np.asarray(scale, np.float32).reshape(-1)
+        if transposed:
+            wf = wf.T
+            axis = 1 - (axis % 2)
+        if scale_arr.size == 1:
+            ws = np.full(wf.shape[1], scale_arr[0], np.float32)
+        elif axis % 2 == 1 and scale_arr.size == wf.shape[1]:
+            ws = scale_arr
+        else:
+            return None  # per-input-channel weight scales: not calibrate's placement
+        return wf, ws
+
+    def activation(self, node, gr: GemmRange) -> None:
+        """The input quantizer's scale and the equalization in front of it."""
+        a = self.dq_of(node.input[0])
+        if a is not None and a[5] is not None:
+            s, azp = a[0], a[1]
+            if azp is not None and np.any(azp != 0):
+                raise BertoptError(f"{self.path}: activation zero point of '{node.name}' is not 0", hint="--init-from needs symmetric INT8 (calibrate's)")
+            gr.act_scale = float(np.asarray(s).reshape(-1)[0])
+            gr.pre_mul, gr.pre_add = self.pre_affine(a[5], gr.weight.shape[0])
+
+    def pre_affine(self, t: str, width: int):
         """Walk up from the activation quantizer's input through Mul/Add/Sub by per-channel constants."""
         mul, add = np.ones(width, np.float32), np.zeros(width, np.float32)
         found = False
         for _ in range(4):
-            p = producer.get(t)
+            p = self.producer.get(t)
             if p is None or p.op_type not in ("Mul", "Add", "Sub") or len(p.input) != 2:
                 break
-            c0, c1 = value(p.input[0]), value(p.input[1])
+            c0, c1 = self.value(p.input[0]), self.value(p.input[1])
             c, other = (c1, p.input[0]) if c1 is not None else (c0, p.input[1])
             if c is None or (c0 is not None and c1 is not None) or c.ndim != 1 or c.shape[0] != width:
                 break
@@ -130,73 +174,27 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
             t, found = other, True
         return (mul, add) if found else (None, None)
 
-    out = []
-    for node in g.node:
-        if node.op_type not in GEMM_OPS:
-            continue
-        wname = node.input[GEMM_OPS[node.op_type]]
-        transposed = bool(node.op_type == "Gemm" and attr(node, "transB", 0))
-        p = producer.get(wname)
-        if p is not None and p.op_type == "Transpose" and list(attr(p, "perm", [1, 0])) == [1, 0]:
-            transposed, wname = not transposed, p.input[0]
-        w = dq_of(wname)
-        if w is None:
-            continue
-        scale, zp, axis, q, src, _ = w
-        if q is None and src is None:
-            continue  # an activation x activation MatMul (attention), not a weight GEMM
-        if zp is not None and np.any(zp != 0):
-            raise BertoptError(f"{onnx_path}: weight zero point of '{node.name}' is not 0", hint="--init-from needs symmetric INT8 (calibrate's)")
-        if q is None:
-            q = np.clip(np.round(src / _bcast(scale, src.ndim, axis)), -128, 127)
-        if q.ndim != 2:
-            continue
-        wf = q.astype(np.float32) * _bcast(scale, q.ndim, axis)
-        scale_arr = np.asarray(scale, np.float32).reshape(-1)
-        if transposed:
-            wf = wf.T
-            axis = 1 - (axis % 2)
-        if scale_arr.size == 1:
-            ws = np.full(wf.shape[1], scale_arr[0], np.float32)
-        elif axis % 2 == 1 and scale_arr.size == wf.shape[1]:
-            ws = scale_arr
-        else:
-            continue  # per-input-channel weight scales: not calibrate's placement
-        gr = GemmRange(node=node.name, act_scale=None, weight=wf, weight_scale=ws)
-        a = dq_of(node.input[0])
-        if a is not None and a[5] is not None:
-            s, azp = a[0], a[1]
-            if azp is not None and np.any(azp != 0):
-                raise BertoptError(f"{onnx_path}: activation zero point of '{node.name}' is not 0", hint="--init-from needs symmetric INT8 (calibrate's)")
-            gr.act_scale = float(np.asarray(s).reshape(-1)[0])
-            gr.pre_mul, gr.pre_add = pre_affine(a[5], wf.shape[0])
+    def bias(self, node, gr: GemmRange) -> None:
+        """Gemm's C input, plus every constant Add right after the GEMM: fuse may hold the original as
+        [1, N] and calibrate's bias correction adds its own Add in front of it."""
+        n_out = gr.weight.shape[1]
         if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            b = value(node.input[2])
-            gr.bias = None if b is None else np.broadcast_to(b.astype(np.float32), (wf.shape[1],)).copy()
-            if float(_attr_f(node, "beta", 1.0)) != 1.0 and gr.bias is not None:
-                gr.bias = gr.bias * float(_attr_f(node, "beta", 1.0))
-        # every constant Add right after the GEMM is bias: fuse may hold the original as [1, N] and
-        # calibrate's bias correction adds its own Add in front of it
-        t, n_out = node.output[0], wf.shape[1]
+            b = self.value(node.input[2])
+            gr.bias = None if b is None else np.broadcast_to(b.astype(np.float32), (n_out,)).copy()
+            beta = float(attr(node, "beta", 1.0))
+            if beta != 1.0 and gr.bias is not None:
+                gr.bias = gr.bias * beta
+        t = node.output[0]
         while True:
-            outs = consumers.get(t, [])
+            outs = self.consumers.get(t, [])
             if len(outs) != 1 or outs[0].op_type != "Add" or len(outs[0].input) != 2:
                 break
             other = outs[0].input[1] if outs[0].input[0] == t else outs[0].input[0]
-            b = value(other)
+            b = self.value(other)
             if b is None or b.size != n_out or b.shape[-1] != n_out:
                 break
             gr.bias = (0 if gr.bias is None else gr.bias) + b.astype(np.float32).reshape(-1)
             t = outs[0].output[0]
-        out.append(gr)
-    return out
-
-
-def _attr_f(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return a.f
-    return default
 
 
 def _bcast(scale, ndim: int, axis: int) -> np.ndarray:

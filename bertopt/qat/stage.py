@@ -12,6 +12,7 @@ Under ``torchrun`` the same call trains data-parallel (``dist``); only rank 0 wr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -20,16 +21,7 @@ from typing import Literal
 from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt, accepts_renamed
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError, MissingDependencyError
-from bertopt.models import (
-    DYNAMIC_AXES,
-    SUPPORTED,
-    TASKS,
-    default_task,
-    model_summary,
-    read_config,
-    sentence_transformers_normalize,
-    sentence_transformers_pooling,
-)
+from bertopt.models import SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.qat.placement import DEFAULT_EXCLUDE
 from bertopt.ui import console, note, skipped
@@ -114,19 +106,8 @@ def run_qat(
     out = resolve_path(out)
     model_dir, src = _model_dir(input)
     cfg = read_config(model_dir)
-    task = task or src.get("task") or default_task(cfg)
-    if task not in TASKS:
-        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
-    if pooling == "auto":
-        pooling = src.get("pooling") or ((sentence_transformers_pooling(model_dir) or "none") if task == "feature-extraction" else "none")
-    if pooling not in ("mean", "cls", "none"):
-        raise BertoptError(f"unknown pooling '{pooling}'", hint="pooling: auto, mean, cls, none")
-    if task == "sequence-classification":
-        pooling = "none"
-    if normalize is None:
-        normalize = src.get("normalize")
-        if normalize is None:
-            normalize = task == "feature-extraction" and pooling != "none" and sentence_transformers_normalize(model_dir)
+    task = resolve_task(cfg, task, known=src)
+    pooling, normalize = resolve_head(model_dir, task, pooling, normalize, known=src)
     # With --init-from, the calibrated model decides what stays float (its own default keeps the
     # pooler and head float); an explicit --exclude is applied on top.
     user_exclude = exclude
@@ -164,8 +145,6 @@ def run_qat(
         "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
     }
     if output:
-        from bertopt.export import output_names
-
         outs = output_names(task, pooling)
         if output not in outs:
             raise BertoptError(f"--output '{output}': the exported {task} model has no such output",
@@ -247,7 +226,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
         held_texts = [train_td.texts[i] for i in held_rows]
 
     # ---- teacher and student
-    with console.status(f"qat: loading {model_dir}") if env.main else _Null():
+    with console.status(f"qat: loading {model_dir}") if env.main else contextlib.nullcontext():
         teacher = load_torch_model(model_dir, task).to(env.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -277,7 +256,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
                 model(**b)
 
     qcfg = placement.quant_config(exclude, quantize_bmm)
-    with console.status("qat: inserting quantizers and calibrating their ranges") if env.main else _Null(), _quiet():
+    with console.status("qat: inserting quantizers and calibrating their ranges") if env.main else contextlib.nullcontext(), _quiet():
         student = mtq.quantize(student, qcfg, forward_loop=calibrate_loop)
     init = None
     if init_path is not None:
@@ -340,16 +319,14 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
            history, qsum, init, env, verbose) -> None:
     import torch
 
-    from bertopt.export import make_wrapper, output_names
+    from bertopt.export import make_wrapper
+    from bertopt.graph import int8_gemms, op_counts, ort_kernel_counts
     from bertopt.qat import onnx_qdq
 
     opset = params["opset"]
     wrapper = make_wrapper(student, task, input_names, pooling, normalize)
     outs = output_names(task, pooling)
-    axes = {n: DYNAMIC_AXES for n in list(input_names) + outs}
-    for o in outs:
-        if o in ("logits", "sentence_embedding"):
-            axes[o] = {0: "batch"}
+    axes = dynamic_axes(input_names, outs)
     with write_artifact(out, "qat", inputs, params) as w:
         onnx_path = w.add_output("model", MODEL_FILE)
         sample = _feeds(tokenizer, held_texts[:2], input_names, pad_to=16)
@@ -364,13 +341,13 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
             texts = held_texts[:PARITY_TEXTS]
             feeds = [_feeds(tokenizer, texts[i : i + 16], input_names, max_length=max_len) for i in range(0, len(texts), 16)]
             parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=params.get("output"))
-            kernels = onnx_qdq.ort_kernel_counts(onnx_path)
+            kernels = ort_kernel_counts(onnx_path)
         note(f"qat: parity compared on output {parity['compared_output']}")
-        ops = onnx_qdq.op_counts(onnx_path)
+        ops = op_counts(onnx_path)
         w.metrics.update({
             "parity": parity,
             "quantized_gemms": qsum["quantized_linears"],
-            "ort_int8_gemms": onnx_qdq.int8_gemms(kernels),
+            "ort_int8_gemms": int8_gemms(kernels),
             "ort_kernels": kernels,
             "qdq_ops": {k: ops.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm")},
             "postprocess": post,
@@ -485,14 +462,6 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
     if any(x < 0 for x in weights) or weights[0] + weights[1] + weights[2] == 0:
         raise BertoptError("loss weights must be >= 0 and at least one distillation weight positive",
                            hint="--output-weight, --hidden-weight, --attention-weight")
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _quiet:

@@ -199,31 +199,10 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
 
     ``layer_map`` (``bertopt compress``): the teacher layer each student layer distils from (see
     ``losses.distill_loss``); ``name`` labels the progress bar and messages."""
-    import torch
+    from bertopt.ui import progress
 
-    from bertopt.ui import note, progress
-
-    lengths = [len(x) for x in train_data.ids]
-    sched = Schedule(lengths, cfg.batch_size, cfg.seed, env.world, env.rank)
-    if sched.steps_per_epoch < 1:
-        raise BertoptError(
-            f"{len(train_data)} training texts make fewer than {env.world} batch(es) of {cfg.batch_size}",
-            hint="use more data or a smaller --batch-size",
-        )
-    total = cfg.steps if cfg.steps else max(1, math.ceil(cfg.epochs * sched.steps_per_epoch))
-    eval_every = cfg.eval_every or max(1, round(total / 10))
-    warm = int(cfg.warmup * total)
-
-    params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups = [
-        {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
-    )
+    sched, total, eval_every = _plan(train_data, cfg, env)
+    opt, lr_sched = _optimizer(student, cfg, total)
     model = student
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -232,23 +211,10 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
 
     refs = teacher_reference(teacher, held, task, pooling, cfg.batch_size * 2, env)
 
-    def snapshot() -> dict:
-        return {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    def held_out() -> dict:
+        return evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
 
-    start, history, best, bad = 0, [], None, 0
-    state = ckpt.load() if ckpt is not None else None
-    if state is not None:
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["scheduler"])
-        start, history, best, bad = state["step"], state["history"], state["best"], state["bad_evals"]
-        if env.main:
-            note(f"{name}: resuming from the checkpoint at step {start}/{total} ({ckpt.path})")
-    else:
-        ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
-        history.append({"step": 0, **ev, "train_loss": None})
-        best = {"step": 0, "score": _score(ev), "state": snapshot()}
-
+    state, start, history, best, bad = _resume(ckpt, student, opt, lr_sched, total, name, env, held_out)
     stopped_early = start < total and bad >= cfg.patience
     t0 = time.perf_counter()
     _seed(cfg, env, start)
@@ -260,34 +226,22 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
         step = start
         while step < total and not stopped_early:
             b = collate(train_data, sched.rows(step), env.device)
-            inputs = _model_inputs(b)
-            with torch.no_grad():
-                t_out = teacher(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
-            s_out = model(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
-            loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights, layer_map)
-            if not torch.isfinite(loss.detach()):
-                raise BertoptError(f"{name}: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-            opt.step()
-            lr_sched.step()
+            loss, parts = _step(model, student, teacher, b, opt, lr_sched, task=task, pooling=pooling, weights=weights,
+                                layer_map=layer_map, max_grad_norm=cfg.max_grad_norm, name=name, step=step)
             step += 1
-            run_sum += float(loss.detach())
+            run_sum += loss
             run_n += 1
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
             p.update(bar, advance=1, status=f"loss {run_sum / run_n:.4f} " + _status(history, best))
             if step % eval_every == 0 or step == total:
-                ev = evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
+                ev = held_out()
                 train_loss = env.all_sum([run_sum, run_n])
-                entry = {"step": step, **ev, "train_loss": train_loss[0] / max(train_loss[1], 1),
-                         "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}}
-                history.append(entry)
+                history.append({"step": step, **ev, "train_loss": train_loss[0] / max(train_loss[1], 1),
+                                "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}})
                 run_sum, run_n, parts_sum = 0.0, 0, {}
                 if _improves(_score(ev), best["score"], cfg.min_delta):
-                    best, bad = {"step": step, "score": _score(ev), "state": snapshot()}, 0
+                    best, bad = {"step": step, "score": _score(ev), "state": _snapshot(student)}, 0
                 else:
                     bad += 1
                 stopped_early = bad >= cfg.patience and step < total
@@ -299,7 +253,6 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
                 p.update(bar, status=_status(history, best))
     student.load_state_dict(best["state"])
     student.eval()
-    seconds = time.perf_counter() - t0
     return {
         "total_steps": total,
         "steps_run": step,
@@ -311,9 +264,84 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
         "best": {k: v for k, v in next(h for h in history if h["step"] == best["step"]).items() if k != "train_parts"},
         "initial": {k: v for k, v in history[0].items() if k not in ("train_loss", "train_parts")},
         "history": history,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(time.perf_counter() - t0, 1),
         "config": asdict(cfg) | {"world_size": env.world, "global_batch": cfg.batch_size * env.world},
     }
+
+
+def _plan(train_data: Encoded, cfg: TrainConfig, env: DistEnv) -> tuple[Schedule, int, int]:
+    """(this rank's batch schedule, total steps, steps between held-out evaluations)."""
+    lengths = [len(x) for x in train_data.ids]
+    sched = Schedule(lengths, cfg.batch_size, cfg.seed, env.world, env.rank)
+    if sched.steps_per_epoch < 1:
+        raise BertoptError(
+            f"{len(train_data)} training texts make fewer than {env.world} batch(es) of {cfg.batch_size}",
+            hint="use more data or a smaller --batch-size",
+        )
+    total = cfg.steps if cfg.steps else max(1, math.ceil(cfg.epochs * sched.steps_per_epoch))
+    return sched, total, cfg.eval_every or max(1, round(total / 10))
+
+
+def _optimizer(student, cfg: TrainConfig, total: int):
+    """AdamW (no decay on biases and LayerNorm) and a linear warmup/decay schedule.
+
+    Not ``transformers.get_linear_schedule_with_warmup``: that one starts at lr 0 (step s of the warmup
+    gets s/warm of the lr, this one (s+1)/warm), so every warmup step would train differently."""
+    import torch
+
+    warm = int(cfg.warmup * total)
+    params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups = [
+        {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+    )
+    return opt, lr_sched
+
+
+def _snapshot(student) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+
+
+def _resume(ckpt: Checkpointer | None, student, opt, lr_sched, total: int, name: str, env: DistEnv, held_out):
+    """(checkpoint state or None, start step, history, best, evaluations without improvement): from the
+    checkpoint when there is one, else from a held-out evaluation of the untrained student (step 0)."""
+    from bertopt.ui import note
+
+    state = ckpt.load() if ckpt is not None else None
+    if state is not None:
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["scheduler"])
+        if env.main:
+            note(f"{name}: resuming from the checkpoint at step {state['step']}/{total} ({ckpt.path})")
+        return state, state["step"], state["history"], state["best"], state["bad_evals"]
+    ev = held_out()
+    return None, 0, [{"step": 0, **ev, "train_loss": None}], {"step": 0, "score": _score(ev), "state": _snapshot(student)}, 0
+
+
+def _step(model, student, teacher, b: dict, opt, lr_sched, *, task, pooling, weights, layer_map, max_grad_norm, name, step) -> tuple[float, dict]:
+    """One optimizer step on batch ``b``: (the loss, its parts)."""
+    import torch
+
+    inputs = _model_inputs(b)
+    with torch.no_grad():
+        t_out = teacher(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
+    s_out = model(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
+    loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights, layer_map)
+    if not torch.isfinite(loss.detach()):
+        raise BertoptError(f"{name}: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), max_grad_norm)
+    opt.step()
+    lr_sched.step()
+    return float(loss.detach()), parts
 
 
 def _score(ev: dict) -> tuple:

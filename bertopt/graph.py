@@ -1,0 +1,172 @@
+"""ONNX graph facts and ONNX Runtime graph helpers, one home each (on ``onnx.ModelProto``).
+
+The passes work on onnx-graphsurgeon graphs and have their own helpers (:mod:`bertopt.passes.common`);
+everything that reads a ``ModelProto`` or a model file comes from here: op counts (one key format),
+the opset, constants, the precision a graph is in, ORT's offline optimization and the integer kernels
+ORT turns a Q/DQ graph into.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+MS_DOMAIN = "com.microsoft"
+
+# Ops that make a graph INT8 (Q/DQ, ORT's integer and fused quantized contrib ops).
+INT8_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul",
+    "ConvInteger", "QLinearConv", "QEmbedLayerNormalization",
+})
+
+# ORT's integer GEMM kernels, keyed as :func:`op_counts` keys them.
+INT8_KERNELS = (f"{MS_DOMAIN}::MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", f"{MS_DOMAIN}::DynamicQuantizeMatMul",
+                f"{MS_DOMAIN}::QGemm", f"{MS_DOMAIN}::QAttention")
+# What :func:`ort_kernel_counts` reports: the integer kernels, the Q/DQ nodes left over and the float GEMMs.
+KERNEL_OPS = INT8_KERNELS + ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", f"{MS_DOMAIN}::FusedMatMul")
+# The offline level ``bertopt build`` writes by default and the kernel counts are taken at: portable
+# (ORT_ENABLE_ALL adds CPU-specific layouts, and nothing to the integer GEMMs).
+PORTABLE_LEVEL = "ORT_ENABLE_EXTENDED"
+
+
+def load(model_or_path: Any):
+    """A ``ModelProto`` as it is, or the graph of a model file (without external weights)."""
+    import onnx
+
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    return onnx.load(str(model_or_path), load_external_data=False)
+
+
+def op_key(node) -> str:
+    """``Op`` for the default domain, ``domain::Op`` for others (``com.microsoft::MultiHeadAttention``)."""
+    return (f"{node.domain}::" if node.domain not in ("", "ai.onnx") else "") + node.op_type
+
+
+def op_counts(model_or_path: Any) -> dict[str, int]:
+    """How many nodes of each op the graph holds, keyed by :func:`op_key`, sorted by key."""
+    return dict(sorted(Counter(op_key(n) for n in load(model_or_path).graph.node).items()))
+
+
+def opset_version(model, domain: str = "") -> int:
+    """The model's opset for ``domain`` ('' is ai.onnx), 0 when it imports none."""
+    for o in model.opset_import:
+        if (o.domain or "") == domain or (domain == "" and o.domain == "ai.onnx"):
+            return int(o.version)
+    return 0
+
+
+def constants(graph) -> dict:
+    """name -> TensorProto for initializers and Constant nodes' ``value`` tensors."""
+    consts = {i.name: i for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = a.t
+    return consts
+
+
+def constant_values(graph) -> Callable[[str], Any]:
+    """A lookup: tensor name -> its numpy value when it is a constant (:func:`constants`), else None."""
+    from onnx import numpy_helper
+
+    consts = constants(graph)
+
+    def value(name: str):
+        t = consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    return value
+
+
+def attr(node, name: str, default=None):
+    """A node attribute's value, ``default`` when the node does not set it."""
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node, name: str, value) -> None:
+    import onnx
+
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def drop_unused_initializers(model) -> None:
+    """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place.
+
+    On the proto, not through onnx_ir's RemoveUnusedNodesPass: calibrate and build write their models
+    through here, and an onnx_ir round trip re-serializes them (same graph, other bytes)."""
+    import onnx
+
+    used = {i for n in model.graph.node for i in n.input}
+    used |= {o.name for o in model.graph.output}
+    for n in model.graph.node:  # subgraphs are not expected in these encoders; keep what they read
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= {i for m in a.g.node for i in m.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def external_data(path: Path) -> bool:
+    """True when the model file keeps (some of) its weights outside the .onnx file."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in load(path).graph.initializer)
+
+
+def precision(model_or_path: Any) -> str:
+    """'int8' when the graph holds Q/DQ or integer ops, 'fp16' when most of its weights are half, else 'fp32'."""
+    import onnx
+
+    m = load(model_or_path)
+    if {n.op_type for n in m.graph.node} & INT8_OPS:
+        return "int8"
+    f16 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    f32 = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    return "fp16" if f16 > f32 else "fp32"
+
+
+detect_precision = precision
+
+
+def ort_optimize(src: Path, dst: Path, level: str) -> None:
+    """Run ORT's graph optimizer once at ``level`` (``ORT_ENABLE_EXTENDED`` ...) and save the graph to
+    ``dst``; models with external weights keep them in ``dst.name + '.data'``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3  # the NCHWc "same machine only" warning: build records the decision itself
+    if external_data(src):
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+def ort_kernel_counts(model_path: Path, level: str = PORTABLE_LEVEL) -> dict[str, int]:
+    """The :data:`KERNEL_OPS` counts of the graph ORT runs (CPU, optimized offline at ``level``): whether
+    the quantized GEMMs became integer kernels, how many Q/DQ nodes stayed, the GEMMs left in float."""
+    with tempfile.TemporaryDirectory() as d:
+        ort_optimize(Path(model_path), Path(d) / "opt.onnx", level)
+        ops = op_counts(Path(d) / "opt.onnx")
+    return {k: v for k, v in ops.items() if k in KERNEL_OPS}
+
+
+def int8_gemms(kernel_counts: dict[str, int]) -> int:
+    """How many integer GEMM kernels :func:`ort_kernel_counts` found."""
+    return sum(kernel_counts.get(k, 0) for k in INT8_KERNELS)
