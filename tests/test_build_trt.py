@@ -521,4 +521,15 @@ def test_gpu_fp16_engine_reuses_the_timing_cache(exported_minilm, tmp_path):
     first = run_build(exported_minilm, tmp_path / "a", backend="tensorrt", precision="fp16", profile="batch=1:4:8,seq=8:64:128", timing_cache=str(cache))
     second = run_build(exported_minilm, tmp_path / "b", backend="tensorrt", precision="fp16", profile="batch=1:4:8,seq=8:64:128", timing_cache=str(cache))
     assert first.manifest["build"]["fp16_conversion"]["kept_fp32_nodes"]["LayerNormalization"] == 13
-    assert second.manifest["build"]["timing_cache"]["loaded_bytes"] > 0
+    assert second.manifest["build"]["timing_cache"]["state"] == "usable" and second.manifest["build"]["timing_cache"]["loaded_bytes"] > 0
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_foreign_timing_cache_is_replaced_not_merged(exported_minilm, tmp_path):
+    cache = tmp_path / "cache.bin"
+    cache.write_bytes(b"not a timing cache of this GPU")
+    art = run_build(exported_minilm, tmp_path / "a", backend="tensorrt", precision="fp16", profile="batch=1:1:2,seq=8:16:16", timing_cache=str(cache))
+    tc = art.manifest["build"]["timing_cache"]
+    assert tc["state"] == "foreign" and "started a new one" in tc["note"] and tc["loaded_bytes"] == 0
+    assert cache.read_bytes() != b"not a timing cache of this GPU" and tc["saved_bytes"] > 0
