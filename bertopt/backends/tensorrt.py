@@ -417,7 +417,8 @@ def build_loaders(onnx_path: Path, profiles, input_names: Sequence[str], *, load
                   profiling_verbosity: Any = None, workspace_mib: int | None = None, memory_pool: Any = None) -> BuildLoaders:
     """Compose the build: a strongly typed network from the ONNX file, a config with the profiles, the
     timing cache and the profiling verbosity (DETAILED: the precision map needs per-layer types), no
-    precision flags (see the module docstring). ``profiling_verbosity``/``memory_pool`` are TensorRT
+    precision flags (see the module docstring), TF32 off (Polygraphy's default: what the ONNX types
+    say is FP32 stays FP32, e.g. the kept LayerNorm/Softmax). ``profiling_verbosity``/``memory_pool`` are TensorRT
     enum values, passed in so that composing needs no TensorRT."""
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
 
