@@ -633,6 +633,7 @@ class TensorRTRunner:
 
         trt = require_tensorrt()
         from polygraphy.backend.trt import TrtRunner
+        from polygraphy.datatype import DataType
 
         art = artifact_or_path if isinstance(artifact_or_path, Artifact) else load_artifact(artifact_or_path)
         self.path = art.model_path
@@ -641,7 +642,9 @@ class TensorRTRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        # tensor dtypes through Polygraphy's DataType, as TrtRunner itself does (no trt.nptype)
+        self.dtypes = {n: np.dtype(DataType.to_dtype(DataType.from_dtype(self.engine.get_tensor_dtype(n), source_module="tensorrt"), "numpy"))
+                       for n in names}
         self._runner = TrtRunner(self.engine, optimization_profile=0)
         self._runner.activate()
         self._profile = 0
