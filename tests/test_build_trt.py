@@ -195,7 +195,11 @@ def test_fp16_keeps_norms_fp32_and_clamps_the_mask():
     sm = next(n for n in m16.graph.node if n.op_type == "Softmax")
     producers = {o: n for n in m16.graph.node for o in n.output}
     assert producers[sm.input[0]].op_type == "Cast"  # FP16 scores cast up for the FP32 Softmax
-    assert producers[ln.input[0]] is sm  # FP32 straight into the FP32 LayerNorm, no round trip
+    src = producers[ln.input[0]]
+    if src.op_type == "Cast":  # an FP32 -> FP32 identity Cast is left where the library's round trip was
+        assert src.attribute[0].i == TensorProto.FLOAT
+        src = producers[src.input[0]]
+    assert src is sm  # FP32 straight into the FP32 LayerNorm, no FP16 round trip
     assert [o.type.tensor_type.elem_type for o in m16.graph.output] == [TensorProto.FLOAT] * 2  # I/O types kept
     ref, ref_id = _run(m, feeds)
     out, out_id = _run(m16, feeds)
@@ -348,6 +352,88 @@ def test_expected_int8_gemms_on_fp32_graph(exported_minilm):
     assert trtb.expected_int8_gemms(onnx.load(str(exported_minilm / "model.onnx"), load_external_data=False)) == []
 
 
+def test_precision_map_counts_each_layer_once_across_profiles():
+    """An engine with several profiles lists every layer once per profile (later copies named
+    '... [profile N]'): the GEMM counts must not grow with the number of profiles."""
+    one = [_layer("/l0/q/MatMul", "CaskGemmMatrixMultiply", "INT8", 10, meta=["/l0/q/MatMul"], ptype="MatrixMultiply"),
+           _layer("/l0/ffn/MatMul", "CaskGemmMatrixMultiply", "FP16", 10, meta=["/l0/ffn/MatMul"], ptype="MatrixMultiply")]
+    copies = [dict(x, Name=f"{x['Name']} [profile {k}]") for k in (1, 2) for x in one]
+    recs = trtb.parse_layer_info(json.dumps({"Layers": one + copies}))
+    assert len(recs) == 6
+    pmap = trtb.precision_map(recs)
+    assert pmap["gemm_precisions"] == {"INT8": 1, "FP16": 1} and len(pmap["layers"]) == 2
+    assert [r.name for r in trtb.unique_layers(recs)] == ["/l0/q/MatMul", "/l0/ffn/MatMul"]
+
+
+# ===================================================================================== Polygraphy, without TensorRT
+def test_polygraphy_loaders_compose_without_tensorrt(tmp_path):
+    """The build's loader chain is real Polygraphy (strongly typed network from the ONNX path, one
+    Polygraphy profile per bertopt profile, timing cache in and out, no precision flags), composed
+    without importing TensorRT."""
+    import sys
+
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import Profile as PolyProfile
+
+    q = tmp_path / "q.onnx"
+    onnx.save(_tiny_attention_model(qdq=True), q)  # inputs X and mask
+    profiles = prof.parse_profiles("batch=1:4:8,seq=8;batch=1:1:2,seq=1:8:8", 8)
+    loaders = trtb.build_loaders(q, profiles, ["X", "mask", "token_type_ids"], load_timing_cache=str(tmp_path / "c"),
+                                 save_timing_cache=str(tmp_path / "c"), profiling_verbosity="DETAILED")
+    assert isinstance(loaders.network, NetworkFromOnnxPath) and loaders.network.strongly_typed
+    assert isinstance(loaders.config, CreateConfig) and isinstance(loaders.engine_bytes, EngineBytesFromNetwork)
+    cfg = loaders.config
+    assert not cfg.fp16 and not cfg.int8 and not cfg.tf32 and cfg.profiling_verbosity == "DETAILED"
+    assert cfg.timing_cache_path == str(tmp_path / "c") and loaders.engine_bytes.timing_cache_path == str(tmp_path / "c")
+    assert len(cfg.profiles) == 2 and all(isinstance(p, PolyProfile) for p in cfg.profiles)
+    first = cfg.profiles[0]
+    assert list(first) == ["X", "mask"]  # token_type_ids is not a graph input: left out
+    assert (tuple(first["X"].min), tuple(first["X"].opt), tuple(first["X"].max)) == ((1, 8), (4, 8), (8, 8))
+    assert tuple(cfg.profiles[1]["mask"].max) == (2, 8)
+    assert cfg.memory_pool_limits is None
+    assert "tensorrt" not in sys.modules
+
+
+def test_timing_cache_state(tmp_path):
+    """What the build does with the cache file hinges on this: only a cache TensorRT combines without
+    ignore_mismatch is loaded and merged into; a foreign one is replaced."""
+    class Cache:
+        def __init__(self, data):
+            self.data = data
+
+        def combine(self, other, ignore_mismatch):
+            assert ignore_mismatch is False
+            return other.data == b"this-gpu"
+
+    class Config:  # TensorRT's IBuilderConfig.create_timing_cache / ITimingCache.combine, as documented
+        def create_timing_cache(self, data):
+            if data == b"garbage":
+                raise RuntimeError("cannot parse")
+            return Cache(data)
+
+    path = tmp_path / "cache.bin"
+    assert trtb.timing_cache_state(path, Config()) == "absent"
+    for data, state in ((b"this-gpu", "usable"), (b"other-gpu", "foreign"), (b"garbage", "foreign"), (b"", "absent")):
+        path.write_bytes(data)
+        assert trtb.timing_cache_state(path, Config()) == state, data
+
+
+def test_no_cuda_here_is_zero_devices():
+    assert trtb.cuda_device_count() == 0 and not trtb.tensorrt_available()
+
+
+def test_fp16_underflowing_qdq_scale_is_raised_to_fp16_normal_min():
+    from bertopt.backends.fp16 import FP16_TINY
+
+    m = _tiny_attention_model(qdq=True)
+    next(t for t in m.graph.initializer if t.name == "ws").CopyFrom(numpy_helper.from_array(np.array(1e-9, np.float32), "ws"))
+    m16, rep = convert_to_fp16(m)
+    assert rep.qdq_scales_clamped == 1 and rep.qdq_scales_subnormal == 0
+    ws = numpy_helper.to_array(next(t for t in m16.graph.initializer if t.name == "ws"))
+    assert ws.dtype == np.float16 and float(ws) == pytest.approx(FP16_TINY)
+    assert all(numpy_helper.to_array(t).min() > 0 for t in m16.graph.initializer if t.name in ("ws", "xs"))
+
+
 # ===================================================================================== without TensorRT
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_is_a_user_error_with_a_hint(tmp_path):
@@ -435,4 +521,15 @@ def test_gpu_fp16_engine_reuses_the_timing_cache(exported_minilm, tmp_path):
     first = run_build(exported_minilm, tmp_path / "a", backend="tensorrt", precision="fp16", profile="batch=1:4:8,seq=8:64:128", timing_cache=str(cache))
     second = run_build(exported_minilm, tmp_path / "b", backend="tensorrt", precision="fp16", profile="batch=1:4:8,seq=8:64:128", timing_cache=str(cache))
     assert first.manifest["build"]["fp16_conversion"]["kept_fp32_nodes"]["LayerNormalization"] == 13
-    assert second.manifest["build"]["timing_cache"]["loaded_bytes"] > 0
+    assert second.manifest["build"]["timing_cache"]["state"] == "usable" and second.manifest["build"]["timing_cache"]["loaded_bytes"] > 0
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_foreign_timing_cache_is_replaced_not_merged(exported_minilm, tmp_path):
+    cache = tmp_path / "cache.bin"
+    cache.write_bytes(b"not a timing cache of this GPU")
+    art = run_build(exported_minilm, tmp_path / "a", backend="tensorrt", precision="fp16", profile="batch=1:1:2,seq=8:16:16", timing_cache=str(cache))
+    tc = art.manifest["build"]["timing_cache"]
+    assert tc["state"] == "foreign" and "started a new one" in tc["note"] and tc["loaded_bytes"] == 0
+    assert cache.read_bytes() != b"not a timing cache of this GPU" and tc["saved_bytes"] > 0

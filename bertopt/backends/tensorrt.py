@@ -1,20 +1,25 @@
 """TensorRT backend (GPU hosts): strongly typed engines from Q/DQ or FP16-typed ONNX, TensorRT 10.x and 11.x.
 
-What is TensorRT-specific is kept thin and imported lazily (``require_tensorrt``): network creation,
-builder config, profiles, timing cache, serialization, the engine inspector and the runner. What can
-be checked without a GPU is plain Python here and tested on any machine: preparing the ONNX
-(``prepare_onnx``), the GEMMs a Q/DQ graph quantizes (``expected_int8_gemms``), parsing the inspector's
-layer JSON of either TensorRT version (``parse_layer_info``) and the INT8 check (``check_int8``).
+Build and run go through Polygraphy's TensorRT backend (``NetworkFromOnnxPath`` -> ``CreateConfig`` ->
+``EngineBytesFromNetwork``; ``EngineFromBytes``; ``TrtRunner``): the GPU code here is wiring, not
+hand-written bindings. ``tensorrt`` and ``polygraphy.backend.trt`` are imported inside functions only
+(``require_tensorrt``); Polygraphy's loaders import TensorRT lazily themselves, so composing them works
+on a machine without it (tested). What can be checked without a GPU is plain Python here: preparing the
+ONNX (``prepare_onnx``), the GEMMs a Q/DQ graph quantizes (``expected_int8_gemms``), the Polygraphy
+profiles (``polygraphy_profiles``), parsing the inspector's layer JSON (``parse_layer_info``) and the
+INT8 check (``check_int8``): no library checks that every quantized GEMM really ran in INT8.
 
 TensorRT 10 vs 11, as used here:
-- 10.x: ``create_network(1 << STRONGLY_TYPED)``; precision flags (FP16/INT8) must not be set for a
-  strongly typed network, so none are set. 11.x: strong typing is always on, the STRONGLY_TYPED flag
-  is deprecated and ignored, and BuilderFlag.FP16/INT8, implicit INT8 calibration and
-  platform_has_fast_* are removed. Both: INT8 only from Q/DQ, FP16 only from the ONNX types.
-- Inspector JSON: 10.x gives each tensor a ``"Format/Datatype"`` string ("Row major linear Int8
-  format"); 11.x splits it into ``"Format"`` and ``"DataType"`` and replaces ``"Bindings"`` with
-  ``"I/O Tensors"``. ``parse_layer_info`` reads both.
-- Runtime: name-based I/O (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) in both.
+- The network is always created strongly typed (``strongly_typed=True``): required on 10.x for FP16/INT8
+  from the ONNX types; on 11.x the STRONGLY_TYPED flag is "retained for API compatibility but is
+  ignored" (TensorRT 11.0 Python API, NetworkDefinitionCreationFlag). No precision builder flag is set
+  (``CreateConfig(fp16=False, int8=False)``): 10.x rejects them on strongly typed networks and 11.x
+  removed them, with implicit INT8 calibration. INT8 comes only from Q/DQ, FP16 only from the ONNX types.
+- Inspector JSON: per NVIDIA's "Migrating IEngineInspector Usage from TensorRT 10.x to 11.x" page
+  (docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html),
+  11.x replaces ``"Bindings"`` with ``"I/O Tensors"`` and splits the ``"Format/DataType"`` field;
+  ``tensor_precision`` reads a layer tensor's precision from either form.
+- Runtime: name-based I/O in both, through ``TrtRunner``.
 """
 
 from __future__ import annotations
@@ -60,31 +65,23 @@ def require_tensorrt():
 
 
 def cuda_device_count() -> int:
-    """CUDA devices through the runtime library (no torch, no pycuda); 0 when there is no driver/runtime."""
-    import ctypes
-    import ctypes.util
+    """CUDA devices through Polygraphy's CUDA wrapper; 0 when there is no driver/runtime.
 
-    names = ["libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"]
-    found = ctypes.util.find_library("cudart")
-    if found:
-        names.insert(0, found)
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        try:
-            return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
-        except AttributeError:
-            return 0
-    try:  # polygraphy's wrapper also finds pip-installed CUDA runtimes (nvidia-cuda-runtime-cu12)
+    Polygraphy >= 0.53 also looks in the pip ``nvidia-cuda-runtime-cuXX`` wheel's directory
+    (``polygraphy/cuda/cuda.py: _cuda_runtime_wheel_dirs``), hence the pin in pyproject.toml.
+    """
+    import ctypes
+
+    from polygraphy.logger import G_LOGGER
+
+    try:
         from polygraphy.cuda.cuda import wrapper
 
-        lib = wrapper().handle
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # its "could not find libcudart" warnings: ours to word
+            lib = wrapper().handle
         count = ctypes.c_int(0)
         return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
-    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all (OSError, PolygraphyException)
         return 0
 
 
@@ -94,10 +91,6 @@ def tensorrt_available() -> bool:
         return True
     except BertoptError:
         return False
-
-
-def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
 
 
 # ===================================================================================== ONNX preparation
@@ -117,7 +110,7 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
     """
     import onnx
 
-    from bertopt.backends.fp16 import convert_to_fp16
+    from bertopt.backends.fp16 import FP16_TINY, convert_to_fp16
     from bertopt.backends.onnxruntime import detect_precision
 
     model = onnx.load(str(src))
@@ -161,9 +154,12 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
     if precision in ("int8", "fp16") and graph_precision != "fp16":
         model, rep = convert_to_fp16(model, keep_fp32=tuple(keep_fp32))
         fp16 = rep.to_json()
-        if rep.qdq_scales_subnormal:
-            from bertopt.ui import note
+        from bertopt.ui import note
 
+        if rep.qdq_scales_clamped:
+            note(f"build: {rep.qdq_scales_clamped} Q/DQ scale value(s) would be 0 in FP16 (TensorRT rejects non-positive "
+                 f"scales): raised to FP16's smallest normal value {FP16_TINY:.3g}")
+        if rep.qdq_scales_subnormal:
             note(f"build: {rep.qdq_scales_subnormal} Q/DQ scale value(s) are below FP16's normal range and lose precision in FP16")
     return Prepared(model=model, precision=precision, expected_int8=expected, fp16=fp16)
 
@@ -303,8 +299,28 @@ def parse_layer_info(info: str | dict) -> list[LayerRecord]:
     return out
 
 
+_PROFILE_SUFFIX = re.compile(r"\s*\[profile \d+\]\s*$")
+
+
+def unique_layers(layers: Sequence[LayerRecord]) -> list[LayerRecord]:
+    """One record per layer: an engine with several optimization profiles lists each layer once per
+    profile (names of the later copies carry a ``[profile N]`` suffix). Counting them all would
+    multiply the GEMM counts by the number of profiles; the first copy is kept."""
+    seen: set[str] = set()
+    out = []
+    for layer in layers:
+        key = _PROFILE_SUFFIX.sub("", layer.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(layer)
+    return out
+
+
 def precision_map(layers: Sequence[LayerRecord]) -> dict:
-    """What goes into ``precision_map.json``: every layer, plus GEMM counts per precision."""
+    """What goes into ``precision_map.json``: every layer (once, see ``unique_layers``), plus GEMM
+    counts per precision."""
+    layers = unique_layers(layers)
     gemms: dict[str, int] = {}
     for layer in layers:
         if layer.is_gemm:
@@ -364,86 +380,146 @@ class EngineBuild:
     timing_cache: dict
 
 
+def polygraphy_profiles(profiles, input_names: Sequence[str], network_inputs: Sequence[str] | None = None) -> list:
+    """bertopt profiles -> ``polygraphy.backend.trt.Profile`` objects: every (batch, seq) input gets the
+    profile's (min, opt, max) shapes (``Profile.add(name, min, opt, max)``). Inputs the network does not
+    have (e.g. token_type_ids folded away) are left out when ``network_inputs`` is given."""
+    from polygraphy.backend.trt import Profile as PolyProfile
+
+    names = [n for n in input_names if network_inputs is None or n in network_inputs]
+    out = []
+    for prof in profiles:
+        lo, opt, hi = prof.shapes()
+        p = PolyProfile()
+        for name in names:
+            p.add(name, min=lo, opt=opt, max=hi)
+        out.append(p)
+    return out
+
+
+def graph_inputs(onnx_path: Path) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits]
+
+
+@dataclass
+class BuildLoaders:
+    """The Polygraphy loader chain of one build (nothing runs until ``engine_bytes()`` is called)."""
+    network: Any  # NetworkFromOnnxPath
+    config: Any  # CreateConfig
+    engine_bytes: Any  # EngineBytesFromNetwork
+
+
+def build_loaders(onnx_path: Path, profiles, input_names: Sequence[str], *, load_timing_cache: Any, save_timing_cache: Any,
+                  profiling_verbosity: Any = None, workspace_mib: int | None = None, memory_pool: Any = None) -> BuildLoaders:
+    """Compose the build: a strongly typed network from the ONNX file, a config with the profiles, the
+    timing cache and the profiling verbosity (DETAILED: the precision map needs per-layer types), no
+    precision flags (see the module docstring), TF32 off (Polygraphy's default: what the ONNX types
+    say is FP32 stays FP32, e.g. the kept LayerNorm/Softmax). ``profiling_verbosity``/``memory_pool`` are TensorRT
+    enum values, passed in so that composing needs no TensorRT."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    config = CreateConfig(
+        profiles=polygraphy_profiles(profiles, input_names, graph_inputs(onnx_path)),
+        load_timing_cache=load_timing_cache,
+        profiling_verbosity=profiling_verbosity,
+        memory_pool_limits={memory_pool: int(workspace_mib) << 20} if workspace_mib and memory_pool is not None else None,
+        fp16=False, int8=False, tf32=False,
+    )
+    return BuildLoaders(network, config, EngineBytesFromNetwork(network, config=config, save_timing_cache=save_timing_cache))
+
+
+def timing_cache_state(path: Path, config) -> str:
+    """``absent`` | ``usable`` | ``foreign`` (made by another GPU or TensorRT version, or unreadable);
+    ``config`` is a TensorRT builder config.
+
+    A cache is usable when TensorRT combines it into an empty one with ``ignore_mismatch=False``
+    (``ITimingCache.combine``: "must be generated by a TensorRT build of exact same version, otherwise
+    combine will be skipped and return false"; a cache from a different device needs ignore_mismatch).
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return "absent"
+    try:
+        old = config.create_timing_cache(path.read_bytes())
+        return "usable" if old is not None and config.create_timing_cache(b"").combine(old, False) else "foreign"
+    except Exception:  # noqa: BLE001 - the bindings raise on a cache they cannot parse
+        return "foreign"
+
+
 def build_engine(onnx_path: Path, profiles, input_names: Sequence[str], *, timing_cache: Path, workspace_mib: int | None = None,
                  log: Any = None) -> EngineBuild:
-    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine (TensorRT 10/11)."""
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine (TensorRT 10/11).
+
+    Timing cache: a usable cache file is loaded, and Polygraphy merges the build's entries back into it
+    (under its file lock). A cache from another GPU or TensorRT version is neither loaded nor merged:
+    Polygraphy's save merges with ``ignore_mismatch=True``, which would keep the other GPU's timings
+    under this GPU's header. The build starts from an empty cache and replaces the file, and says so.
+    """
+    import io
+
+    from polygraphy.backend.trt import util as trt_util
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
     trt = require_tensorrt()
     say = log or (lambda _m: None)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if trt_major(trt) < 11:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    # 11.x: strong typing is always on; the flag is deprecated and ignored, so it is not passed.
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BertoptError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[:600]}", hint="check the op support of your TensorRT version (trtexec --onnx=... --verbose)")
-    config = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector's precision map needs it
-    if workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    net_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-    for prof in profiles:
-        p = builder.create_optimization_profile()
-        lo, opt, hi = prof.shapes()
-        for name in input_names:
-            if name in net_inputs:
-                p.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(p)
-
-    cache_info: dict[str, Any] = {"path": str(timing_cache)}
-    old = b""
-    if timing_cache.is_file():
-        old = timing_cache.read_bytes()
-    try:
-        cache = config.create_timing_cache(old)
-        usable = cache is not None and config.set_timing_cache(cache, False)
-    except Exception:  # noqa: BLE001 - a cache from another TensorRT version or GPU
-        usable = False
-    if not usable:
-        if old:
-            cache_info["note"] = "existing cache was made by another TensorRT version or GPU; started a new one"
-        old = b""
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    cache_info["loaded_bytes"] = len(old)
-
+    state = timing_cache_state(timing_cache, trt.Builder(trt_util.get_trt_logger()).create_builder_config())
+    cache_info: dict[str, Any] = {"path": str(timing_cache), "state": state,
+                                  "loaded_bytes": timing_cache.stat().st_size if state == "usable" else 0}
+    fresh = io.BytesIO() if state == "foreign" else None
+    if state == "foreign":
+        cache_info["note"] = "the cache file was made by another GPU or TensorRT version: started a new one and replaced it"
+        say("timing cache from another GPU/TensorRT version: starting a new one")
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    loaders = build_loaders(onnx_path, profiles, input_names,
+                            load_timing_cache=str(timing_cache) if state == "usable" else None,
+                            save_timing_cache=fresh if fresh is not None else str(timing_cache),
+                            profiling_verbosity=trt.ProfilingVerbosity.DETAILED, workspace_mib=workspace_mib,
+                            memory_pool=trt.MemoryPoolType.WORKSPACE)
     say(f"building the TensorRT {trt.__version__} engine ({len(profiles)} profile(s))")
     t = time.perf_counter()
-    engine_bytes = builder.build_serialized_network(network, config)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.WARNING):  # Polygraphy's progress lines would mix into bertopt's output
+            engine_bytes = loaders.engine_bytes()
+    except PolygraphyException as e:  # a parser error or a failed build: Polygraphy logged TensorRT's reasons
+        raise BertoptError(f"{onnx_path}: TensorRT could not build an engine: {str(e)[:600]}",
+                           hint="check op support and profiles with `polygraphy run MODEL --trt --verbose` or trtexec --verbose") from None
     seconds = time.perf_counter() - t
-    if engine_bytes is None:
-        raise BertoptError(f"{onnx_path}: TensorRT could not build an engine (see the TensorRT log above)",
-                           hint="try fewer/smaller profiles, or check unsupported ops with trtexec --verbose")
-    _save_timing_cache(config, timing_cache, cache_info)
+    if fresh is not None:
+        _replace_file(timing_cache, fresh.getvalue())
+    cache_info["saved_bytes"] = timing_cache.stat().st_size if timing_cache.is_file() else 0
 
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    inspector = engine.create_engine_inspector()
-    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    engine = deserialize_engine(bytes(engine_bytes), onnx_path)
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     return EngineBuild(engine=bytes(engine_bytes), layer_info=info, tensorrt_version=str(trt.__version__),
                        build_seconds=round(seconds, 2), timing_cache=cache_info)
 
 
-def _save_timing_cache(config, path: Path, info: dict) -> None:
-    """Merge the build's cache into the file (written atomically: concurrent builds never see half a file)."""
-    cache = config.get_timing_cache()
-    if cache is None:
-        return
-    if path.is_file():
-        try:
-            prev = config.create_timing_cache(path.read_bytes())
-            if prev is not None:
-                cache.combine(prev, True)
-        except Exception:  # noqa: BLE001 - an unreadable old cache is replaced, not fatal
-            info["note"] = "old cache could not be merged; replaced"
-    data = bytes(cache.serialize())
-    path.parent.mkdir(parents=True, exist_ok=True)
+def deserialize_engine(data: bytes, where: Path):
+    """``runtime.deserialize_cuda_engine`` through Polygraphy's ``EngineFromBytes``; ``None`` (wrong
+    TensorRT version or GPU, a corrupt file) is a user error, not an AttributeError later."""
+    from polygraphy.backend.trt import EngineFromBytes
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        engine = EngineFromBytes(data)()
+    except PolygraphyException:
+        engine = None
+    if engine is None:
+        raise BertoptError(f"{where}: TensorRT cannot deserialize this engine",
+                           hint="engines are tied to the TensorRT version and GPU they were built with: rebuild it here")
+    return engine
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write atomically: a concurrent build never reads half a cache."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    info["saved_bytes"] = len(data)
 
 
 # ===================================================================================== stage
@@ -495,7 +571,7 @@ def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, tex
         with console.status("build: tensorrt") as status, w.timed("build"):
             eb = build_engine(onnx_out, profiles, input_names, timing_cache=cache_path, log=lambda m: status.update(f"build: {m}"))
         w.add_output("model", ENGINE_FILE).write_bytes(eb.engine)
-        layers = parse_layer_info(eb.layer_info)
+        layers = unique_layers(parse_layer_info(eb.layer_info))
         pmap = precision_map(layers)
         check = check_int8(layers, prepared.expected_int8) if prepared.precision == "int8" else None
         pmap["int8_check"] = check.to_json() if check else None
@@ -529,6 +605,8 @@ def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, tex
             )
     note(f"build: {out / ENGINE_FILE}  backend=tensorrt {eb.tensorrt_version} precision={prepared.precision} "
          f"GEMMs by precision {pmap['gemm_precisions']} profiles: {'; '.join(p.spec() for p in profiles)}")
+    if eb.timing_cache.get("note"):
+        note(f"build: timing cache {eb.timing_cache['path']}: {eb.timing_cache['note']}")
     if check is not None and check.unverified:
         note(f"build: {len(check.unverified)} quantized GEMM(s) sit in fused Myelin regions the inspector does not itemize: unverified")
     if verbose:
@@ -540,11 +618,13 @@ def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, tex
 
 # ===================================================================================== runner
 class TensorRTRunner:
-    """Run a built engine from numpy feeds; used by ``bench`` (and by a user's service).
+    """Run a built engine from numpy feeds through Polygraphy's ``TrtRunner``; used by ``bench`` (and by a
+    user's service).
 
-    ``runner(feeds) -> {output: array}`` copies host->device, executes and copies back.
-    ``runner.run_device_only(feeds)`` executes on inputs already on the device (uploaded on the
-    first call with these arrays) without copying anything, so ``bench`` can time both.
+    ``runner(feeds) -> {output: array}`` copies host->device, executes and copies back (float32 out).
+    ``runner.run_device_only(feeds)`` executes on inputs already on the device (uploaded once per
+    distinct feeds) with ``infer(copy_outputs_to_host=False)``, so ``bench`` can time both.
+    The engine's profile covering each (batch, seq) is chosen with ``TrtRunner.set_profile``.
     """
 
     def __init__(self, artifact_or_path: Any):
@@ -552,31 +632,28 @@ class TensorRTRunner:
         from bertopt.backends.profiles import Profile
 
         trt = require_tensorrt()
-        from polygraphy import cuda
+        from polygraphy.backend.trt import TrtRunner
+        from polygraphy.datatype import DataType
 
         art = artifact_or_path if isinstance(artifact_or_path, Artifact) else load_artifact(artifact_or_path)
         self.path = art.model_path
-        build = art.manifest.get("build", {})
-        self.profiles = [Profile.from_json(p) for p in build.get("profiles", [])]
-        self._trt = trt
-        self._cuda = cuda
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise BertoptError(f"{self.path}: TensorRT cannot deserialize this engine",
-                               hint="engines are tied to the TensorRT version and GPU they were built with: rebuild it here")
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
+        self.profiles = [Profile.from_json(p) for p in art.manifest.get("build", {}).get("profiles", [])]
+        self.engine = deserialize_engine(self.path.read_bytes(), self.path)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        # tensor dtypes through Polygraphy's DataType, as TrtRunner itself does (no trt.nptype)
+        self.dtypes = {n: np.dtype(DataType.to_dtype(DataType.from_dtype(self.engine.get_tensor_dtype(n), source_module="tensorrt"), "numpy"))
+                       for n in names}
+        self._runner = TrtRunner(self.engine, optimization_profile=0)
+        self._runner.activate()
         self._profile = 0
         self._device: dict[str, Any] = {}
         self._staged: tuple | None = None
 
     def _select_profile(self, batch: int, seq: int) -> None:
+        from polygraphy.exception import PolygraphyException
+
         from bertopt.backends.profiles import select_profile
 
         idx = select_profile(self.profiles, batch, seq) if self.profiles else 0
@@ -585,58 +662,53 @@ class TensorRTRunner:
             raise BertoptError(f"{self.path}: shape batch={batch} seq={seq} is outside the engine's profiles ({spans})",
                                hint="tokenize with truncation to the engine's max sequence length / split batches, or rebuild with a wider --profile")
         if idx != self._profile:
-            if not self.context.set_optimization_profile_async(idx, self.stream.ptr):
-                raise BertoptError(f"{self.path}: TensorRT refused optimization profile {idx}", hint="rebuild the engine")
+            try:
+                self._runner.set_profile(idx)
+            except PolygraphyException:
+                raise BertoptError(f"{self.path}: TensorRT refused optimization profile {idx}", hint="rebuild the engine") from None
             self._profile = idx
 
-    def _stage(self, feeds: dict[str, np.ndarray]) -> None:
+    def _host_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise BertoptError(f"{self.path}: the engine needs input(s) {', '.join(missing)}", hint="feed " + ", ".join(self.input_names))
         first = feeds[self.input_names[0]]
         self._select_profile(int(first.shape[0]), int(first.shape[1]))
-        for name in self.input_names:
-            if name not in feeds:
-                raise BertoptError(f"{self.path}: the engine needs input '{name}'", hint="feed " + ", ".join(self.input_names))
-            arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
-            buf = self._device.get(name)
-            if buf is None:
-                buf = self._device[name] = self._cuda.DeviceArray(shape=arr.shape, dtype=arr.dtype)
-            buf.resize(arr.shape)
-            buf.copy_from(arr, stream=self.stream)
-            if not self.context.set_input_shape(name, arr.shape):
-                raise BertoptError(f"{self.path}: input '{name}' shape {arr.shape} rejected by the engine", hint="check the engine's profiles")
-            self.context.set_tensor_address(name, buf.ptr)
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            buf = self._device.get(name)
-            if buf is None:
-                buf = self._device[name] = self._cuda.DeviceArray(shape=shape, dtype=self.dtypes[name])
-            buf.resize(shape)
-            self.context.set_tensor_address(name, buf.ptr)
-        self._staged = tuple((id(feeds[n]), feeds[n].shape) for n in self.input_names)
+        return {n: np.ascontiguousarray(feeds[n], dtype=self.dtypes[n]) for n in self.input_names}
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.ptr):
-            raise BertoptError(f"{self.path}: TensorRT execution failed (see the TensorRT log)", hint="rebuild the engine on this GPU")
+    def _infer(self, feeds: dict, **kw) -> dict:
+        from polygraphy.exception import PolygraphyException
+
+        try:
+            return self._runner.infer(feeds, **kw)
+        except PolygraphyException as e:
+            raise BertoptError(f"{self.path}: TensorRT execution failed ({str(e)[:300]})", hint="check the input shapes against the engine's profiles, or rebuild the engine on this GPU") from None
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._stage(feeds)
-        self._execute()
-        out = {}
-        for name in self.output_names:
-            buf = self._device[name]
-            host = np.empty(buf.shape, dtype=self.dtypes[name])
-            buf.copy_to(host, stream=self.stream)
-            out[name] = host
-        self.stream.synchronize()
-        return {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in out.items()}
+        out = self._infer(self._host_feeds(feeds))
+        # TrtRunner reuses its output buffers between calls: copy (and widen FP16) before returning
+        return {k: np.array(v, dtype=np.float32 if v.dtype == np.float16 else v.dtype) for k, v in out.items()}
 
     def run_device_only(self, feeds: dict[str, np.ndarray]) -> None:
         """Execute without host<->device copies (inputs uploaded once per distinct feeds)."""
-        key = tuple((id(feeds[n]), feeds[n].shape) for n in self.input_names)
+        from polygraphy import cuda
+        from polygraphy.datatype import DataType
+
+        key = tuple((id(feeds[n]), feeds[n].shape) for n in self.input_names if n in feeds)
         if key != self._staged:
-            self._stage(feeds)
-            self.stream.synchronize()
-        self._execute()
-        self.stream.synchronize()
+            for name, arr in self._host_feeds(feeds).items():
+                buf = self._device.get(name)
+                if buf is None:
+                    buf = self._device[name] = cuda.DeviceArray(shape=arr.shape, dtype=DataType.from_dtype(arr.dtype))
+                buf.resize(arr.shape)
+                buf.copy_from(arr)
+            self._staged = key
+        else:
+            first = feeds[self.input_names[0]]
+            self._select_profile(int(first.shape[0]), int(first.shape[1]))
+        # device inputs are used in place ("If the provided inputs already reside in GPU memory, no additional
+        # copies are made"); infer() synchronizes its stream before returning
+        self._infer(dict(self._device), check_inputs=False, copy_outputs_to_host=False)
 
     def time(self, feeds: dict[str, np.ndarray], iters: int = 50, warmup: int = 10, copies: bool = True) -> np.ndarray:
         """Latencies (ms) of ``iters`` calls, with (``copies``) or without host<->device copies."""
@@ -654,4 +726,4 @@ class TensorRTRunner:
         for buf in self._device.values():
             buf.free()
         self._device.clear()
-        self.stream.free()
+        self._runner.deactivate()
