@@ -142,7 +142,7 @@ def run_qat(
     exclude = list((DEFAULT_EXCLUDE if not init_from else ()) if exclude is None else exclude)
     _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
                    patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
-                   min_cosine=parity_min_mean_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
+                   parity_min_mean_cosine=parity_min_mean_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
     from bertopt.qat.budget import check_budget
 
     budget = min_cosine is not None or max_accuracy_drop is not None
@@ -388,7 +388,8 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     if env.main:
         par = art.manifest["metrics"]["parity"]
         console.print(
-            f"qat: {out / MODEL_FILE}  task={task}  {qsum['quantized_linears']} INT8 GEMMs, ORT int8 kernels "
+            f"qat: {out / MODEL_FILE}  task={task}  written: {art.manifest['quantization'].get('written', 'qat')}; "
+            f"{qsum['quantized_linears']} INT8 GEMMs trained, ORT int8 kernels "
             f"{art.manifest['metrics']['ort_int8_gemms']}; parity vs fake-quant torch: cosine mean {par['cosine_mean']:.5f} min {par['cosine_min']:.5f}"
             + (f", argmax agreement {par['argmax_agreement']:.4f}" if "argmax_agreement" in par else ""),
             markup=False,
@@ -510,7 +511,7 @@ def _choose(ctx: dict, qat_onnx: Path, params: dict, cfg: dict, held_texts, held
         goal.append(f"min cosine >= {params['min_cosine']}")
     if params.get("max_accuracy_drop") is not None:
         goal.append(f"accuracy drop <= {params['max_accuracy_drop']} points")
-    render(rec, f"qat: {'budget (' + ', '.join(goal) + ')' if budget else 'QAT vs its start'} on {source}, vs the FP32 model")
+    render(rec, f"qat: {'budget: ' + ', '.join(goal) if budget else 'QAT vs its start'} (vs FP32, {h.n if budget else len(texts)} held-out texts)")
     if budget:
         fb = rec.get("fallback")
         console.print(f"qat: budget {'met' if rec['passed'] else 'NOT met'}: writing '{rec['chosen']}'"
@@ -575,7 +576,7 @@ def _fmt_eval(e: dict) -> str:
 
 
 def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_every, patience, min_delta, max_length, calib_batches, temperature,
-                   limit, min_cosine, opset, weights) -> None:
+                   limit, parity_min_mean_cosine, opset, weights) -> None:
     def bad(name, value, rule):
         raise BertoptError(f"{name}={value}: {rule}", hint=f"fix --{name.replace('_', '-')}")
 
@@ -597,8 +598,8 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
         bad("val_fraction", val_fraction, "must be in (0, 1)")
     if not temperature > 0:
         bad("temperature", temperature, "must be positive")
-    if not -1 <= min_cosine <= 1:
-        bad("min_cosine", min_cosine, "must be in [-1, 1]")
+    if not -1 <= parity_min_mean_cosine <= 1:
+        bad("parity_min_mean_cosine", parity_min_mean_cosine, "must be in [-1, 1]")
     if not 14 <= opset <= 21:
         bad("opset", opset, "use an opset from 14 to 21 (17 gives LayerNormalization)")
     if any(x < 0 for x in weights) or weights[0] + weights[1] + weights[2] == 0:
