@@ -511,7 +511,7 @@ def _choose(ctx: dict, qat_onnx: Path, params: dict, cfg: dict, held_texts, held
         goal.append(f"min cosine >= {params['min_cosine']}")
     if params.get("max_accuracy_drop") is not None:
         goal.append(f"accuracy drop <= {params['max_accuracy_drop']} points")
-    render(rec, f"qat: {'budget: ' + ', '.join(goal) if budget else 'QAT vs its start'} (vs FP32, {h.n if budget else len(texts)} held-out texts)")
+    render(rec, f"qat: {'budget: ' + ', '.join(goal) if budget else 'QAT vs its start'} (vs FP32, {len(texts)} held-out texts)")
     if budget:
         fb = rec.get("fallback")
         console.print(f"qat: budget {'met' if rec['passed'] else 'NOT met'}: writing '{rec['chosen']}'"
