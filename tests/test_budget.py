@@ -1,6 +1,6 @@
-"""Accuracy budgets on ``calibrate`` (``--min-cosine`` / ``--max-accuracy-drop``): the search that puts
+"""Accuracy budgets on ``calibrate`` and ``qat`` (``--min-cosine`` / ``--max-accuracy-drop``): the search that puts
 GEMMs back in float on the real MiniLM and real S-Labs text, exit 3 when nothing meets the budget,
-bad budgets refused before any work."""
+bad budgets refused before any work; qat writes the more faithful of its QAT model and its start."""
 
 from __future__ import annotations
 
@@ -124,6 +124,11 @@ def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slab
     assert mx["params"]["start"] == "max" and mx["quantization"]["init_from"] is None
     assert m["metrics"]["initial"]["loss"] < mx["metrics"]["initial"]["loss"]
     assert m["metrics"]["best"]["loss"] <= m["metrics"]["initial"]["loss"]  # never worse than its start on held-out text
+    # and on ONNX Runtime: QAT's export and its start measured on the early-stopping texts, the better one written
+    sc = m["metrics"]["start_check"]
+    assert set(sc["candidates"]) == {"qat", "start"} and "passed" not in sc
+    best = max(sc["candidates"], key=lambda n: (sc["candidates"][n]["cosine_min"], sc["candidates"][n]["cosine_mean"]))
+    assert sc["chosen"] == best and m["quantization"]["written"] == best
 
 
 def test_accuracy_budget_arithmetic():
@@ -142,3 +147,101 @@ def test_accuracy_budget_arithmetic():
     assert r["accuracy"] == 0.5 and r["accuracy_drop_points"] == 25.0
     assert not meets(r, None, 20.0) and meets(r, None, 25.0)
     assert not meets(r | {"_cosine_min": 0.9}, 0.95, 30.0)
+
+
+# ------------------------------------------------------------------------------------------- qat
+QAT_SHORT = ["--limit", "240", "--steps", "1", "--batch-size", "16", "--max-length", "32"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--min-cosine", "1.5"], "--min-cosine 1.5 is out of range"),
+    (["--max-accuracy-drop", "-0.5"], "must be in [0, 100]"),
+    (["--max-accuracy-drop", "0.2"], "needs labeled held-out text"),
+    (["--eval", "x.csv"], "no budget is given"),
+    (["--parity-min-mean-cosine", "2"], "parity_min_mean_cosine=2.0: must be in [-1, 1]"),
+])
+def test_qat_bad_budgets_are_refused_before_any_work(minilm_dir, train_csv, tmp_path, args, msg):
+    out = tmp_path / "qat"
+    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(train_csv), "--text-column", "text", *args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error:" in r.stderr and msg in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_qat_budget_with_no_held_out_text_left_is_refused(minilm_dir, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization")
+    data = tmp_path / "few.txt"
+    data.write_text("".join(f"text number {i}\n" for i in range(40)))
+    out = tmp_path / "qat"
+    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(data), "--min-cosine", "0.99", "--eval-samples", "64")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error:" in r.stderr and "held out for the budget" in r.stderr and "--eval" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_qat_held_out_texts_are_never_training_texts(tmp_path):
+    """Without --eval the budget's texts are carved out of --data: after --limit when there are texts
+    beyond it, and the training copy of --data leaves them out (so calibration and training never see them)."""
+    from bertopt.data import load_texts
+    from bertopt.qat.budget import carve
+
+    data = tmp_path / "d.csv"
+    data.write_text("body,y\n" + "".join(f"text {i},{i % 2}\n" for i in range(100)))
+    h = carve(data, text_column="body", label_column="y", eval=None, eval_samples=10, limit=None, tmp=tmp_path)
+    tr = load_texts(h.train_file, text_column="body", label_column="y")
+    assert len(h.texts) == 10 and len(tr) == 90 and not set(h.texts) & set(tr.texts)
+    assert [int(v) for v in h.labels] == [int(t.split()[1]) % 2 for t in h.texts]
+    ev = load_texts(h.eval_file, text_column="body", label_column="y")  # calibrate's --eval reads it with the same columns
+    assert ev.texts == h.texts
+    h2 = carve(data, text_column="body", label_column=None, eval=None, eval_samples=10, limit=50, tmp=tmp_path)
+    assert all(int(t.split()[1]) >= 50 for t in h2.texts)
+    assert load_texts(h2.train_file, text_column="body").texts == [f"text {i}" for i in range(50)]
+
+
+@pytest.mark.slow
+def test_qat_budget_writes_the_more_faithful_candidate_and_it_measures_as_recorded(minilm_dir, train_csv, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization")
+    import onnx
+
+    from bertopt.artifacts import load_artifact
+    from bertopt.calibrators import collect
+    from bertopt.calibrators.sensitivity import Evaluator
+    from bertopt.data import load_texts, load_tokenizer
+    from bertopt.export import run_export
+
+    out = tmp_path / "qat"
+    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(train_csv), "--text-column", "text", *QAT_SHORT,
+                "--min-cosine", "0.9", "--eval-samples", str(HELD))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _manifest(out)
+    b = m["metrics"]["budget"]
+    assert b["passed"] and b["min_cosine"] == 0.9 and b["held_out"]["n"] == HELD and "never trained" in b["held_out"]["source"]
+    assert set(b["candidates"]) == {"qat", "start"} and "fallback" not in b
+    c = b["candidates"]
+    best = max(c, key=lambda n: (c[n]["cosine_min"], c[n]["cosine_mean"]))
+    assert b["chosen"] == best == m["quantization"]["written"]
+    # the written model measures as recorded, on the same held-out texts (those after --limit, seed 0)
+    from bertopt.calibrators.heldout import split_holdout
+
+    td = load_texts(train_csv, text_column="text")
+    idx, _ = split_holdout(td.texts, 240, HELD)
+    ref_art = run_export(minilm_dir, tmp_path / "fp32", task="feature-extraction")
+    ref = onnx.load(str(ref_art.model_path))
+    batches = collect.make_batches(load_tokenizer(ref_art.path / "tokenizer"), [td.texts[i] for i in idx], collect.model_inputs(ref), 32, 16)
+    got = Evaluator.for_model(ref, batches).error(onnx.load(str(load_artifact(out).model_path)))
+    assert abs(got["cosine_min"] - c[best]["cosine_min"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_qat_impossible_budget_falls_back_to_calibrates_search_then_exits_3(minilm_dir, train_csv, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization")
+    out = tmp_path / "qat"
+    r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(train_csv), "--text-column", "text", *QAT_SHORT,
+                "--start", "max", "--calib-batches", "2", "--min-cosine", "1.0", "--max-float", "1", "--eval-samples", str(HELD))
+    assert r.returncode == 3, r.stdout + r.stderr
+    err = r.stderr + r.stdout
+    assert "error:" in err and "best found" in err and "Traceback" not in err
+    b = _manifest(out)["metrics"]["budget"]
+    assert b["passed"] is False and set(b["candidates"]) == {"qat", "calibrate-budget"}
+    assert len(b["fallback"]["float_gemms"]) == 1  # --max-float 1: calibrate's search put one GEMM back in float
+    assert all(not c["meets_budget"] for c in b["candidates"].values())

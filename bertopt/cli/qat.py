@@ -20,7 +20,8 @@ PANELS = {
     "Training": ["epochs", "steps", "batch_size", "lr", "warmup_ratio", "eval_every", "patience", "min_delta", "temperature",
                  "output_weight", "hidden_weight", "attention_weight", "task_weight", "dropout", "seed", "checkpoint_dir", "resume"],
     "Quantization": ["init_from", "start", "calib_batches", "exclude", "quantize_bmm"],
-    "Export and checks": ["task", "pooling", "normalize", "opset", "output", "min_cosine"],
+    "Checks and budget": ["eval", "eval_samples", "output", "min_cosine", "max_accuracy_drop", "max_float", "parity_min_mean_cosine"],
+    "Export": ["task", "pooling", "normalize", "opset"],
 }
 
 
@@ -58,7 +59,12 @@ def command(
     pooling: Annotated[str, typer.Option(help="Sentence embedding output, as export: auto, mean, cls, none.")] = "auto",
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalize the pooled embedding (default: as export).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of the exported Q/DQ model.")] = 17,
-    min_cosine: Annotated[float, typer.Option(help="Exported ONNX (ORT int8) vs fake-quant torch: minimum mean cosine over held-out texts.")] = 0.99,
+    parity_min_mean_cosine: Annotated[float, typer.Option(help="Export check: the ONNX model (ORT int8) vs the fake-quant torch model, minimum MEAN cosine over held-out texts (was --min-cosine).")] = 0.99,
+    min_cosine: Annotated[Optional[float], typer.Option(help="Budget: min cosine of the output vs FP32 over held-out texts (as calibrate's); exit 3 with the best model if nothing meets it.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: classifier accuracy on --eval at most this many points below FP32 (labels: --label-column).")] = None,
+    eval: Annotated[Optional[str], typer.Option("--eval", help="Held-out text for the budget (default: --eval-samples texts carved out of --data, never trained on).")] = None,
+    eval_samples: Annotated[int, typer.Option(min=1, help="Without --eval: texts of --data held out for the budget.")] = 64,
+    max_float: Annotated[Optional[int], typer.Option(min=1, help="Budget fallback (calibrate's search): at most this many GEMMs back in float (default: a quarter).")] = None,
     checkpoint_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints go (default: .<out>.qat-checkpoint beside --out).")] = None,
     output: Annotated[Optional[str], typer.Option(help="Output the export parity check compares (default: chosen by shape; see README).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume a killed run from its checkpoint.")] = True,
@@ -74,5 +80,6 @@ def command(
         max_length=max_length, init_from=init_from, start=start, calib_batches=calib_batches, exclude=split_items(exclude), quantize_bmm=quantize_bmm,
         temperature=temperature, output_weight=output_weight, hidden_weight=hidden_weight, attention_weight=attention_weight, task_weight=task_weight, dropout=dropout, seed=seed,
         task=task, pooling=pooling, normalize=normalize, opset=opset,
-        min_cosine=min_cosine, checkpoint_dir=checkpoint_dir, output=output, resume=resume, force=force, verbose=verbose,
+        parity_min_mean_cosine=parity_min_mean_cosine, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=eval,
+        eval_samples=eval_samples, max_float=max_float, checkpoint_dir=checkpoint_dir, output=output, resume=resume, force=force, verbose=verbose,
     )

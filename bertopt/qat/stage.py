@@ -65,7 +65,12 @@ def run_qat(
     normalize: bool | None = None,
     opset: Opset = 17,
     seed: int = 0,
-    min_cosine: Cosine = 0.99,
+    parity_min_mean_cosine: Cosine = 0.99,
+    min_cosine: Cosine | None = None,
+    max_accuracy_drop: NonNegativeFloat | None = None,
+    eval: str | None = None,  # noqa: A002 - the CLI option is --eval
+    eval_samples: PositiveInt = 64,
+    max_float: PositiveInt | None = None,
     checkpoint_dir: str | None = None,
     output: str | None = None,
     resume: bool = True,
@@ -94,7 +99,13 @@ def run_qat(
       teacher runs without dropout, and a student that must match it output for output learns best
       from the same deterministic function (measured on the S-Labs classifier: with dropout the
       held-out distillation loss rose 15x during QAT from a calibrated start).
-    - ``min_cosine``: the exported ONNX on ONNX Runtime (int8 kernels) must agree with the fake-quant
+    - a budget, as calibrate's (:mod:`bertopt.qat.budget`): ``min_cosine`` (min over held-out texts of the
+      primary output's cosine vs the FP32 model) and/or ``max_accuracy_drop`` (points of accuracy below
+      FP32, labels from ``labels_column`` of ``eval``); held-out texts are ``eval`` or ``eval_samples``
+      texts carved out of ``data`` (never trained, early-stopped or calibrated on). The more faithful of
+      the QAT model and its start is written; if neither meets the budget, calibrate's search (at most
+      ``max_float`` GEMMs back to float) is the third candidate; nothing meets it: exit 3, best written.
+    - ``parity_min_mean_cosine``: the exported ONNX on ONNX Runtime (int8 kernels) must agree with the fake-quant
       torch model to at least this mean cosine over the held-out texts checked (logits rows or
       sentence embeddings). A mean, not a minimum: float noise that lands a value on a rounding
       boundary flips it by a whole quantization step, so single texts differ by more than float
@@ -114,7 +125,14 @@ def run_qat(
     exclude = list((DEFAULT_EXCLUDE if not init_from else ()) if exclude is None else exclude)
     _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
                    patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
-                   min_cosine=min_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
+                   parity_min_mean_cosine=parity_min_mean_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
+    from bertopt.qat.budget import check_budget
+
+    budget = min_cosine is not None or max_accuracy_drop is not None
+    if eval and not budget:
+        raise BertoptError("qat: --eval is the held-out text of a budget, and no budget is given",
+                           hint="add --min-cosine X and/or --max-accuracy-drop P (early stopping reads --val-data)")
+    check_budget(min_cosine, max_accuracy_drop, eval, labels_column if (eval or max_accuracy_drop is not None) else None, where="qat")
     if labels_column and task != "sequence-classification":
         raise BertoptError(f"--label-column '{labels_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
@@ -142,8 +160,14 @@ def run_qat(
         "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
         "start": "calibrate" if auto_start else (None if init_from else start), "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
         "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
-        "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed, "min_cosine": min_cosine,
+        "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed,
+        "parity_min_mean_cosine": parity_min_mean_cosine,
     }
+    if budget:
+        params.update(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=str(eval) if eval else None,
+                      eval_samples=None if eval else eval_samples, max_float=max_float)
+        if eval:
+            inputs["eval"] = _describe_data(resolve_path(eval))
     if output:
         outs = output_names(task, pooling)
         if output not in outs:
@@ -152,6 +176,7 @@ def run_qat(
         params["output"] = output
     if (done := up_to_date(out, "qat", inputs, params, force)) is not None:
         skipped("qat", out)
+        _budget_gate(done)
         return done
 
     try:
@@ -168,26 +193,60 @@ def run_qat(
     from bertopt.qat import dist
     from bertopt.qat.ranges import resolve_init_from
 
+    from bertopt.qat.budget import carve
+
     tmp = None
-    if auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
+    held_out = None
+    train_path, train_limit = data_path, limit
+    if auto_start or budget or init_path is not None:
         tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-")
-        cal = calibrated_start(model_dir, Path(tmp.name), data=str(data_path), text_column=text_column, task=task, pooling=pooling,
-                               normalize=bool(normalize), max_length=max_length, opset=opset)
-        init_path = resolve_init_from(cal)
-    env = dist.setup()
     try:
-        return _run(model_dir, out, cfg, env, task=task, pooling=pooling, normalize=bool(normalize), data_path=data_path,
-                    text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction, limit=limit,
-                    init_path=init_path, inputs=inputs, params=params, exclude=exclude, quantize_bmm=quantize_bmm,
-                    calib_batches=calib_batches, checkpoint_dir=checkpoint_dir, resume=resume, verbose=verbose)
+        if budget:  # held-out texts first: the calibration and training below never see them
+            held_out = carve(data_path, text_column=text_column, label_column=labels_column, eval=eval, eval_samples=eval_samples,
+                             limit=limit, tmp=Path(tmp.name))
+            if held_out.train_file is not None:
+                train_path, train_limit = held_out.train_file, None
+        fp32_dir = None
+        if auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
+            cal = calibrated_start(model_dir, Path(tmp.name), data=str(train_path), text_column=text_column, task=task, pooling=pooling,
+                                   normalize=bool(normalize), max_length=max_length, opset=opset)
+            init_path = resolve_init_from(cal)
+            fp32_dir = Path(tmp.name) / "export"
+        ctx = None
+        if tmp is not None:
+            ctx = {"tmp": Path(tmp.name), "fp32_dir": fp32_dir, "start": init_path, "held": held_out, "train_path": train_path,
+                   "model_dir": model_dir, "export_args": {"task": task, "pooling": pooling, "normalize": bool(normalize), "opset": opset}}
+        env = dist.setup()
+        try:
+            art = _run(model_dir, out, cfg, env, task=task, pooling=pooling, normalize=bool(normalize), data_path=train_path,
+                       text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction, limit=train_limit,
+                       init_path=init_path, inputs=inputs, params=params, exclude=exclude, quantize_bmm=quantize_bmm,
+                       calib_batches=calib_batches, checkpoint_dir=checkpoint_dir, resume=resume, verbose=verbose, ctx=ctx)
+        finally:
+            env.close()
     finally:
-        env.close()
         if tmp is not None:
             tmp.cleanup()
+    _budget_gate(art)
+    return art
+
+
+def _budget_gate(art: Artifact) -> None:
+    from bertopt.errors import QualityGateError
+
+    b = art.manifest.get("metrics", {}).get("budget")
+    if b and not b.get("passed", True):
+        c = b["candidates"][b["chosen"]]
+        raise QualityGateError(
+            f"qat: no candidate met the budget on {b['held_out']['n']} held-out texts; best found: '{b['chosen']}', "
+            f"cosine min {c['cosine_min']:.5f}" + (f", accuracy drop {c['accuracy_drop_points']:.2f} points" if "accuracy_drop_points" in c else "")
+            + f" (written to {art.path}, manifest budget.passed false)",
+            hint="relax the budget, raise --max-float, or train/calibrate on more text",
+        )
 
 
 def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize, data_path, text_column, labels_column, val_data,
-         val_fraction, limit, init_path, inputs, params, exclude, quantize_bmm, calib_batches, checkpoint_dir, resume, verbose) -> Artifact:
+         val_fraction, limit, init_path, inputs, params, exclude, quantize_bmm, calib_batches, checkpoint_dir, resume, verbose, ctx=None) -> Artifact:
     import torch
 
     from bertopt.data import load_texts
@@ -217,6 +276,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     if val_data:
         train_enc, held = enc, batches.encode(tokenizer, val_td.texts, val_labels, max_len, "token_type_ids" in input_names)
         held_texts = val_td.texts
+        held_labels = None if val_labels is None else [int(v) for v in val_labels]
     else:
         if len(enc) < 10:
             raise BertoptError(f"{data_path}: {len(enc)} texts are too few to hold some out for early stopping",
@@ -224,6 +284,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
         tr_rows, held_rows = batches.split_holdout(len(enc), val_fraction, params["seed"])
         train_enc, held = enc.subset(tr_rows), enc.subset(held_rows)
         held_texts = [train_td.texts[i] for i in held_rows]
+        held_labels = None if labels is None else [int(labels[i]) for i in held_rows]
 
     # ---- teacher and student
     with console.status(f"qat: loading {model_dir}") if env.main else contextlib.nullcontext():
@@ -294,7 +355,8 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     if env.main:
         try:
             _write(out, student.to("cpu"), tokenizer, model_dir, cfg, task=task, pooling=pooling, normalize=normalize, inputs=inputs,
-                   params=params, input_names=input_names, held_texts=held_texts, max_len=max_len, history=history, qsum=qsum,
+                   params=params, input_names=input_names, held_texts=held_texts, held_labels=held_labels, max_len=max_len, history=history, qsum=qsum,
+                   ctx=ctx,
                    init=init, env=env, verbose=verbose)
             ckpt.remove()
         except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
@@ -307,7 +369,8 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     if env.main:
         par = art.manifest["metrics"]["parity"]
         console.print(
-            f"qat: {out / MODEL_FILE}  task={task}  {qsum['quantized_linears']} INT8 GEMMs, ORT int8 kernels "
+            f"qat: {out / MODEL_FILE}  task={task}  written: {art.manifest['quantization'].get('written', 'qat')}; "
+            f"{qsum['quantized_linears']} INT8 GEMMs trained, ORT int8 kernels "
             f"{art.manifest['metrics']['ort_int8_gemms']}; parity vs fake-quant torch: cosine mean {par['cosine_mean']:.5f} min {par['cosine_min']:.5f}"
             + (f", argmax agreement {par['argmax_agreement']:.4f}" if "argmax_agreement" in par else ""),
             markup=False,
@@ -316,7 +379,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
 
 
 def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize, inputs, params, input_names, held_texts, max_len,
-           history, qsum, init, env, verbose) -> None:
+           history, qsum, init, env, verbose, held_labels=None, ctx=None) -> None:
     import torch
 
     from bertopt.export import make_wrapper
@@ -341,8 +404,24 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
             texts = held_texts[:PARITY_TEXTS]
             feeds = [_feeds(tokenizer, texts[i : i + 16], input_names, max_length=max_len) for i in range(0, len(texts), 16)]
             parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=params.get("output"))
-            kernels = ort_kernel_counts(onnx_path)
         note(f"qat: parity compared on output {parity['compared_output']}")
+        if parity["cosine_mean"] < params["parity_min_mean_cosine"]:
+            raise BertoptError(
+                f"the exported Q/DQ model differs from the fake-quant torch model: mean cosine {parity['cosine_mean']:.4f} "
+                f"< {params['parity_min_mean_cosine']} over {parity['texts']} held-out texts (min {parity['cosine_min']:.4f})",
+                hint="lower --parity-min-mean-cosine if you accept it, or report it (the exporter or ORT's kernels disagree with modelopt)",
+            )
+        chosen = None
+        if ctx is not None:
+            with w.timed("choose"):
+                chosen = _choose(ctx, onnx_path, params, cfg, held_texts, held_labels, max_len)
+            w.metrics["budget" if "passed" in chosen else "start_check"] = {k: v for k, v in chosen.items() if k != "chosen_path"}
+            if chosen["chosen"] != "qat":
+                import shutil
+
+                shutil.copyfile(chosen["chosen_path"], onnx_path)
+                note(f"qat: writing '{chosen['chosen']}' ({chosen['chosen_path'].parent.name}): it is more faithful on held-out text than the QAT model")
+        kernels = ort_kernel_counts(onnx_path)
         ops = op_counts(onnx_path)
         w.metrics.update({
             "parity": parity,
@@ -363,19 +442,62 @@ def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize,
             "float_linears": qsum["float_linears"],
             "bmm_quantizers": qsum["bmm_quantizers"],
             "init_from": init,
+            "written": "qat" if chosen is None else chosen["chosen"],
         }
-        if parity["cosine_mean"] < params["min_cosine"]:
-            raise BertoptError(
-                f"the exported Q/DQ model differs from the fake-quant torch model: mean cosine {parity['cosine_mean']:.4f} "
-                f"< {params['min_cosine']} over {parity['texts']} held-out texts (min {parity['cosine_min']:.4f})",
-                hint="lower --min-cosine if you accept it, or report it (the exporter or ORT's kernels disagree with modelopt)",
-            )
         if verbose:
             note("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
         w.copy_tokenizer(model_dir)
         w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": opset,
                                               "exporter": "legacy", "precision": "int8", "quantization": "qdq"}
         w.add_output("history", "qat_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
+
+
+def _choose(ctx: dict, qat_onnx: Path, params: dict, cfg: dict, held_texts, held_labels, max_len: int) -> dict:
+    """Which model to write: the QAT export, its start, or (budget missed) calibrate's budget search."""
+    from bertopt.artifacts import forget_outputs_under
+    from bertopt.export import run_export
+    from bertopt.qat.budget import CHECK_TEXTS, Chooser, fallback_calibrate, render
+
+    fp32_dir = ctx["fp32_dir"]
+    if fp32_dir is None:  # --init-from / --start max: an FP32 export as the reference
+        fp32_dir = ctx["tmp"] / "reference"
+        run_export(ctx["model_dir"], fp32_dir, **ctx["export_args"])
+        forget_outputs_under(ctx["tmp"])
+    fp32 = load_artifact(fp32_dir).model_path
+    h = ctx["held"]
+    budget = h is not None
+    if budget:
+        texts, labels, source = h.texts, h.labels, h.source
+    else:
+        texts = held_texts[:CHECK_TEXTS]
+        labels = held_labels[:CHECK_TEXTS] if held_labels is not None else None
+        source = f"{len(texts)} early-stopping texts"
+    ch = Chooser(fp32, texts, labels, source, max_len, min_cosine=params.get("min_cosine"), max_accuracy_drop=params.get("max_accuracy_drop"),
+                 id2label=cfg.get("id2label"), output=params.get("output"))
+    cands = {"qat": qat_onnx}
+    if ctx["start"] is not None:
+        cands["start"] = Path(ctx["start"])
+
+    def fallback():
+        return fallback_calibrate(fp32_dir, ctx["tmp"] / "calibrate-budget", data=ctx["train_path"], text_column=params["text_column"],
+                                  eval_file=h.eval_file, label_column=params["labels_column"], min_cosine=params.get("min_cosine"),
+                                  max_accuracy_drop=params.get("max_accuracy_drop"), max_float=params.get("max_float"), max_length=max_len)
+
+    with console.status(f"qat: measuring the QAT model{' and its start' if 'start' in cands else ''} on {source}"):
+        rec = ch.choose(cands, fallback if budget else None)
+    goal = []
+    if params.get("min_cosine") is not None:
+        goal.append(f"min cosine >= {params['min_cosine']}")
+    if params.get("max_accuracy_drop") is not None:
+        goal.append(f"accuracy drop <= {params['max_accuracy_drop']} points")
+    render(rec, f"qat: {'budget: ' + ', '.join(goal) if budget else 'QAT vs its start'} (vs FP32, {len(texts)} held-out texts)")
+    if budget:
+        fb = rec.get("fallback")
+        console.print(f"qat: budget {'met' if rec['passed'] else 'NOT met'}: writing '{rec['chosen']}'"
+                      + (f"; calibrate's search kept {len(fb['float_gemms'])} GEMMs in float ({', '.join(fb['float_gemms']) or 'none'}), "
+                         f"est. +{fb['est_latency_ms']} ms per 128-token sequence" if fb and rec["chosen"] == "calibrate-budget" else ""),
+                      markup=False)
+    return rec
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -433,7 +555,7 @@ def _fmt_eval(e: dict) -> str:
 
 
 def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_every, patience, min_delta, max_length, calib_batches, temperature,
-                   limit, min_cosine, opset, weights) -> None:
+                   limit, parity_min_mean_cosine, opset, weights) -> None:
     def bad(name, value, rule):
         raise BertoptError(f"{name}={value}: {rule}", hint=f"fix --{name.replace('_', '-')}")
 
@@ -455,8 +577,8 @@ def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_
         bad("val_fraction", val_fraction, "must be in (0, 1)")
     if not temperature > 0:
         bad("temperature", temperature, "must be positive")
-    if not -1 <= min_cosine <= 1:
-        bad("min_cosine", min_cosine, "must be in [-1, 1]")
+    if not -1 <= parity_min_mean_cosine <= 1:
+        bad("parity_min_mean_cosine", parity_min_mean_cosine, "must be in [-1, 1]")
     if not 14 <= opset <= 21:
         bad("opset", opset, "use an opset from 14 to 21 (17 gives LayerNormalization)")
     if any(x < 0 for x in weights) or weights[0] + weights[1] + weights[2] == 0:
