@@ -101,7 +101,7 @@ def run_qat(
       held-out distillation loss rose 15x during QAT from a calibrated start).
     - a budget, as calibrate's (:mod:`bertopt.qat.budget`): ``min_cosine`` (min over held-out texts of the
       primary output's cosine vs the FP32 model) and/or ``max_accuracy_drop`` (points of accuracy below
-      FP32, labels from ``labels_column`` of ``eval``); held-out texts are ``eval`` or ``eval_samples``
+      FP32, labels from ``label_column`` of ``eval``); held-out texts are ``eval`` or ``eval_samples``
       texts carved out of ``data`` (never trained, early-stopped or calibrated on). The more faithful of
       the QAT model and its start is written; if neither meets the budget, calibrate's search (at most
       ``max_float`` GEMMs back to float) is the third candidate; nothing meets it: exit 3, best written.
