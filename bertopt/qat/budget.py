@@ -7,7 +7,7 @@ checked up front by the same :func:`~bertopt.calibrators.heldout.check_budget` a
 :class:`~bertopt.calibrators.heldout.HeldOut` (ONNX Runtime, INT8 kernels, vs the FP32 export).
 
 Held-out texts are never training, early-stopping or calibration texts: ``--eval FILE``, or else
-``--eval-samples`` texts carved out of ``--data`` with a fixed seed (after ``--limit`` when there are
+``--eval-samples`` texts carved out of ``--data`` with a fixed seed (after ``--samples`` when there are
 texts beyond it); the rest of ``--data`` is what the internal calibration and training see.
 
 After training, the candidates are measured on those texts: the QAT export and its start (the
