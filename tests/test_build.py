@@ -222,7 +222,7 @@ def test_tune_feeds_from_real_text(exported_minilm, slabs_dir):
 
 def test_int8_gemm_biases_go_into_the_kernels(exported_minilm, slabs_dir, feeds, tmp_path):
     """On bertopt's own Q/DQ model every INT8 GEMM bias rides in MatMulIntegerToFloat (no Add after
-    it), and the built model gives the calibrated model's outputs exactly."""
+    it), Q/K/V are one INT8 GEMM, and the built model gives the calibrated model's outputs exactly."""
     import onnx
 
     from bertopt.calibrators.stage import run_calibrate
@@ -236,7 +236,10 @@ def test_int8_gemm_biases_go_into_the_kernels(exported_minilm, slabs_dir, feeds,
     g = onnx.load(str(art.model_path)).graph
     gemms = [n for n in g.node if n.op_type == "MatMulIntegerToFloat"]
     producers = {o: n for n in g.node for o in n.output}
-    assert len(gemms) == 36 and sum(len(n.input) > 6 and bool(n.input[6]) for n in gemms) == 18
+    # Q, K and V read one quantized input: one quantizer and one GEMM (+ Split) per layer instead of three
+    assert art.manifest["build"]["int8_gemms_merged"] == {"quantizers_shared": 12, "gemms_merged": 12}
+    assert len(gemms) == 24 and sum(len(n.input) > 6 and bool(n.input[6]) for n in gemms) == 18
+    assert sum(n.op_type == "QuantizeLinear" for n in g.node) == 24 and sum(n.op_type == "Split" for n in g.node) == 6
     assert not any(n.op_type == "Add" and any(producers.get(i) in gemms for i in n.input) for n in g.node)
     built = ortb.make_session(art.model_path, ortb.load_session_config(art.path)).run(None, feeds)
     plain = ortb.make_session(cal.model_path).run(None, feeds)

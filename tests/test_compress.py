@@ -79,6 +79,26 @@ def test_pruned_student_exports_fuses_calibrates_and_matches_pytorch(student, sl
     assert cos(cal.model_path).min() > 0.98
 
 
+def test_classifier_student_keeps_its_head_and_exports_logits(classifier_dir, tmp_path):
+    """The S-Labs classifier -> 1 layer, FFN 384 with the task loss (--label-column): the student is a
+    sequence classifier whose export gives logits, fuses to one attention, and whose held-out metric is accuracy."""
+    from bertopt.compress.stage import run_compress
+    from bertopt.export import run_export
+    from bertopt.passes.pipeline import run_fuse
+
+    art = run_compress(classifier_dir, tmp_path / "s", data=TRAIN, text_column="text", label_column="label", limit=160, layers=1,
+                       ffn_size=384, steps=4, batch_size=16, importance_batches=2, max_length=64)
+    m = art.manifest["metrics"]
+    assert m["student"]["layers"] == 1 and art.manifest["compression"]["kept_layers"] == [5]
+    assert 0.0 <= m["validation"]["accuracy"] <= 1.0 and "accuracy" in m["before_distillation"]
+    cfg = json.loads((art.path / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and cfg["id2label"] == json.loads((classifier_dir / "config.json").read_text())["id2label"]
+    exp = run_export(art.path, tmp_path / "export")
+    assert exp.model_info["task"] == "sequence-classification" and exp.model_info["num_layers"] == 1
+    fused = run_fuse(exp.path, tmp_path / "fuse", target="onnxruntime")
+    assert fused.manifest["metrics"]["passes"]["attention"] == 1
+
+
 def test_student_copies_the_kept_teacher_weights(minilm_dir, slabs_texts):
     """All layers and FFN kept: the teacher itself; the first 3 layers: the teacher's 3rd hidden state;
     FFN pruned: exactly the top-importance neurons, in order."""
@@ -157,7 +177,16 @@ def test_bad_inputs_write_nothing(minilm_dir, tmp_path):
     empty.write_text("")
     r = run_cli("compress", str(minilm_dir), "-o", str(out), "--data", str(empty), "--layers", "2")
     assert r.returncode == 1 and f"error: {empty}" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "gpt"]
+    no_config = tmp_path / "plain"
+    no_config.mkdir()
+    r = run_cli("compress", str(no_config), "-o", str(out), "--data", TRAIN, "--text-column", "text", "--layers", "2")
+    assert r.returncode == 1 and "error:" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("compress", str(minilm_dir), "-o", str(out), "--data", TRAIN, "--text-column", "text", "--val-data", str(empty), "--layers", "2",
+                "--limit", "40")
+    assert r.returncode == 1 and f"error: {empty}" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("compress", str(minilm_dir), "-o", str(out), "--data", TRAIN, "--text-column", "text", "--label-column", "label", "--layers", "2")
+    assert r.returncode == 1 and "error: --label-column 'label'" in r.stderr and "hint:" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "gpt", "plain"]
 
 
 def test_recipes_validate():

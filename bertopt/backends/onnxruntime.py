@@ -243,6 +243,115 @@ def _fold_one_bias(n, readers: dict, inits: dict, graph_outputs: set, g, dead: s
     return True
 
 
+def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
+    """Fewer kernels for the same arithmetic: INT8 GEMMs that read one quantized input become one GEMM.
+
+    ORT's Q/DQ fusion gives Q, K and V each their own ``QuantizeLinear`` of the same tensor (same scale
+    and zero point) and their own ``MatMulIntegerToFloat``. Identical quantizers become one, and the
+    GEMMs that then share an input, a scale and a zero point become one ``MatMulIntegerToFloat`` over
+    the concatenated weights (per-column scales, zero points and biases concatenated alike) followed
+    by a ``Split`` into the original outputs. Exact (every output column is computed as before). Each
+    kernel is one more hand-off to the intra-op threads, which costs most on small models at batch 1
+    with spinning off. Rewrites ``path`` in place; models with external weights are left alone.
+    Returns ``{"quantizers_shared": .., "gemms_merged": ..}`` (GEMMs removed).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    done = {"quantizers_shared": 0, "gemms_merged": 0}
+    if _external_data(path):
+        return done
+    m = onnx.load(str(path))
+    g = m.graph
+    if next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:  # Split takes sizes as an input from 13
+        return done
+    inits = {i.name: i for i in g.initializer}
+    arrays: dict[str, np.ndarray] = {}
+
+    def const(name: str) -> np.ndarray | None:
+        if name not in inits:
+            return None
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name])
+        return arrays[name]
+
+    def key_of(name: str):
+        v = const(name)
+        return (name,) if v is None else (str(v.dtype), v.shape, v.tobytes())
+
+    graph_outputs = {o.name for o in g.output}
+    nodes_in_order = list(g.node)  # one wrapper per node for the whole rewrite: the id()s below stay valid
+    dead: set[int] = set()
+    rename: dict[str, str] = {}
+    first: dict[tuple, Any] = {}
+    for n in nodes_in_order:
+        if n.op_type != "QuantizeLinear" or n.domain not in ("", "ai.onnx") or n.output[0] in graph_outputs:
+            continue
+        k = (n.input[0], *(key_of(i) for i in n.input[1:]), tuple(sorted(a.SerializeToString() for a in n.attribute)))
+        if k in first:
+            rename[n.output[0]] = first[k].output[0]
+            dead.add(id(n))
+        else:
+            first[k] = n
+    for n in nodes_in_order:
+        for j, i in enumerate(n.input):
+            if i in rename:
+                n.input[j] = rename[i]
+    done["quantizers_shared"] = len(dead)
+
+    groups: dict[tuple, list] = {}
+    for n in nodes_in_order:
+        if n.op_type != "MatMulIntegerToFloat" or n.domain != "com.microsoft" or id(n) in dead:
+            continue
+        ins = list(n.input) + [""] * (7 - len(n.input))
+        w = const(ins[1])
+        if w is None or w.ndim != 2 or any(ins[j] and const(ins[j]) is None for j in (3, 5, 6)) or n.output[0] in graph_outputs:
+            continue
+        groups.setdefault((ins[0], key_of(ins[2]), key_of(ins[4]) if ins[4] else None, str(w.dtype), w.shape[0]), []).append(n)
+    replace: dict[int, list] = {}
+    for nodes in groups.values():
+        if len(nodes) < 2:
+            continue
+        ins = [list(n.input) + [""] * (7 - len(n.input)) for n in nodes]
+        ws = [const(i[1]) for i in ins]
+        cols = [w.shape[1] for w in ws]
+
+        def cat(idx: int, fill, dtype):
+            return np.concatenate([np.broadcast_to(const(i[idx]).reshape(-1), (c,)) if i[idx] else np.full(c, fill, dtype)
+                                   for i, c in zip(ins, cols)]).astype(dtype)
+
+        base = nodes[0].name or nodes[0].output[0]
+        new = {
+            f"{base}/merged/B": np.concatenate(ws, axis=1),
+            f"{base}/merged/b_scale": cat(3, 1.0, np.float32),
+            f"{base}/merged/b_zero_point": cat(5, 0, ws[0].dtype),
+            f"{base}/merged/split": np.asarray(cols, np.int64),
+        }
+        if any(i[6] for i in ins):
+            new[f"{base}/merged/bias"] = cat(6, 0.0, np.float32)
+        for name, v in new.items():
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
+        mm = helper.make_node("MatMulIntegerToFloat", [ins[0][0], f"{base}/merged/B", ins[0][2], f"{base}/merged/b_scale", ins[0][4],
+                                                       f"{base}/merged/b_zero_point", f"{base}/merged/bias" if any(i[6] for i in ins) else ""],
+                              [f"{base}/merged/out"], name=f"{base}/merged", domain="com.microsoft")
+        split = helper.make_node("Split", [f"{base}/merged/out", f"{base}/merged/split"], [n.output[0] for n in nodes], name=f"{base}/merged/Split", axis=-1)
+        replace[id(nodes[0])] = [mm, split]  # where the first one was: its inputs exist by then, its readers come later
+        dead |= {id(n) for n in nodes}
+        done["gemms_merged"] += len(nodes) - 1
+    if not dead:
+        return done
+    from bertopt.passes.common import drop_unused_initializers
+
+    keep = []
+    for n in nodes_in_order:
+        keep += replace.get(id(n), [] if id(n) in dead else [n])
+    del g.node[:]
+    g.node.extend(keep)
+    drop_unused_initializers(m)
+    onnx.save(m, str(path))
+    return done
+
+
 def build_onnxruntime(
     src: Path,
     out_dir: Path,
@@ -258,7 +367,8 @@ def build_onnxruntime(
 ) -> dict:
     """Write ``model.onnx`` (offline-optimized) + ``session.json`` into ``out_dir``; return what was decided.
 
-    After ORT's optimizer, the biases of its INT8 GEMMs go into the kernels (:func:`fold_int8_gemm_bias`).
+    After ORT's optimizer, the biases of its INT8 GEMMs go into the kernels (:func:`fold_int8_gemm_bias`)
+    and INT8 GEMMs that read one quantized input become one (:func:`merge_int8_gemms_sharing_input`).
 
     Without ``tune`` the graph is optimized at ``ORT_ENABLE_EXTENDED`` (portable: no hardware-specific
     layouts) and the session uses :func:`default_session_config`. With ``tune`` a small search is
@@ -277,6 +387,7 @@ def build_onnxruntime(
     say("optimizing the graph offline (ORT_ENABLE_EXTENDED)")
     ort_optimize(src, model_out, "ORT_ENABLE_EXTENDED")
     decision["int8_gemm_bias_folded"] = fold_int8_gemm_bias(model_out)
+    decision["int8_gemms_merged"] = merge_int8_gemms_sharing_input(model_out)
     decision["ops_before"] = op_counts(src)
     if not tune:
         cfg = base
@@ -348,6 +459,7 @@ def _variants(src: Path, model_out: Path, tmp: Path, base: dict, decision: dict,
     say("optimizing the graph offline (ORT_ENABLE_ALL) for comparison")
     ort_optimize(src, all_path, "ORT_ENABLE_ALL")
     fold_int8_gemm_bias(all_path)
+    merge_int8_gemms_sharing_input(all_path)
     variants: dict[str, tuple[Path, dict | None]] = {"input model, plain": (src, None), "extended": (model_out, base)}
     if op_counts(all_path) != op_counts(model_out):
         variants["all (hardware-specific)"] = (all_path, base)
