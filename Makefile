@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test classifier clean
+.PHONY: all venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test lint classifier clean
 
 all: run
 
@@ -84,8 +84,12 @@ bbc-classifier: $(BBC_MODEL)/config.json
 run-bbc: bbc-classifier
 	$(BIN)/bertopt run recipes/bbc-classifier.yaml
 
-test: venv classifier
+test: venv classifier lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# pyflakes and a few bug-finding rules (pyproject.toml [tool.ruff]); part of make test.
+lint: venv
+	$(BIN)/ruff check bertopt tests benchmarks examples
 
 clean:
 	rm -rf runs .pytest_cache

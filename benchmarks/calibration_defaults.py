@@ -4,7 +4,7 @@ histograms, each measured as embedding cosine vs the FP32 model over all 2,101 S
 
     .venv/bin/python benchmarks/calibration_defaults.py FUSED_ARTIFACT SAMPLES ALPHA
 """
-import sys, time, json, itertools
+import sys, time
 import numpy as np
 from bertopt.artifacts import load_artifact
 from bertopt.calibrators.stage import _Job, _load_model, DEFAULT_EXCLUDE

@@ -13,7 +13,6 @@ from bertopt.cli.main import app
 
 
 def _cli(*args):
-    from bertopt.cli.main import report_error
     from bertopt.errors import BertoptError
 
     r = CliRunner().invoke(app, [str(a) for a in args])

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, ort_optimize  # noqa: F401 - detect_precision: backends read it here
+from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, opset_version, ort_optimize  # noqa: F401 - detect_precision: backends read it here
 
 SESSION_FILE = "session.json"
 
@@ -259,11 +259,11 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
     from onnx import helper, numpy_helper
 
     done = {"quantizers_shared": 0, "gemms_merged": 0}
-    if _external_data(path):
+    if external_data(path):
         return done
     m = onnx.load(str(path))
     g = m.graph
-    if next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:  # Split takes sizes as an input from 13
+    if opset_version(m) < 13:  # Split takes sizes as an input from 13
         return done
     inits = {i.name: i for i in g.initializer}
     arrays: dict[str, np.ndarray] = {}

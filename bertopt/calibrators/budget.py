@@ -216,7 +216,6 @@ def apply_budget(job, td, tok, names) -> None:
     quant = list(job.quant)
     max_float = p.get("max_float") or max(1, len(quant) // 4)
 
-    quant_of = {t.node: t for t in quant}
     min_cos, max_drop = p.get("min_cosine"), p.get("max_accuracy_drop")
     start = held.measure(merge_qkv_bias(job.build(quant))[0])
     ranking: list[str] = []

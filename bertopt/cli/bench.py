@@ -12,7 +12,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bertopt.cli.options import Force, JsonOut, Quiet, Threads, Verbose, parse_int_list
+from bertopt.cli.options import Force, JsonOut, Quiet, Verbose, parse_int_list
 
 PANELS = {
     "Shapes and timing": ["batch", "seq", "lengths", "sort", "threads", "warmup", "iters", "repeats"],
@@ -49,7 +49,7 @@ def command(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    from bertopt.bench.stage import render, run_bench
+    from bertopt.bench.stage import run_bench
     from bertopt.errors import QualityGateError
 
     try:

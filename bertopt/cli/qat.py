@@ -8,7 +8,6 @@ resumes from its checkpoint when started again. Data-parallel with no change:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
