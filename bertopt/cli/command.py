@@ -126,9 +126,8 @@ def _metavar(p, ctx) -> str:
 
 def _help(p, ctx) -> str:
     bits = [" ".join((p.help or "").split())]
-    if isinstance(p, TyperArgument) or getattr(p, "required", False):
-        if p.required:
-            bits.append("[required]")
+    if getattr(p, "required", False):
+        bits.append("[required]")
     if isinstance(p, TyperOption) and not p.required and p.name != "help":
         d = p.default
         if p.is_flag and p.secondary_opts:
