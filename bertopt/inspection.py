@@ -47,6 +47,10 @@ def graph_summary(model_path: Path) -> dict:
         n = producer.get(name)
         return n is not None and n.op_type == "DequantizeLinear"
 
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     ops: dict[str, int] = {}
     float_compute: dict[str, int] = {}
     weight = {"total": 0, "int8": 0, "float": []}
@@ -57,8 +61,11 @@ def graph_summary(model_path: Path) -> dict:
         if n.op_type in FLOAT_COMPUTE:
             float_compute[n.op_type] = float_compute.get(n.op_type, 0) + 1
         if n.op_type in INT8_GEMM_OPS:
-            weight["total"] += 1
-            weight["int8"] += 1
+            # build runs Q/K/V as one GEMM + Split: count the GEMMs it stands for
+            r = readers.get(n.output[0], [])
+            k = len(r[0].output) if len(r) == 1 and r[0].op_type == "Split" else 1
+            weight["total"] += k
+            weight["int8"] += k
         elif n.op_type in GEMM_OPS:
             is_weight = any(from_weight(i) for i in n.input[:2])
             int8 = all(dq_fed(i) for i in n.input[:2])
