@@ -35,7 +35,8 @@ def latency_sweep(
     advance=lambda: None,
 ) -> dict[str, list[dict]]:
     """For each shape: ``repeats`` passes; in each pass every runner does ``iters`` timed calls in
-    turn (interleaved, so drift on a noisy machine hits all runners alike). Percentiles are over
+    turn (interleaved, so drift on a noisy machine hits all runners alike; the order reverses every
+    other pass). Percentiles are over
     all timed calls; ``pass_medians_ms`` keeps each pass's median to show the drift."""
     out: dict[str, list[dict]] = {r.name: [] for r in runners}
     for batch, seq in grid:
@@ -52,8 +53,10 @@ def latency_sweep(
         for r in active:
             for _ in range(warmup):
                 r(feeds[r.name])
-        for _ in range(repeats):
-            for r in active:
+        for rep in range(repeats):
+            # reversed every other pass: under load the runner that goes first in a pass measured
+            # ~1.3x faster than an identical one after it (same CPU time), so no runner keeps that seat
+            for r in active if rep % 2 == 0 else active[::-1]:
                 f = feeds[r.name]
                 t_pass = []
                 for _ in range(iters):
