@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bertopt.graph import opset_version
+
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_TINY = float(np.finfo(np.float16).tiny)  # 6.1e-5, the smallest positive normal FP16 value
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -50,10 +52,6 @@ class Fp16Report:
         return dict(self.__dict__)
 
 
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def convert_to_fp16(model, keep_fp32: tuple[str, ...] | list[str] = DEFAULT_KEEP, keep_io_types: bool = True):
     """Return ``(fp16_model, Fp16Report)``; ``model`` is not modified."""
     import onnx
@@ -72,7 +70,7 @@ def _to_qdq_opset(model):
     """FP16 Q/DQ scales need opset 19: move a Q/DQ graph there first."""
     from bertopt.errors import BertoptError
 
-    rep = Fp16Report(opset_from=default_opset(model))
+    rep = Fp16Report(opset_from=opset_version(model))
     if {n.op_type for n in model.graph.node} & set(QDQ_OPS) and rep.opset_from < 19:
         from onnx import version_converter
 
@@ -83,7 +81,7 @@ def _to_qdq_opset(model):
                 f"cannot move the Q/DQ graph from opset {rep.opset_from} to 19 for FP16 scales ({type(e).__name__}: {str(e)[:200]})",
                 hint="export (and quantize) at opset 19 or newer",
             ) from None
-    rep.opset_to = default_opset(model)
+    rep.opset_to = opset_version(model)
     return model, rep
 
 

@@ -13,6 +13,7 @@ model.safetensors + tokenizer, sentence-transformers files copied) with manifest
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Literal
 from bertopt.artifacts import MANIFEST, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.params import HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt, accepts_renamed
-from bertopt.models import TASKS, default_task, read_config, sentence_transformers_pooling
+from bertopt.models import TASKS, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.qat.train import Checkpointer
 from bertopt.ui import console, note, skipped
@@ -96,15 +97,8 @@ def run_compress(
     if cfg["model_type"] not in COMPRESSIBLE:
         raise BertoptError(f"{model_dir / 'config.json'}: compress does not support model_type '{cfg['model_type']}'",
                            hint="compress takes BERT-style encoders: " + ", ".join(COMPRESSIBLE))
-    task = task or default_task(cfg)
-    if task not in TASKS:
-        raise BertoptError(f"unknown task '{task}'", hint="tasks: " + ", ".join(TASKS))
-    if pooling == "auto":
-        pooling = (sentence_transformers_pooling(model_dir) or "none") if task == "feature-extraction" else "none"
-    if pooling not in ("mean", "cls", "none"):
-        raise BertoptError(f"unknown pooling '{pooling}'", hint="pooling: auto, mean, cls, none")
-    if task == "sequence-classification":
-        pooling = "none"
+    task = resolve_task(cfg, task)
+    pooling, _ = resolve_head(model_dir, task, pooling)
     n_teacher = int(cfg.get("num_hidden_layers") or 0)
     full_ffn = int(cfg.get("intermediate_size") or 0)
     keep = _keep_layers(layers, select, n_teacher)
@@ -216,7 +210,7 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, data_path
     if ffn_size < cfg["intermediate_size"]:
         lengths = [len(x) for x in train_enc.ids]
         rows = batches.epoch_batches(lengths, params["batch_size"], params["seed"], 0)[: params["importance_batches"]]
-        with console.status("compress: ranking FFN neurons on the training text") if env.main else _Null():
+        with console.status("compress: ranking FFN neurons on the training text") if env.main else contextlib.nullcontext():
             importance = prune.ffn_importance(teacher, [batches.collate(train_enc, r, env.device) for r in rows], keep)
     student, neurons = prune.build_student(teacher, keep, ffn_size, importance)
     student = student.to(env.device)
@@ -310,12 +304,4 @@ def _write(out, student, tokenizer, model_dir, *, task, inputs, params, history,
         }
         w.extra["training"] = {k: v for k, v in history.items() if k not in ("initial", "best")}
         w.add_output("history", "compress_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
