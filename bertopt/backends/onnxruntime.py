@@ -340,7 +340,6 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
         done["gemms_merged"] += len(nodes) - 1
     if not dead:
         return done
-    from bertopt.passes.common import drop_unused_initializers
 
     keep = []
     for n in nodes_in_order:
