@@ -114,7 +114,7 @@ def run_compress(
         raise BertoptError(f"importance_batches={importance_batches}: must be at least 1", hint="fix --importance-batches")
     _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup_ratio, val_fraction=val_fraction, eval_every=eval_every,
                    patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=1, temperature=temperature, limit=samples,
-                   min_cosine=0.0, opset=17, weights=(output_weight, hidden_weight, 0.0, task_weight))
+                   parity_min_mean_cosine=0.0, opset=17, weights=(output_weight, hidden_weight, 0.0, task_weight))
     if label_column and task != "sequence-classification":
         raise BertoptError(f"--label-column '{label_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
