@@ -480,7 +480,7 @@ def _choose(ctx: dict, qat_onnx: Path, params: dict, cfg: dict, held_texts, held
 
     def fallback():
         return fallback_calibrate(fp32_dir, ctx["tmp"] / "calibrate-budget", data=ctx["train_path"], text_column=params["text_column"],
-                                  eval_file=h.eval_file, label_column=params["labels_column"], min_cosine=params.get("min_cosine"),
+                                  eval_file=h.eval_file, label_column=params["label_column"], min_cosine=params.get("min_cosine"),
                                   max_accuracy_drop=params.get("max_accuracy_drop"), max_float=params.get("max_float"), max_length=max_len)
 
     with console.status(f"qat: measuring the QAT model{' and its start' if 'start' in cands else ''} on {source}"):
