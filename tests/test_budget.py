@@ -244,5 +244,7 @@ def test_qat_impossible_budget_falls_back_to_calibrates_search_then_exits_3(mini
     assert "error:" in err and "best found" in err and "Traceback" not in err
     b = _manifest(out)["metrics"]["budget"]
     assert b["passed"] is False and set(b["candidates"]) == {"qat", "calibrate-budget"}
-    assert len(b["fallback"]["float_gemms"]) == 1  # --max-float 1: calibrate's search put one GEMM back in float
+    # --max-float 1: calibrate's search tried one GEMM back in float; when nothing meets the budget it keeps
+    # the candidate closest to it, which may be the all-INT8 start
+    assert len(b["fallback"]["steps"]) == 1 and len(b["fallback"]["float_gemms"]) <= 1
     assert all(not c["meets_budget"] for c in b["candidates"].values())
