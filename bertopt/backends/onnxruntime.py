@@ -301,7 +301,7 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
 
     groups: dict[tuple, list] = {}
     for n in nodes_in_order:
-        if n.op_type != "MatMulIntegerToFloat" or n.domain != "com.microsoft" or id(n) in dead:
+        if n.op_type != "MatMulIntegerToFloat" or n.domain != MS_DOMAIN or id(n) in dead:
             continue
         ins = list(n.input) + [""] * (7 - len(n.input))
         w = const(ins[1])
@@ -333,7 +333,7 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
             g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
         mm = helper.make_node("MatMulIntegerToFloat", [ins[0][0], f"{base}/merged/B", ins[0][2], f"{base}/merged/b_scale", ins[0][4],
                                                        f"{base}/merged/b_zero_point", f"{base}/merged/bias" if any(i[6] for i in ins) else ""],
-                              [f"{base}/merged/out"], name=f"{base}/merged", domain="com.microsoft")
+                              [f"{base}/merged/out"], name=f"{base}/merged", domain=MS_DOMAIN)
         split = helper.make_node("Split", [f"{base}/merged/out", f"{base}/merged/split"], [n.output[0] for n in nodes], name=f"{base}/merged/Split", axis=-1)
         replace[id(nodes[0])] = [mm, split]  # where the first one was: its inputs exist by then, its readers come later
         dead |= {id(n) for n in nodes}
