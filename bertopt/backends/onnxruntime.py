@@ -243,6 +243,96 @@ def _fold_one_bias(n, readers: dict, inits: dict, graph_outputs: set, g, dead: s
     return True
 
 
+class _Consts:
+    """The graph's initializers as numpy arrays (converted once) and hashable keys of inputs."""
+
+    def __init__(self, g):
+        self.inits = {i.name: i for i in g.initializer}
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        if name not in self.inits:
+            return None
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.inits[name])
+        return self.arrays[name]
+
+    def key(self, name: str):
+        """The value of a constant input (equal constants give equal keys); the name of any other input."""
+        v = self.get(name)
+        return (name,) if v is None else (str(v.dtype), v.shape, v.tobytes())
+
+
+def _share_quantizers(nodes_in_order: list, consts: _Consts, graph_outputs: set, dead: set) -> int:
+    """Identical ``QuantizeLinear`` of one tensor become the first of them; returns how many went."""
+    rename: dict[str, str] = {}
+    first: dict[tuple, Any] = {}
+    before = len(dead)
+    for n in nodes_in_order:
+        if n.op_type != "QuantizeLinear" or n.domain not in ("", "ai.onnx") or n.output[0] in graph_outputs:
+            continue
+        k = (n.input[0], *(consts.key(i) for i in n.input[1:]), tuple(sorted(a.SerializeToString() for a in n.attribute)))
+        if k in first:
+            rename[n.output[0]] = first[k].output[0]
+            dead.add(id(n))
+        else:
+            first[k] = n
+    for n in nodes_in_order:
+        for j, i in enumerate(n.input):
+            if i in rename:
+                n.input[j] = rename[i]
+    return len(dead) - before
+
+
+def _gemms_sharing_input(nodes_in_order: list, consts: _Consts, graph_outputs: set, dead: set) -> list[list]:
+    """``MatMulIntegerToFloat`` nodes with constant 2-D weights, grouped by input, scale, zero point, dtype, rows."""
+    groups: dict[tuple, list] = {}
+    for n in nodes_in_order:
+        if n.op_type != "MatMulIntegerToFloat" or n.domain != MS_DOMAIN or id(n) in dead:
+            continue
+        ins = list(n.input) + [""] * (7 - len(n.input))
+        w = consts.get(ins[1])
+        if w is None or w.ndim != 2 or any(ins[j] and consts.get(ins[j]) is None for j in (3, 5, 6)) or n.output[0] in graph_outputs:
+            continue
+        groups.setdefault((ins[0], consts.key(ins[2]), consts.key(ins[4]) if ins[4] else None, str(w.dtype), w.shape[0]), []).append(n)
+    return [nodes for nodes in groups.values() if len(nodes) >= 2]
+
+
+def _merge_gemms(nodes: list, consts: _Consts, g) -> list:
+    """One ``MatMulIntegerToFloat`` over the concatenated weights + a ``Split`` into ``nodes``' outputs.
+
+    Adds the concatenated initializers to ``g``; returns the two new nodes.
+    """
+    from onnx import helper, numpy_helper
+
+    ins = [list(n.input) + [""] * (7 - len(n.input)) for n in nodes]
+    ws = [consts.get(i[1]) for i in ins]
+    cols = [w.shape[1] for w in ws]
+
+    def cat(idx: int, fill, dtype):
+        return np.concatenate([np.broadcast_to(consts.get(i[idx]).reshape(-1), (c,)) if i[idx] else np.full(c, fill, dtype)
+                               for i, c in zip(ins, cols)]).astype(dtype)
+
+    base = nodes[0].name or nodes[0].output[0]
+    new = {
+        f"{base}/merged/B": np.concatenate(ws, axis=1),
+        f"{base}/merged/b_scale": cat(3, 1.0, np.float32),
+        f"{base}/merged/b_zero_point": cat(5, 0, ws[0].dtype),
+        f"{base}/merged/split": np.asarray(cols, np.int64),
+    }
+    if any(i[6] for i in ins):
+        new[f"{base}/merged/bias"] = cat(6, 0.0, np.float32)
+    for name, v in new.items():
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
+    mm = helper.make_node("MatMulIntegerToFloat", [ins[0][0], f"{base}/merged/B", ins[0][2], f"{base}/merged/b_scale", ins[0][4],
+                                                   f"{base}/merged/b_zero_point", f"{base}/merged/bias" if any(i[6] for i in ins) else ""],
+                          [f"{base}/merged/out"], name=f"{base}/merged", domain=MS_DOMAIN)
+    split = helper.make_node("Split", [f"{base}/merged/out", f"{base}/merged/split"], [n.output[0] for n in nodes], name=f"{base}/merged/Split", axis=-1)
+    return [mm, split]
+
+
 def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
     """Fewer kernels for the same arithmetic: INT8 GEMMs that read one quantized input become one GEMM.
 
@@ -256,7 +346,6 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
     Returns ``{"quantizers_shared": .., "gemms_merged": ..}`` (GEMMs removed).
     """
     import onnx
-    from onnx import helper, numpy_helper
 
     done = {"quantizers_shared": 0, "gemms_merged": 0}
     if external_data(path):
@@ -265,77 +354,14 @@ def merge_int8_gemms_sharing_input(path: Path) -> dict[str, int]:
     g = m.graph
     if opset_version(m) < 13:  # Split takes sizes as an input from 13
         return done
-    inits = {i.name: i for i in g.initializer}
-    arrays: dict[str, np.ndarray] = {}
-
-    def const(name: str) -> np.ndarray | None:
-        if name not in inits:
-            return None
-        if name not in arrays:
-            arrays[name] = numpy_helper.to_array(inits[name])
-        return arrays[name]
-
-    def key_of(name: str):
-        v = const(name)
-        return (name,) if v is None else (str(v.dtype), v.shape, v.tobytes())
-
+    consts = _Consts(g)
     graph_outputs = {o.name for o in g.output}
     nodes_in_order = list(g.node)  # one wrapper per node for the whole rewrite: the id()s below stay valid
     dead: set[int] = set()
-    rename: dict[str, str] = {}
-    first: dict[tuple, Any] = {}
-    for n in nodes_in_order:
-        if n.op_type != "QuantizeLinear" or n.domain not in ("", "ai.onnx") or n.output[0] in graph_outputs:
-            continue
-        k = (n.input[0], *(key_of(i) for i in n.input[1:]), tuple(sorted(a.SerializeToString() for a in n.attribute)))
-        if k in first:
-            rename[n.output[0]] = first[k].output[0]
-            dead.add(id(n))
-        else:
-            first[k] = n
-    for n in nodes_in_order:
-        for j, i in enumerate(n.input):
-            if i in rename:
-                n.input[j] = rename[i]
-    done["quantizers_shared"] = len(dead)
-
-    groups: dict[tuple, list] = {}
-    for n in nodes_in_order:
-        if n.op_type != "MatMulIntegerToFloat" or n.domain != MS_DOMAIN or id(n) in dead:
-            continue
-        ins = list(n.input) + [""] * (7 - len(n.input))
-        w = const(ins[1])
-        if w is None or w.ndim != 2 or any(ins[j] and const(ins[j]) is None for j in (3, 5, 6)) or n.output[0] in graph_outputs:
-            continue
-        groups.setdefault((ins[0], key_of(ins[2]), key_of(ins[4]) if ins[4] else None, str(w.dtype), w.shape[0]), []).append(n)
+    done["quantizers_shared"] = _share_quantizers(nodes_in_order, consts, graph_outputs, dead)
     replace: dict[int, list] = {}
-    for nodes in groups.values():
-        if len(nodes) < 2:
-            continue
-        ins = [list(n.input) + [""] * (7 - len(n.input)) for n in nodes]
-        ws = [const(i[1]) for i in ins]
-        cols = [w.shape[1] for w in ws]
-
-        def cat(idx: int, fill, dtype):
-            return np.concatenate([np.broadcast_to(const(i[idx]).reshape(-1), (c,)) if i[idx] else np.full(c, fill, dtype)
-                                   for i, c in zip(ins, cols)]).astype(dtype)
-
-        base = nodes[0].name or nodes[0].output[0]
-        new = {
-            f"{base}/merged/B": np.concatenate(ws, axis=1),
-            f"{base}/merged/b_scale": cat(3, 1.0, np.float32),
-            f"{base}/merged/b_zero_point": cat(5, 0, ws[0].dtype),
-            f"{base}/merged/split": np.asarray(cols, np.int64),
-        }
-        if any(i[6] for i in ins):
-            new[f"{base}/merged/bias"] = cat(6, 0.0, np.float32)
-        for name, v in new.items():
-            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
-        mm = helper.make_node("MatMulIntegerToFloat", [ins[0][0], f"{base}/merged/B", ins[0][2], f"{base}/merged/b_scale", ins[0][4],
-                                                       f"{base}/merged/b_zero_point", f"{base}/merged/bias" if any(i[6] for i in ins) else ""],
-                              [f"{base}/merged/out"], name=f"{base}/merged", domain=MS_DOMAIN)
-        split = helper.make_node("Split", [f"{base}/merged/out", f"{base}/merged/split"], [n.output[0] for n in nodes], name=f"{base}/merged/Split", axis=-1)
-        replace[id(nodes[0])] = [mm, split]  # where the first one was: its inputs exist by then, its readers come later
+    for nodes in _gemms_sharing_input(nodes_in_order, consts, graph_outputs, dead):
+        replace[id(nodes[0])] = _merge_gemms(nodes, consts, g)  # where the first one was: its inputs exist by then, its readers come later
         dead |= {id(n) for n in nodes}
         done["gemms_merged"] += len(nodes) - 1
     if not dead:
