@@ -46,6 +46,30 @@ def load_texts(
     value) are dropped with their labels, and the count is printed; fewer than ``min_texts`` real
     texts left is an error naming the file and column.
     """
+    p, raw = _read_data_file(path)
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        if label_column:
+            raise BertoptError(f"{p}: a .txt file has no columns, so no label column '{label_column}'", hint="use a .csv/.tsv/.jsonl file for labels")
+        texts, labels, tcol = raw.splitlines(), None, None
+    elif suffix in (".csv", ".tsv"):
+        texts, labels, tcol = _read_table(p, raw, "\t" if suffix == ".tsv" else ",", text_column, label_column)
+    else:
+        texts, labels, tcol = _read_jsonl(p, raw, text_column, label_column)
+    texts, labels = _drop_empty(p, texts, labels, tcol, min_texts)
+    if offset:
+        texts = texts[offset:]
+        labels = labels[offset:] if labels is not None else None
+    if limit is not None:
+        texts = texts[:limit]
+        labels = labels[:limit] if labels is not None else None
+    if not texts:
+        raise BertoptError(f"{p}: no texts" + (f" after skipping {offset}" if offset else ""), hint="the data file is empty")
+    return TextData(path=p, texts=texts, labels=labels)
+
+
+def _read_data_file(path: str | Path) -> tuple[Path, str]:
+    """The resolved path and the text of a data file in one of :data:`FORMATS`; not empty."""
     p = resolve_path(path)
     if not p.is_file():
         raise BertoptError(f"{p}: no such data file", hint="pass a .txt (one text per line), .csv, .tsv or .jsonl file")
@@ -56,45 +80,51 @@ def load_texts(
         raw = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BertoptError(f"{p}: unreadable ({e})", hint="data files must be UTF-8 text") from None
-
     if not raw.strip():
         raise BertoptError(f"{p}: no texts (the file is empty)", hint="pass a data file with at least one text")
-    labels: list | None = None
-    if suffix == ".txt":
-        if label_column:
-            raise BertoptError(f"{p}: a .txt file has no columns, so no label column '{label_column}'", hint="use a .csv/.tsv/.jsonl file for labels")
-        texts = raw.splitlines()
-        tcol = None
-    elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        cols = reader.fieldnames or []
-        rows = list(reader)
-        tcol = _pick_column(p, cols, text_column, "text")
-        if label_column and label_column not in cols:
-            raise BertoptError(f"{p}: no label column '{label_column}'", hint="columns are: " + ", ".join(cols))
-        texts = [r[tcol] if r[tcol] is not None else "" for r in rows]
-        labels = [r[label_column] for r in rows] if label_column else None
-    else:
-        rows = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BertoptError(f"{p}:{i}: invalid JSON ({e.msg})", hint="one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise BertoptError(f"{p}:{i}: expected a JSON object", hint="one JSON object per line, e.g. {\"text\": ...}")
-            rows.append(obj)
-        cols = list(rows[0]) if rows else []
-        tcol = _pick_column(p, cols, text_column, "text")
-        for i, r in enumerate(rows, 1):
-            if tcol not in r or (label_column and label_column not in r):
-                missing = tcol if tcol not in r else label_column
-                raise BertoptError(f"{p}: record {i} has no field '{missing}'", hint="every record needs the same fields")
-        texts = [r[tcol] if isinstance(r[tcol], str) else "" if r[tcol] is None else str(r[tcol]) for r in rows]
-        labels = [r[label_column] for r in rows] if label_column else None
+    return p, raw
 
+
+def _read_table(p: Path, raw: str, delimiter: str, text_column: str | None, label_column: str | None) -> tuple[list, list | None, str]:
+    """Texts, labels and the text column's name from a .csv/.tsv file's text."""
+    reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
+    cols = reader.fieldnames or []
+    rows = list(reader)
+    tcol = _pick_column(p, cols, text_column, "text")
+    if label_column and label_column not in cols:
+        raise BertoptError(f"{p}: no label column '{label_column}'", hint="columns are: " + ", ".join(cols))
+    texts = [r[tcol] if r[tcol] is not None else "" for r in rows]
+    labels = [r[label_column] for r in rows] if label_column else None
+    return texts, labels, tcol
+
+
+def _read_jsonl(p: Path, raw: str, text_column: str | None, label_column: str | None) -> tuple[list, list | None, str]:
+    """Texts, labels and the text field's name from a .jsonl file's text (blank lines skipped)."""
+    rows = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BertoptError(f"{p}:{i}: invalid JSON ({e.msg})", hint="one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise BertoptError(f"{p}:{i}: expected a JSON object", hint="one JSON object per line, e.g. {\"text\": ...}")
+        rows.append(obj)
+    cols = list(rows[0]) if rows else []
+    tcol = _pick_column(p, cols, text_column, "text")
+    for i, r in enumerate(rows, 1):
+        if tcol not in r or (label_column and label_column not in r):
+            missing = tcol if tcol not in r else label_column
+            raise BertoptError(f"{p}: record {i} has no field '{missing}'", hint="every record needs the same fields")
+    texts = [r[tcol] if isinstance(r[tcol], str) else "" if r[tcol] is None else str(r[tcol]) for r in rows]
+    labels = [r[label_column] for r in rows] if label_column else None
+    return texts, labels, tcol
+
+
+def _drop_empty(p: Path, texts: list, labels: list | None, tcol: str | None, min_texts: int) -> tuple[list, list | None]:
+    """Texts (and their labels) without the empty/'nan' cells, with a note; too few left is an error."""
+    suffix = p.suffix.lower()
     keep = [i for i, t in enumerate(texts) if not is_empty_text(t)]
     dropped = len(texts) - len(keep)
     if dropped:
@@ -115,16 +145,7 @@ def load_texts(
             hint="check that --text-column names the column that holds the text" if dropped or not texts
             else "pass a data file with more texts",
         )
-
-    if offset:
-        texts = texts[offset:]
-        labels = labels[offset:] if labels is not None else None
-    if limit is not None:
-        texts = texts[:limit]
-        labels = labels[:limit] if labels is not None else None
-    if not texts:
-        raise BertoptError(f"{p}: no texts" + (f" after skipping {offset}" if offset else ""), hint="the data file is empty")
-    return TextData(path=p, texts=texts, labels=labels)
+    return texts, labels
 
 
 def _pick_column(p: Path, cols: Sequence[str], wanted: str | None, default: str) -> str:
