@@ -172,7 +172,6 @@ def insert_qdq(model, ranges: Mapping[str, float], targets: Sequence[GemmTarget]
     filters zero ranges out first and says which GEMMs stay in float).
     """
     import onnx
-    from onnx import helper, numpy_helper
 
     if opset_version(model) < MIN_OPSET:
         raise ValueError(f"opset {opset_version(model)} < {MIN_OPSET}: per-channel Q/DQ needs opset 13 or later")
@@ -181,7 +180,25 @@ def insert_qdq(model, ranges: Mapping[str, float], targets: Sequence[GemmTarget]
     g = m.graph
     if targets is None:
         targets = quantizable_gemms(m, include_bmm=include_bmm, exclude=exclude)
+    _check_ranges(targets, ranges)
     by_node = {t.node: t for t in targets}
+    w = _QdqWriter(g, ranges, weight_method)
+    body = []
+    for i, n in enumerate(g.node):
+        t = by_node.get(node_id(n, i))
+        if t is not None:
+            for idx, tensor in t.activations:
+                body += w.activation(n, idx, tensor, f"{t.node}/input{idx}")
+            if t.weight is not None:
+                w.weight(n, *t.weight)
+        body.append(n)
+    del g.node[:]
+    g.node.extend(w.head_nodes + body)
+    _drop_replaced_weights(g, w.replaced_weights, w.new_inits)
+    return m
+
+
+def _check_ranges(targets: Sequence[GemmTarget], ranges: Mapping[str, float]) -> None:
     for t in targets:
         for _, tensor in t.activations:
             amax = ranges.get(tensor)
@@ -190,56 +207,66 @@ def insert_qdq(model, ranges: Mapping[str, float], targets: Sequence[GemmTarget]
             if not np.isfinite(amax) or amax <= 0:
                 raise ValueError(f"range of tensor '{tensor}' (input of {t.node}) is {amax}: needs a finite value > 0")
 
-    consts = constants(g)
-    taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
 
-    def fresh(base: str) -> str:
+class _QdqWriter:
+    """Makes the Q/DQ nodes and initializers of :func:`insert_qdq` under names not yet taken in ``g``."""
+
+    def __init__(self, g, ranges: Mapping[str, float], weight_method: str):
+        self.ranges = ranges
+        self.weight_method = weight_method
+        self.consts = constants(g)
+        self.taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+        self.new_inits: list = []
+        self.head_nodes: list = []  # weight DQs: they read initializers only, so they go first
+        self.weight_dq: dict[tuple[str, int], str] = {}  # (weight, axis) -> dequantized tensor name
+        self.replaced_weights: set[str] = set()
+
+    def fresh(self, base: str) -> str:
         name, k = base, 1
-        while name in taken:
+        while name in self.taken:
             k += 1
             name = f"{base}_{k}"
-        taken.add(name)
+        self.taken.add(name)
         return name
 
-    new_inits = []
-    weight_dq: dict[tuple[str, int], str] = {}  # (weight, axis) -> dequantized tensor name
-    head_nodes, body = [], []
-    replaced_weights: set[str] = set()
-    for i, n in enumerate(g.node):
-        t = by_node.get(node_id(n, i))
-        if t is None:
-            body.append(n)
-            continue
-        for idx, tensor in t.activations:
-            base = f"{t.node}/input{idx}"
-            scale = fresh(f"{base}/scale")
-            zp = fresh(f"{base}/zero_point")
-            q_out = fresh(f"{base}/quantized")
-            dq_out = fresh(f"{base}/dequantized")
-            new_inits.append(numpy_helper.from_array(np.array(activation_scale(ranges[tensor]), dtype=np.float32), scale))
-            new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zp))
-            body.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out], name=fresh(f"{base}/QuantizeLinear")))
-            body.append(helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=fresh(f"{base}/DequantizeLinear")))
-            n.input[idx] = dq_out
-        if t.weight is not None:
-            idx, wname, axis = t.weight
-            key = (wname, axis)
-            if key not in weight_dq:
-                w = numpy_helper.to_array(consts[wname]).astype(np.float32)
-                q, s = quantize_weight(w, axis, weight_method)
-                qn, sn, zn = fresh(f"{wname}/int8"), fresh(f"{wname}/scale"), fresh(f"{wname}/zero_point")
-                dq_out = fresh(f"{wname}/dequantized")
-                new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(s, sn),
-                              numpy_helper.from_array(np.zeros(s.shape, dtype=np.int8), zn)]
-                head_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dq_out], axis=axis,
-                                                   name=fresh(f"{wname}/DequantizeLinear")))
-                weight_dq[key] = dq_out
-            n.input[idx] = weight_dq[key]
-            replaced_weights.add(wname)
-        body.append(n)
-    del g.node[:]
-    g.node.extend(head_nodes + body)
-    # drop float weights nothing reads any more
+    def activation(self, n, idx: int, tensor: str, base: str) -> list:
+        """Point ``n.input[idx]`` at a Q/DQ of ``tensor``; returns the Q and DQ nodes (they go before ``n``)."""
+        from onnx import helper, numpy_helper
+
+        fresh = self.fresh
+        scale = fresh(f"{base}/scale")
+        zp = fresh(f"{base}/zero_point")
+        q_out = fresh(f"{base}/quantized")
+        dq_out = fresh(f"{base}/dequantized")
+        self.new_inits.append(numpy_helper.from_array(np.array(activation_scale(self.ranges[tensor]), dtype=np.float32), scale))
+        self.new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zp))
+        nodes = [helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out], name=fresh(f"{base}/QuantizeLinear")),
+                 helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=fresh(f"{base}/DequantizeLinear"))]
+        n.input[idx] = dq_out
+        return nodes
+
+    def weight(self, n, idx: int, wname: str, axis: int) -> None:
+        """Point ``n.input[idx]`` at the per-channel INT8 DQ of weight ``wname`` (made once per weight and axis)."""
+        from onnx import helper, numpy_helper
+
+        fresh = self.fresh
+        key = (wname, axis)
+        if key not in self.weight_dq:
+            w = numpy_helper.to_array(self.consts[wname]).astype(np.float32)
+            q, s = quantize_weight(w, axis, self.weight_method)
+            qn, sn, zn = fresh(f"{wname}/int8"), fresh(f"{wname}/scale"), fresh(f"{wname}/zero_point")
+            dq_out = fresh(f"{wname}/dequantized")
+            self.new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(s, sn),
+                               numpy_helper.from_array(np.zeros(s.shape, dtype=np.int8), zn)]
+            self.head_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dq_out], axis=axis,
+                                                    name=fresh(f"{wname}/DequantizeLinear")))
+            self.weight_dq[key] = dq_out
+        n.input[idx] = self.weight_dq[key]
+        self.replaced_weights.add(wname)
+
+
+def _drop_replaced_weights(g, replaced_weights: set[str], new_inits: list) -> None:
+    """Drop the float weights nothing reads any more (initializers or Constant nodes); append ``new_inits``."""
     still_used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
     keep = [init for init in g.initializer if init.name not in replaced_weights or init.name in still_used]
     del g.initializer[:]
@@ -248,7 +275,6 @@ def insert_qdq(model, ranges: Mapping[str, float], targets: Sequence[GemmTarget]
     dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] in replaced_weights and n.output[0] not in still_used]
     for n in dead:
         g.node.remove(n)
-    return m
 
 
 def qdq_summary(model) -> dict:
