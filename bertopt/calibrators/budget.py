@@ -59,57 +59,22 @@ def search(
     order = [n for n in ranking if any(t.node == n for t in quant)]
     by_node = {t.node: t for t in quant}
 
-    def measure(subset):
-        return held.measure(finalize(build(subset)))
+    def measure(subset):  # a candidate measured is one step of the progress bar
+        r = held.measure(finalize(build(subset)))
+        advance(1)
+        return r
 
-    start = start or measure(quant)
+    start = start or held.measure(finalize(build(quant)))
+    advance(1)
     steps: list[dict] = []
     tried = [(list(quant), start)]
-    cur = list(quant)
-    res = start
-    passed = meets(res, min_cosine, max_accuracy_drop)
-    advance(1)
-    for node in order[:max_float] if not passed else []:
-        cur = [t for t in cur if t.node != node]
-        if not cur:
-            break
-        prev = res
-        res = measure(cur)
-        advance(1)
-        steps.append({
-            "float": node,
-            "cosine_min": res["cosine_min"], "cosine_mean": res["cosine_mean"],
-            "cosine_min_gain": round(res["_cosine_min"] - prev["_cosine_min"], 6),
-            **({"accuracy": res["accuracy"], "accuracy_drop_points": res["accuracy_drop_points"]} if "accuracy" in res else {}),
-            "est_latency_ms": round(float_cost_ms(by_node[node]), 4),
-        })
-        tried.append((list(cur), res))
-        if meets(res, min_cosine, max_accuracy_drop):
-            passed = True
-            break
+    passed = meets(start, min_cosine, max_accuracy_drop)
+    if not passed:
+        passed = _walk(order[:max_float], quant, start, by_node, measure, steps, tried, min_cosine, max_accuracy_drop)
     if passed:
-        chosen, best = tried[-1]
-        pruned = []
-        for s_ in reversed(steps[:-1]):  # the last step is what made it pass
-            cand = chosen + [by_node[s_["float"]]]
-            r = measure([t for t in quant if t in cand])
-            advance(1)
-            if meets(r, min_cosine, max_accuracy_drop):
-                chosen, best = [t for t in quant if t in cand], r
-                pruned.append(s_["float"])
-        for s_ in steps:
-            if s_["float"] in pruned:
-                s_["pruned"] = "back to INT8: the budget holds without it"
+        chosen, best = _prune(*tried[-1], quant, by_node, measure, steps, min_cosine, max_accuracy_drop)
     else:  # the candidate closest to the budget
-        def margin(r):
-            m = []
-            if min_cosine is not None:
-                m.append(r["_cosine_min"] - min_cosine)
-            if max_accuracy_drop is not None:
-                m.append((max_accuracy_drop - r["accuracy_drop_points"]) / 100.0)
-            return min(m)
-
-        chosen, best = max(tried, key=lambda cr: margin(cr[1]))
+        chosen, best = max(tried, key=lambda cr: _margin(cr[1], min_cosine, max_accuracy_drop))
     floated = [t.node for t in quant if t not in chosen]
     record = {
         "min_cosine": min_cosine,
@@ -125,6 +90,58 @@ def search(
                             f"{FP32_GEMM_FLOPS / 1e9:.0f} GFLOP/s (FP32) instead of {INT8_GEMM_OPS / 1e12:.1f} TOP/s (INT8), this project's measured 2-thread rates",
     }
     return chosen, record
+
+
+def _walk(order: Sequence[str], quant: list, start: dict, by_node: dict, measure: Callable, steps: list, tried: list,
+          min_cosine: float | None, max_accuracy_drop: float | None) -> bool:
+    """Put the GEMMs of ``order`` in float one at a time, measuring each candidate (appended to ``steps``
+    and ``tried``), until the budget holds; True if it did."""
+    cur = list(quant)
+    res = start
+    for node in order:
+        cur = [t for t in cur if t.node != node]
+        if not cur:
+            break
+        prev = res
+        res = measure(cur)
+        steps.append({
+            "float": node,
+            "cosine_min": res["cosine_min"], "cosine_mean": res["cosine_mean"],
+            "cosine_min_gain": round(res["_cosine_min"] - prev["_cosine_min"], 6),
+            **({"accuracy": res["accuracy"], "accuracy_drop_points": res["accuracy_drop_points"]} if "accuracy" in res else {}),
+            "est_latency_ms": round(float_cost_ms(by_node[node]), 4),
+        })
+        tried.append((list(cur), res))
+        if meets(res, min_cosine, max_accuracy_drop):
+            return True
+    return False
+
+
+def _prune(chosen: list, best: dict, quant: list, by_node: dict, measure: Callable, steps: list,
+           min_cosine: float | None, max_accuracy_drop: float | None) -> tuple[list, dict]:
+    """Try each GEMM the walk put in float in INT8 again, latest first; it stays INT8 when the budget
+    still holds (its step is marked ``pruned``). Returns the GEMMs to quantize and their measurement."""
+    pruned = []
+    for s_ in reversed(steps[:-1]):  # the last step is what made it pass
+        cand = chosen + [by_node[s_["float"]]]
+        r = measure([t for t in quant if t in cand])
+        if meets(r, min_cosine, max_accuracy_drop):
+            chosen, best = [t for t in quant if t in cand], r
+            pruned.append(s_["float"])
+    for s_ in steps:
+        if s_["float"] in pruned:
+            s_["pruned"] = "back to INT8: the budget holds without it"
+    return chosen, best
+
+
+def _margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> float:
+    """How far a measurement is inside the budget (negative: outside), the tighter of the two limits."""
+    m = []
+    if min_cosine is not None:
+        m.append(r["_cosine_min"] - min_cosine)
+    if max_accuracy_drop is not None:
+        m.append((max_accuracy_drop - r["accuracy_drop_points"]) / 100.0)
+    return min(m)
 
 
 def time_models(models: dict, feeds: dict, threads: int | None = None, iters: int = 15, rounds: int = 3) -> dict:
