@@ -27,11 +27,33 @@ def graph_summary(model_path: Path) -> dict:
     which weight GEMMs stay float, and the activation x activation matmuls (attention) apart."""
     import onnx
 
-    from bertopt.graph import op_key
+    from bertopt.graph import INT8_OPS, opset_version, precision
 
     m = onnx.load(str(model_path), load_external_data=False)
     g = m.graph
     inits = {t.name for t in g.initializer}
+    ops, float_compute, weight, bmm = _count_ops(g, inits)
+    return {
+        "file": model_path.name,
+        "bytes": model_path.stat().st_size,
+        "opset": opset_version(m) or None,
+        "nodes": len(g.node),
+        "inputs": _io([i for i in g.input if i.name not in inits]),
+        "outputs": _io(g.output),
+        "gemms": weight,
+        "attention_matmuls": bmm,
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "float_compute": float_compute,
+        "int8_ops": {k: v for k, v in ops.items() if k.split("::")[-1] in INT8_OPS},
+        "precision": precision(m),
+    }
+
+
+def _count_ops(g, inits: set[str]) -> tuple[dict, dict, dict, dict]:
+    """Op counts, float compute op counts, weight GEMMs (total, INT8, names of the float ones) and
+    activation x activation matmuls (total, INT8) of graph ``g``."""
+    from bertopt.graph import op_key
+
     producer = {o: n for n in g.node for o in n.output}
     consts = inits | {o for n in g.node if n.op_type == "Constant" for o in n.output}
 
@@ -79,31 +101,19 @@ def graph_summary(model_path: Path) -> dict:
             else:
                 bmm["total"] += 1
                 bmm["int8"] += int8
+    return ops, float_compute, weight, bmm
 
-    def io(values) -> list[dict]:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims})
-        return out
 
-    from bertopt.graph import INT8_OPS, opset_version, precision
+def _io(values) -> list[dict]:
+    """Name, dtype and shape (symbolic dims by name, unknown ones as '?') of graph inputs or outputs."""
+    import onnx
 
-    return {
-        "file": model_path.name,
-        "bytes": model_path.stat().st_size,
-        "opset": opset_version(m) or None,
-        "nodes": len(g.node),
-        "inputs": io([i for i in g.input if i.name not in inits]),
-        "outputs": io(g.output),
-        "gemms": weight,
-        "attention_matmuls": bmm,
-        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "float_compute": float_compute,
-        "int8_ops": {k: v for k, v in ops.items() if k.split("::")[-1] in INT8_OPS},
-        "precision": precision(m),
-    }
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims})
+    return out
 
 
 def _input_status(entry: dict, resolved: Path | None) -> str:
