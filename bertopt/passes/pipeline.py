@@ -294,10 +294,8 @@ def run_fuse(
     ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``. ``output``: the model
     output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks one by
     default). A graph with no encoder layer is a warning, with ``strict`` an error."""
-    import onnx
-
     from bertopt import ui
-    from bertopt.artifacts import MODEL_FILE, describe_input, load_artifact, up_to_date, write_artifact
+    from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
 
     if target not in TARGETS:
         raise _bad_target(target)
@@ -325,14 +323,37 @@ def run_fuse(
         ui.skipped(STAGE, out)
         return existing
 
+    model, choice = _read_model(src, art, target, output, strict)
+    with write_artifact(out, STAGE, inputs, params) as w:
+        fused, report, par = _fuse_into(w, model, src, art, target, ort_fusions, options, choice)
+        w.copy_tokenizer(art.tokenizer_dir)
+        w.model = _model_block(art.model_info, fused, report)
+        w.metrics.update(report.as_metrics())
+        w.metrics["parity"] = par
+        w.timings.update({f"pass.{k}": v for k, v in report.seconds.items()})
+        if par["max_rel_diff"] > PARITY_TOLERANCE:
+            worst = max(par["outputs"].items(), key=lambda kv: kv[1]["max_abs_diff"])
+            raise QualityGateError(
+                f"{out}: the fused model disagrees with {src}: output '{worst[0]}' differs by up to {worst[1]['max_abs_diff']:.3g}",
+                hint="this is a bertopt bug: please report it with the input model; nothing was written",
+            )
+    _say_fused(report, par, choice, verbose)
+    return load_artifact(out)
+
+
+def _read_model(src: Path, art, target: str, output: str | None, strict: bool):
+    """The input ONNX model, checked (readable, an encoder, standard ops for tensorrt), and the output
+    whose parity is printed (None when the model has no hidden state/pooled/logits output)."""
+    import onnx
+
+    from bertopt.models import check_encoder
+    from bertopt.outputs import choose_for_onnx
+
     try:
         model = onnx.load(str(src))
     except Exception as e:  # noqa: BLE001
         raise BertoptError(f"{src}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", hint="re-export the model") from None
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
-    from bertopt.models import check_encoder
-    from bertopt.outputs import choose_for_onnx
-
     check_encoder(model, src, STAGE, strict)
     try:
         choice = choose_for_onnx(model, requested=output, task=art.task, hidden_size=art.model_info.get("hidden_size"), where=str(src))
@@ -345,51 +366,54 @@ def run_fuse(
             f"{src}: holds ops of domain(s) {', '.join(foreign)}; the tensorrt target needs standard ONNX ops only",
             hint="fuse the unfused export (e.g. the output of `bertopt export`), not an ONNX Runtime-optimized model",
         )
+    return model, choice
 
-    with write_artifact(out, STAGE, inputs, params) as w:
-        with ui.progress(transient=True) as bar:
-            task = bar.add_task(f"fuse ({target})", total=len(pass_modules(target, ort_fusions)) + 1, status="")
 
-            def on_pass(name: str) -> None:
-                bar.update(task, advance=1, status=name)
+def _fuse_into(w, model, src: Path, art, target: str, ort_fusions: str, options: dict, choice):
+    """Run the passes with a progress bar, save the fused model into the artifact being written and
+    check its parity with ``src``. Returns the fused model, the pass report and the parity record
+    (``parity["inputs"]`` says what it ran on)."""
+    from bertopt import ui
+    from bertopt.artifacts import MODEL_FILE
 
-            with w.timed("passes"):
-                fused, report = fuse_model(model, target, options=options, on_pass=on_pass)
-            bar.update(task, status="saving")
-            model_file = w.add_output("model", MODEL_FILE)
-            _save(fused, model_file, w)
-            if target == "tensorrt":
-                _check_standard(fused, model_file)
-            bar.update(task, status="parity check")
-            with w.timed("parity"):
-                feeds, how = parity_feeds(src, art.tokenizer_dir, [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}])
-                par = parity(src, model_file, feeds)
-                par["inputs"] = how
-                if choice is not None:
-                    par["compared_output"] = choice.as_dict() | par["outputs"].get(choice.name, {})
-            bar.advance(task)
-        w.copy_tokenizer(art.tokenizer_dir)
-        w.model = _model_block(art.model_info, fused, report)
-        w.metrics.update(report.as_metrics())
-        w.metrics["parity"] = par
-        w.timings.update({f"pass.{k}": v for k, v in report.seconds.items()})
-        if par["max_rel_diff"] > PARITY_TOLERANCE:
-            worst = max(par["outputs"].items(), key=lambda kv: kv[1]["max_abs_diff"])
-            raise QualityGateError(
-                f"{out}: the fused model disagrees with {src}: output '{worst[0]}' differs by up to {worst[1]['max_abs_diff']:.3g}",
-                hint="this is a bertopt bug: please report it with the input model; nothing was written",
-            )
+    with ui.progress(transient=True) as bar:
+        task = bar.add_task(f"fuse ({target})", total=len(pass_modules(target, ort_fusions)) + 1, status="")
+
+        def on_pass(name: str) -> None:
+            bar.update(task, advance=1, status=name)
+
+        with w.timed("passes"):
+            fused, report = fuse_model(model, target, options=options, on_pass=on_pass)
+        bar.update(task, status="saving")
+        model_file = w.add_output("model", MODEL_FILE)
+        _save(fused, model_file, w)
+        if target == "tensorrt":
+            _check_standard(fused, model_file)
+        bar.update(task, status="parity check")
+        with w.timed("parity"):
+            feeds, how = parity_feeds(src, art.tokenizer_dir, [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}])
+            par = parity(src, model_file, feeds)
+            par["inputs"] = how
+            if choice is not None:
+                par["compared_output"] = choice.as_dict() | par["outputs"].get(choice.name, {})
+        bar.advance(task)
+    return fused, report, par
+
+
+def _say_fused(report: FuseReport, par: dict, choice, verbose: bool) -> None:
+    """Warnings (families that missed, parity on synthetic ids), the compared output, zero-fired passes."""
+    from bertopt import ui
+
     for msg in report.warnings:
         ui.console.print(f"warning: {msg}", style="yellow", markup=False)
-    if not how.startswith("sample sentences"):
-        ui.console.print(f"warning: fuse: parity checked on {how}", style="yellow", markup=False)
+    if not par["inputs"].startswith("sample sentences"):
+        ui.console.print(f"warning: fuse: parity checked on {par['inputs']}", style="yellow", markup=False)
     if choice is not None:
         cmp = par["compared_output"]
         ui.note(f"fuse: comparing output {choice.describe()}: max |diff| {cmp.get('max_abs_diff', 0):.2e} (every output is checked)")
     if verbose:
         for line in zero_fired_lines(report):
             ui.note(line)
-    return load_artifact(out)
 
 
 def zero_fired_lines(report: FuseReport) -> list[str]:
