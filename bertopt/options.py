@@ -117,6 +117,18 @@ class StageOptions(BaseModel):
             raise BertoptError(f"{where}: {e.message}", hint=e.hint) from None
 
     @classmethod
+    def of(cls, options: StageOptions | None, kwargs: dict[str, Any]):
+        """A stage function's options: the object it was given (``options=``), or its keywords parsed
+        (a Python caller). ``run_x(m, out, options=o, epochs=2)`` is refused (which one would win?)."""
+        if options is None:
+            return cls.parse(kwargs)
+        if kwargs:
+            raise TypeError(f"run_{cls.STAGE}() takes options= or option keywords, not both (got {', '.join(kwargs)})")
+        if not isinstance(options, cls):
+            raise TypeError(f"run_{cls.STAGE}(options=...) takes a {cls.__name__}, not a {type(options).__name__}")
+        return options
+
+    @classmethod
     def _renamed(cls, kwargs: dict, where: str | None) -> dict:
         for old, new in RENAMED.get(cls.STAGE, {}).items():
             if old not in kwargs:

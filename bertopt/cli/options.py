@@ -102,17 +102,15 @@ def command_from(options_cls, run: str | Callable, *, arguments: dict[str, objec
 
     def command(**kw):
         args = [kw.pop(n) for n in arguments]
-        target = out_path = None
-        if out is not None:
-            out_path = kw.pop("out")
+        out_path = kw.pop("out") if out is not None else None
         force, verbose = kw.pop("force"), kw.pop("verbose")
         kw.pop("quiet")  # applied by BertoptCommand.invoke
         more = {n: kw.pop(n) for n in (extra or {})}
         for n in split:
-            kw[n] = split_items(kw[n])
+            kw[n] = _split(n, kw[n], fields[n])
         options = options_cls.parse(kw, where=CLI)
         target = run
-        if isinstance(run, str):
+        if isinstance(run, str):  # imported now, not when the CLI starts
             module, func = run.split(":")
             target = getattr(importlib.import_module(module), func)
         if call is not None:
@@ -128,6 +126,23 @@ def command_from(options_cls, run: str | Callable, *, arguments: dict[str, objec
     command.panels = panels(options_cls)
     command.ranges = hints
     return command
+
+
+def _split(name: str, values: list[str] | None, field) -> list | None:
+    """A ``split`` field's repeated/comma-separated values; integers (``--batch 1,8``) converted here, so
+    that a non-number is a usage error (exit 2) as click's own types give."""
+    import typing
+
+    from bertopt.options import plain_type
+
+    items = split_items(values)
+    kinds = [a for a in typing.get_args(plain_type(field.annotation)) if typing.get_origin(a) is list] or [plain_type(field.annotation)]
+    if items is None or typing.get_args(kinds[0]) != (int,):
+        return items
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"expected integers, got '{','.join(values)}'", param_hint="--" + name.replace("_", "-")) from None
 
 
 def _click_range(b: dict) -> str:

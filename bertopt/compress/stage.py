@@ -53,9 +53,7 @@ def run_compress(input: str | Path, out: str | Path, options: CompressOptions | 
       ``lr`` peak AdamW (linear warmup over ``warmup_ratio`` of the steps, then linear decay); checkpoints in ``checkpoint_dir`` (default: a hidden
       ``.<out>.compress-checkpoint`` beside ``out``), resumed when a killed run is started again.
     """
-    if options is not None and kwargs:
-        raise TypeError("run_compress() takes options= or option keywords, not both")
-    o = CompressOptions.parse(kwargs) if options is None else options
+    o = CompressOptions.of(options, kwargs)
     job = _plan(input, out, o, verbose)
     if (done := up_to_date(job.out, "compress", job.inputs, job.params, force)) is not None:
         skipped("compress", job.out)

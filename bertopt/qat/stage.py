@@ -76,9 +76,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
     - checkpoints go to ``checkpoint_dir`` (default: a hidden ``.<out>.qat-checkpoint`` beside ``out``);
       a killed run resumes from the last one when started again (``resume=False`` starts over).
     """
-    if options is not None and kwargs:
-        raise TypeError("run_qat() takes options= or option keywords, not both")
-    o = QatOptions.parse(kwargs) if options is None else options
+    o = QatOptions.of(options, kwargs)
     job = _plan(input, out, o, verbose)
     if (done := up_to_date(job.out, "qat", job.inputs, job.params, force)) is not None:
         skipped("qat", job.out)
