@@ -221,6 +221,13 @@ def describe_input(path: str | Path) -> dict:
     return {"path": str(p.resolve()), "sha256": sha256_path(p)}
 
 
+def describe_data(path: Path) -> dict:
+    """:func:`describe_input` of a data file (training/eval text) that must exist."""
+    if not Path(path).is_file():
+        raise BertoptError(f"{path}: no such data file", hint="pass a .txt (one text per line), .csv, .tsv or .jsonl file")
+    return describe_input(path)
+
+
 def _portable(entry: dict, out: Path) -> dict:
     """An input inside the artifact's own workdir (a sibling step of a recipe) is recorded relative to
     the artifact (``../export``), so a copied ``runs/`` folder still resolves its lineage; anything

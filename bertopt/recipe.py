@@ -17,8 +17,8 @@ A recipe::
 Step keys: ``stage`` (required), ``name`` (default: the stage; unique; a plain name of letters,
 digits, ``.``, ``_``, ``-``: the step's artifact is ``<workdir>/<name>``), ``input`` (an earlier
 step's name, ``model``, or an existing path; bench takes ``inputs``), and the stage's own options,
-which are exactly the keyword parameters of its stage function (``bertopt/stages.py``), validated
-against their annotations (types, ``Literal`` choices, ranges from ``bertopt/params.py``). The
+which are exactly the fields of its options class (``bertopt/stages.py``, ``bertopt/options.py``), validated
+by it (types, ``Literal`` choices, ranges from ``bertopt/params.py``, rules between options). The
 stage receives the validated, converted values (``"64"`` -> 64, ``2e-5`` -> 2e-05, ``"false"`` ->
 False). An unknown key, a bad value, a reference to no earlier step or a data file that does not
 exist is an error naming the recipe file and the field, found by ``--check`` before any step runs.
@@ -102,8 +102,7 @@ def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
         where = f"steps[{i}] ({sname})"
         if sname in seen or sname == "model":
             raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
-        options = renamed_options(file, where, stage, {k: v for k, v in step.items() if k not in RESERVED})
-        options = validate_options(file, where, stage, options)
+        options = validate_options(file, where, stage, {k: v for k, v in step.items() if k not in RESERVED})
         for k in PATH_OPTIONS & options.keys():
             v = options[k]
             if isinstance(v, str) and v.startswith("@"):
@@ -164,7 +163,18 @@ def renamed_options(file: Path, where: str, stage: str, options: dict) -> dict:
 
 
 def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:
-    """Check a step's options against its stage function's keyword parameters (types included)."""
+    """Check a step's options against its stage's options class (``stages.options``): old names mapped,
+    types, ranges, choices, required keys and rules between fields; errors name the file and the field.
+    Returns the keys the step gives, converted (``"false"`` -> False, ``"2e-5"`` -> 2e-05)."""
+    cls = stages.options(stage)
+    if cls is None:
+        return _validate_by_signature(file, where, stage, renamed_options(file, where, stage, options))
+    validated = cls.parse(options, where=f"{file}: {where}")
+    return {k: getattr(validated, k) for k in validated.model_fields_set}
+
+
+def _validate_by_signature(file: Path, where: str, stage: str, options: dict) -> dict:
+    """A stage without an options class yet: its function's keyword parameters (types included)."""
     import pydantic
 
     fn = stages.get(stage)

@@ -1,13 +1,17 @@
 """The stage functions, by name: what the CLI commands and the recipe runner both call.
 
-Contract of a stage function ``run_<stage>(input, out, *, <options>..., force=False, verbose=False)``:
+Contract of a stage function ``run_<stage>(input, out, options=None, *, force=False, verbose=False, **kwargs)``:
 - ``input`` is an artifact folder, a bare ``.onnx`` or (compress, export, qat) a Hugging Face folder;
   ``out`` the artifact folder to write.
-- keyword-only options, each with a default and a type annotation: the recipe runner validates a
-  step's keys against exactly these (unknown key or bad value = an error naming the field);
+- its options are one typed object, ``options(<stage>)`` (a :class:`bertopt.options.StageOptions`):
+  the CLI passes it built (``options=``), Python callers and the recipe runner pass keywords, which the
+  stage parses (``XOptions.parse(kwargs)``: unknown key or bad value = an error naming the field);
 - begins with ``artifacts.up_to_date(...)`` and returns the existing artifact when nothing changed;
 - writes through ``artifacts.write_artifact`` (atomic) and returns ``artifacts.load_artifact(out)``;
 - raises ``BertoptError`` for the user's mistakes, never prints a traceback for them.
+
+Stages without an options class yet take keyword-only options with defaults and type annotations,
+which the recipe runner validates instead.
 """
 
 from __future__ import annotations
@@ -27,13 +31,26 @@ STAGES: dict[str, str] = {
     "bench": "bertopt.bench.stage:run_bench",
 }
 
+# stage name -> "module:class" of its options (light modules: no torch/onnxruntime at import).
+OPTIONS: dict[str, str] = {
+    "compress": "bertopt.compress.options:CompressOptions",
+    "qat": "bertopt.qat.options:QatOptions",
+}
+
 
 def available() -> list[str]:
     return [name for name, target in STAGES.items() if importlib.util.find_spec(target.split(":")[0]) is not None]
 
 
+def _load(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def get(name: str) -> Callable:
-    module, func = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return _load(STAGES[name])
 
 
+def options(name: str):
+    """The stage's options class (a ``bertopt.options.StageOptions``), or None for a stage not ported yet."""
+    return _load(OPTIONS[name]) if name in OPTIONS else None

@@ -154,11 +154,11 @@ QAT_SHORT = ["--limit", "240", "--steps", "1", "--batch-size", "16", "--max-leng
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--min-cosine", "1.5"], "--min-cosine 1.5 is out of range"),
-    (["--max-accuracy-drop", "-0.5"], "must be in [0, 100]"),
+    (["--min-cosine", "1.5"], "qat --min-cosine: must be less than or equal to 1 (got 1.5)"),
+    (["--max-accuracy-drop", "-0.5"], "qat --max-accuracy-drop: must be greater than or equal to 0 (got -0.5)"),
     (["--max-accuracy-drop", "0.2"], "needs labeled held-out text"),
     (["--eval", "x.csv"], "no budget is given"),
-    (["--parity-min-mean-cosine", "2"], "parity_min_mean_cosine=2.0: must be in [-1, 1]"),
+    (["--parity-min-mean-cosine", "2"], "qat --parity-min-mean-cosine: must be less than or equal to 1 (got 2.0)"),
 ])
 def test_qat_bad_budgets_are_refused_before_any_work(minilm_dir, train_csv, tmp_path, args, msg):
     out = tmp_path / "qat"

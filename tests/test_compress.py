@@ -154,7 +154,7 @@ def test_compress_checkpoints_keep_user_files(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--layers", "0"], "--layers 0"),
+    (["--layers", "0"], "compress --layers: must be greater than or equal to 1 (got 0)"),
     (["--layers", "7"], "--layers 7"),
     (["--layers", "3", "--ffn-size", "4000"], "--ffn-size 4000"),
 ])

@@ -5,7 +5,7 @@
 - ``-q/--quiet`` (``cli.options.Quiet``, declared by every command) takes effect here: it silences
   progress and notes on stderr; errors and the command's results (stdout) still print.
 - ``--help`` groups the options into the panels a command module lists in ``PANELS`` (typer's
-  ``rich_help_panel``) and lays them out in two columns, so nothing is cut off at 80 columns
+  ``rich_help_panel``; a command generated from an options class brings its own) and lays them out in two columns, so nothing is cut off at 80 columns
   (typer's own six-column table truncates long option names there).
 """
 
@@ -38,6 +38,7 @@ def reflow(doc: str | None) -> str | None:
 class BertoptCommand(TyperCommand):
     stage: str = ""
     panels: dict[str, list[str]] = {}
+    ranges: dict[str, str] = {}  # option -> its range as click shows one ("x>=1"), when pydantic (not click) checks it
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -101,7 +102,7 @@ class BertoptCommand(TyperCommand):
             t.add_column(style="bold cyan", max_width=32, overflow="fold", ratio=None)
             t.add_column(ratio=1, overflow="fold")
             for p in groups[panel]:
-                t.add_row(Text(_names(p, ctx)), Text(_help(p, ctx)))
+                t.add_row(Text(_names(p, ctx)), Text(_help(p, ctx, self.ranges.get(p.name))))
             console.print(Panel(t, title=panel, title_align="left", border_style="dim"))
 
 
@@ -119,26 +120,28 @@ def _names(p, ctx) -> str:
 
 def _metavar(p, ctx) -> str:
     kind = (p.display_type_rich(ctx=ctx) or "<str>").strip("<>").replace(" range", "")
+    if "|" in kind:  # a Literal's choices, as they are typed; long ones are listed in the help text instead
+        return kind.lower() if len(kind) <= 20 else "TEXT"
     if kind.startswith("list["):
         return {"str": "TEXT"}.get(kind[5:-1], kind[5:-1].upper()) + "..."
     return {"str": "TEXT"}.get(kind, kind.upper())
 
 
-def _help(p, ctx) -> str:
+def _help(p, ctx, rng: str | None = None) -> str:
     bits = [" ".join((p.help or "").split())]
     if getattr(p, "required", False):
         bits.append("[required]")
     if isinstance(p, TyperOption) and not p.required and p.name != "help":
         d = p.default
-        if p.is_flag and p.secondary_opts:
+        if p.is_flag and p.secondary_opts and d is not None:
             bits.append(f"[default: {(p.opts if d else p.secondary_opts)[0]}]")
         elif d not in (None, False, (), []) and not p.is_flag:
             bits.append(f"[default: {','.join(map(str, d)) if isinstance(d, (list, tuple)) else d}]")
-    rng = p._get_number_range_help_str() if hasattr(p, "_get_number_range_help_str") else None
+    rng = rng or (p._get_number_range_help_str() if hasattr(p, "_get_number_range_help_str") else None)
     if rng:
         bits.append(f"[{rng}]")
     return " ".join(b for b in bits if b)
 
 
-def command_class(stage: str, panels: dict[str, list[str]] | None) -> type[BertoptCommand]:
-    return type(f"{stage.title()}Command", (BertoptCommand,), {"stage": stage, "panels": dict(panels or {})})
+def command_class(stage: str, panels: dict[str, list[str]] | None, ranges: dict[str, str] | None = None) -> type[BertoptCommand]:
+    return type(f"{stage.title()}Command", (BertoptCommand,), {"stage": stage, "panels": dict(panels or {}), "ranges": dict(ranges or {})})

@@ -69,8 +69,9 @@ def _interruptible(command):
 for _name in COMMANDS:
     if importlib.util.find_spec(f"bertopt.cli.{_name}") is not None:
         _mod = importlib.import_module(f"bertopt.cli.{_name}")
+        _panels = getattr(_mod, "PANELS", None) or getattr(_mod.command, "panels", None)  # generated commands carry theirs
         app.command(name=_name, help=reflow(_mod.__doc__), no_args_is_help=True,
-                    cls=command_class(_name, getattr(_mod, "PANELS", None)))(_interruptible(_mod.command))
+                    cls=command_class(_name, _panels, getattr(_mod.command, "ranges", None)))(_interruptible(_mod.command))
 
 
 def report_error(e: BertoptError) -> None:

@@ -107,3 +107,66 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     held = sorted(order[:k])
     train = sorted(order[k:])
     return train, held
+
+
+@dataclass
+class TrainingData:
+    """The tokenized training texts and the held-out ones early stopping reads (qat and compress)."""
+
+    tokenizer: object
+    max_len: int
+    train: Encoded
+    held: Encoded
+    held_texts: list[str]
+    held_labels: list[int] | None
+
+
+def load_training_data(model_dir, cfg: dict, o, path, limit: int | None, min_texts: int = 1) -> TrainingData:
+    """``path`` (``o.text_column``/``o.label_column``, first ``limit`` texts) tokenized for ``model_dir``;
+    the held-out split is ``o.val_data`` or a seeded ``o.val_fraction`` of the texts (``o``: TrainingOptions)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from bertopt.data import load_texts
+    from bertopt.errors import BertoptError
+    from bertopt.models import SUPPORTED
+    from bertopt.paths import resolve_path
+
+    type_ids = "token_type_ids" in SUPPORTED[cfg["model_type"]]
+    train_td = load_texts(path, text_column=o.text_column, label_column=o.label_column, limit=limit, min_texts=min_texts)
+    labels = class_labels(train_td, cfg) if o.label_column else None
+    if o.val_data:
+        val_td = load_texts(resolve_path(o.val_data), text_column=o.text_column, label_column=o.label_column)
+        val_labels = class_labels(val_td, cfg) if o.label_column else None
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    max_len = min(o.max_length, cfg.get("max_position_embeddings") or o.max_length)
+    enc = encode(tokenizer, train_td.texts, labels, max_len, type_ids)
+    if o.val_data:
+        held_labels = None if val_labels is None else [int(v) for v in val_labels]
+        return TrainingData(tokenizer, max_len, enc, encode(tokenizer, val_td.texts, val_labels, max_len, type_ids), val_td.texts, held_labels)
+    if len(enc) < 10:
+        raise BertoptError(f"{path}: {len(enc)} texts are too few to hold some out for early stopping",
+                           hint="use more texts, or pass --val-data with a held-out file")
+    tr_rows, held_rows = split_holdout(len(enc), o.val_fraction, o.seed)
+    return TrainingData(tokenizer, max_len, enc.subset(tr_rows), enc.subset(held_rows), [train_td.texts[i] for i in held_rows],
+                        None if labels is None else [int(labels[i]) for i in held_rows])
+
+
+def class_labels(td, cfg: dict) -> np.ndarray:
+    """The labels of ``td`` (bertopt.data.TextData) as class indices of the model (``id2label`` of config.json)."""
+    import json
+
+    from bertopt.data import encode_labels
+    from bertopt.errors import BertoptError
+
+    id2label = cfg.get("id2label") or {}
+    try:
+        y = encode_labels(td.labels, id2label)
+    except BertoptError as e:
+        raise BertoptError(f"{td.path}: {e.message}", hint=e.hint) from None
+    n = len(id2label) or int(y.max()) + 1
+    bad = sorted({int(v) for v in y if not 0 <= v < n})
+    if bad:
+        raise BertoptError(f"{td.path}: labels {bad[:5]} are outside the model's {n} classes", hint="model labels: " + json.dumps(id2label))
+    return y

@@ -81,3 +81,20 @@ def setup(device: str | None = None) -> DistEnv:
             dist.init_process_group(backend=env.backend)
             env.owns_group = True
     return env
+
+
+def rank0_writes(env: DistEnv, write, stage: str) -> None:
+    """Rank 0 runs ``write()`` (the artifact); the others wait. A failure on any rank fails them all,
+    rank 0 with its own error."""
+    from bertopt.errors import BertoptError
+
+    error: BaseException | None = None
+    if env.main:
+        try:
+            write()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = e
+    if env.any_failed(error is not None):
+        if error is not None:
+            raise error
+        raise BertoptError(f"{stage}: rank 0 failed to write the artifact", hint="see rank 0's error above")

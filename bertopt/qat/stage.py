@@ -7,6 +7,10 @@ held-out state is exported through the legacy exporter as a Q/DQ ONNX (``onnx_qd
 against the fake-quant torch model on ONNX Runtime, and written like export's artifact: model.onnx +
 tokenizer/ + manifest (model block, parity, training history, ORT's int8 kernel counts).
 
+In code: ``run_qat`` = ``_plan`` (options resolved against the model, inputs, params) -> up to date?
+-> ``_start`` (held-out texts carved out, the calibrated start) -> ``_run``: ``_load_data`` ->
+``_student`` -> ``_train`` -> ``_export`` (``_write``, ``_choose``).
+
 Under ``torchrun`` the same call trains data-parallel (``dist``); only rank 0 writes.
 """
 
@@ -15,69 +19,28 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from bertopt.params import Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, Opset, PositiveFloat, PositiveInt, accepts_renamed
-from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_input, fingerprint, load_artifact, up_to_date, write_artifact
+from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError, MissingDependencyError
-from bertopt.models import SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
+from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
+from bertopt.qat.batches import TrainingData
+from bertopt.qat.options import QatOptions
 from bertopt.qat.placement import DEFAULT_EXCLUDE
 from bertopt.ui import console, note, skipped
 
 PARITY_TEXTS = 64
 
 
-@accepts_renamed("qat")
-def run_qat(
-    input: str | Path,
-    out: str | Path,
-    *,
-    data: str,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    val_data: str | None = None,
-    val_fraction: OpenFraction = 0.1,
-    samples: PositiveInt | None = None,
-    epochs: PositiveFloat = 1.0,
-    steps: PositiveInt | None = None,
-    batch_size: PositiveInt = 32,
-    lr: PositiveFloat = 2e-5,
-    warmup_ratio: HalfOpenFraction = 0.1,
-    eval_every: PositiveInt | None = None,
-    patience: PositiveInt = 3,
-    min_delta: HalfOpenFraction = 0.01,
-    max_length: MaxLength = 128,
-    init_from: str | None = None,
-    start: Literal["calibrate", "max"] = "calibrate",
-    calib_batches: PositiveInt = 16,
-    exclude: list[str] | None = None,
-    quantize_bmm: bool = False,
-    temperature: PositiveFloat = 2.0,
-    output_weight: NonNegativeFloat = 1.0,
-    hidden_weight: NonNegativeFloat = 1.0,
-    attention_weight: NonNegativeFloat = 0.0,
-    task_weight: NonNegativeFloat = 1.0,
-    dropout: bool = False,
-    task: Literal[TASKS] | None = None,
-    pooling: Literal["auto", "mean", "cls", "none"] = "auto",
-    normalize: bool | None = None,
-    opset: Opset = 17,
-    seed: int = 0,
-    parity_min_mean_cosine: Cosine = 0.99,
-    min_cosine: Cosine | None = None,
-    max_accuracy_drop: NonNegativeFloat | None = None,
-    eval: str | None = None,  # noqa: A002 - the CLI option is --eval
-    eval_samples: PositiveInt = 64,
-    max_float: PositiveInt | None = None,
-    checkpoint_dir: str | None = None,
-    output: str | None = None,
-    resume: bool = True,
-    force: bool = False,
-    verbose: bool = False,
-) -> Artifact:
+def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = None, *, force: bool = False, verbose: bool = False,
+            **kwargs: Any) -> Artifact:
     """Quantization-aware training of ``input`` (an HF folder, or an export artifact of one) into ``out``.
+
+    The options are a :class:`~bertopt.qat.options.QatOptions` (``options=``) or its fields as keywords
+    (``run_qat(m, out, data="train.csv", epochs=2)``):
 
     - ``data``: training texts (.txt/.csv/.tsv/.jsonl); ``label_column`` adds the task loss
       (classifiers); without it the student learns from the teacher alone.
@@ -113,72 +76,98 @@ def run_qat(
     - checkpoints go to ``checkpoint_dir`` (default: a hidden ``.<out>.qat-checkpoint`` beside ``out``);
       a killed run resumes from the last one when started again (``resume=False`` starts over).
     """
-    labels_column, limit, warmup = label_column, samples, warmup_ratio  # the options' older names, kept inside
+    o = QatOptions.of(options, kwargs)
+    job = _plan(input, out, o, verbose)
+    if (done := up_to_date(job.out, "qat", job.inputs, job.params, force)) is not None:
+        skipped("qat", job.out)
+        _budget_gate(done)
+        return done
+    _require_modelopt()
+    import tempfile
+
+    from bertopt.qat import dist
+
+    # a temporary folder for the calibrated start, the budget's held-out texts and the reference export
+    tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-") if job.auto_start or o.budget or job.init_path is not None else None
+    try:
+        if tmp is not None:
+            _start(job, Path(tmp.name))
+        env = dist.setup()
+        try:
+            art = _run(job, env)
+        finally:
+            env.close()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    _budget_gate(art)
+    return art
+
+
+@dataclass
+class _Job:
+    """One qat run: the options, what they resolve to for this model, and where the training text is."""
+
+    o: QatOptions
+    out: Path
+    model_dir: Path
+    cfg: dict
+    task: str
+    pooling: str
+    normalize: bool
+    exclude: list[str]
+    inputs: dict
+    params: dict
+    init_path: Path | None  # the calibrated model QAT starts from (--init-from, or the calibrated start)
+    verbose: bool
+    train_path: Path  # --data, or a copy without the budget's held-out texts
+    train_limit: int | None
+    tmp: Path | None = None  # set when QAT's export is measured against its start (and a budget)
+    fp32_dir: Path | None = None  # the FP32 export made for the calibrated start
+    held_out: Any = None  # the budget's held-out texts (bertopt.qat.budget.HeldText)
+
+    @property
+    def auto_start(self) -> bool:
+        return not self.o.init_from and self.o.start == "calibrate"
+
+
+def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
+    """Resolve the options against the model (task, head, what stays float) and check what can be
+    checked before any work: the inputs and params that make the fingerprint."""
     out = resolve_path(out)
     model_dir, src = _model_dir(input)
     cfg = read_config(model_dir)
-    task = resolve_task(cfg, task, known=src)
-    pooling, normalize = resolve_head(model_dir, task, pooling, normalize, known=src)
-    # With --init-from, the calibrated model decides what stays float (its own default keeps the
-    # pooler and head float); an explicit --exclude is applied on top.
-    user_exclude = exclude
-    exclude = list((DEFAULT_EXCLUDE if not init_from else ()) if exclude is None else exclude)
-    _check_numbers(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, val_fraction=val_fraction, eval_every=eval_every,
-                   patience=patience, min_delta=min_delta, max_length=max_length, calib_batches=calib_batches, temperature=temperature, limit=limit,
-                   parity_min_mean_cosine=parity_min_mean_cosine, opset=opset, weights=(output_weight, hidden_weight, attention_weight, task_weight))
-    from bertopt.qat.budget import check_budget
-
-    budget = min_cosine is not None or max_accuracy_drop is not None
-    if eval and not budget:
-        raise BertoptError("qat: --eval is the held-out text of a budget, and no budget is given",
-                           hint="add --min-cosine X and/or --max-accuracy-drop P (early stopping reads --val-data)")
-    check_budget(min_cosine, max_accuracy_drop, eval, labels_column if (eval or max_accuracy_drop is not None) else None, where="qat")
-    if labels_column and task != "sequence-classification":
-        raise BertoptError(f"--label-column '{labels_column}' given, but {model_dir} is a {task} model",
+    task = resolve_task(cfg, o.task, known=src)
+    pooling, normalize = resolve_head(model_dir, task, o.pooling, o.normalize, known=src)
+    if o.label_column and task != "sequence-classification":
+        raise BertoptError(f"--label-column '{o.label_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
-
-    from bertopt.qat.start import STARTS, calibrated_start
-
-    if start not in STARTS:
-        raise BertoptError(f"unknown start '{start}'", hint="start: " + ", ".join(STARTS))
-    data_path = resolve_path(data)
-    inputs = {"model": describe_input(model_dir), "data": _describe_data(data_path)}
-    auto_start = not init_from and start == "calibrate"
-    if auto_start:  # as with --init-from: the calibrated model decides what stays float
-        exclude = list(user_exclude or [])
-    if val_data:
-        inputs["val_data"] = _describe_data(resolve_path(val_data))
+    # With --init-from (or the calibrated start), the calibrated model decides what stays float (its own
+    # default keeps the pooler and head float); an explicit --exclude is applied on top.
+    if o.init_from or o.start == "calibrate":
+        exclude = list(o.exclude or [])
+    else:
+        exclude = list(DEFAULT_EXCLUDE if o.exclude is None else o.exclude)
+    data_path = resolve_path(o.data)
+    inputs = {"model": describe_input(model_dir), "data": describe_data(data_path)}
+    if o.val_data:
+        inputs["val_data"] = describe_data(resolve_path(o.val_data))
     init_path = None
-    if init_from:
+    if o.init_from:
         from bertopt.qat.ranges import resolve_init_from
 
-        init_path = resolve_init_from(init_from)
-        inputs["init_from"] = describe_input(Path(resolve_path(init_from)))
-    params = {
-        "task": task, "pooling": pooling, "normalize": bool(normalize), "text_column": text_column, "label_column": labels_column,
-        "val_fraction": None if val_data else val_fraction, "samples": limit, "epochs": None if steps else epochs, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup, "eval_every": eval_every, "patience": patience, "min_delta": min_delta, "max_length": max_length,
-        "start": "calibrate" if auto_start else (None if init_from else start), "calib_batches": None if init_from else calib_batches, "exclude": exclude, "quantize_bmm": quantize_bmm,
-        "temperature": temperature, "output_weight": output_weight, "hidden_weight": hidden_weight, "attention_weight": attention_weight,
-        "task_weight": task_weight if labels_column else None, "dropout": dropout, "opset": opset, "seed": seed,
-        "parity_min_mean_cosine": parity_min_mean_cosine,
-    }
-    if budget:
-        params.update(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=str(eval) if eval else None,
-                      eval_samples=None if eval else eval_samples, max_float=max_float)
-        if eval:
-            inputs["eval"] = _describe_data(resolve_path(eval))
-    if output:
-        outs = output_names(task, pooling)
-        if output not in outs:
-            raise BertoptError(f"--output '{output}': the exported {task} model has no such output",
-                               hint="its outputs are: " + ", ".join(outs))
-        params["output"] = output
-    if (done := up_to_date(out, "qat", inputs, params, force)) is not None:
-        skipped("qat", out)
-        _budget_gate(done)
-        return done
+        init_path = resolve_init_from(o.init_from)
+        inputs["init_from"] = describe_input(Path(resolve_path(o.init_from)))
+    if o.budget and o.eval:
+        inputs["eval"] = describe_data(resolve_path(o.eval))
+    if o.output and o.output not in (outs := output_names(task, pooling)):
+        raise BertoptError(f"--output '{o.output}': the exported {task} model has no such output", hint="its outputs are: " + ", ".join(outs))
+    return _Job(o=o, out=out, model_dir=model_dir, cfg=cfg, task=task, pooling=pooling, normalize=bool(normalize), exclude=exclude,
+                inputs=inputs, params=o.params(task=task, pooling=pooling, normalize=normalize, exclude=exclude), init_path=init_path,
+                verbose=verbose, train_path=data_path, train_limit=o.samples)
 
+
+def _require_modelopt() -> None:
     try:
         with _quiet():  # modelopt warns about untested transformers versions at import
             import modelopt.torch.quantization as mtq  # noqa: F401
@@ -188,47 +177,26 @@ def run_qat(
             hint="`pip install nvidia-modelopt` (works on the CPU; the ONNX export uses the legacy exporter)",
         ) from None
 
-    import tempfile
 
-    from bertopt.qat import dist
-    from bertopt.qat.ranges import resolve_init_from
-
+def _start(job: _Job, tmp: Path) -> None:
+    """Into ``tmp``: the budget's held-out texts (carved out first, so that calibration and training
+    never see them) and the calibrated start (export + calibrate on the training text)."""
     from bertopt.qat.budget import carve
+    from bertopt.qat.ranges import resolve_init_from
+    from bertopt.qat.start import calibrated_start
 
-    tmp = None
-    held_out = None
-    train_path, train_limit = data_path, limit
-    if auto_start or budget or init_path is not None:
-        tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-")
-    try:
-        if budget:  # held-out texts first: the calibration and training below never see them
-            held_out = carve(data_path, text_column=text_column, label_column=labels_column, eval=eval, eval_samples=eval_samples,
-                             limit=limit, tmp=Path(tmp.name))
-            if held_out.train_file is not None:
-                train_path, train_limit = held_out.train_file, None
-        fp32_dir = None
-        if auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
-            cal = calibrated_start(model_dir, Path(tmp.name), data=str(train_path), text_column=text_column, task=task, pooling=pooling,
-                                   normalize=bool(normalize), max_length=max_length, opset=opset)
-            init_path = resolve_init_from(cal)
-            fp32_dir = Path(tmp.name) / "export"
-        ctx = None
-        if tmp is not None:
-            ctx = {"tmp": Path(tmp.name), "fp32_dir": fp32_dir, "start": init_path, "held": held_out, "train_path": train_path,
-                   "model_dir": model_dir, "export_args": {"task": task, "pooling": pooling, "normalize": bool(normalize), "opset": opset}}
-        env = dist.setup()
-        try:
-            art = _run(model_dir, out, cfg, env, task=task, pooling=pooling, normalize=bool(normalize), data_path=train_path,
-                       text_column=text_column, labels_column=labels_column, val_data=val_data, val_fraction=val_fraction, limit=train_limit,
-                       init_path=init_path, inputs=inputs, params=params, exclude=exclude, quantize_bmm=quantize_bmm,
-                       calib_batches=calib_batches, checkpoint_dir=checkpoint_dir, resume=resume, verbose=verbose, ctx=ctx)
-        finally:
-            env.close()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    _budget_gate(art)
-    return art
+    o = job.o
+    job.tmp = tmp
+    if o.budget:
+        job.held_out = carve(job.train_path, text_column=o.text_column, label_column=o.label_column, eval=o.eval, eval_samples=o.eval_samples,
+                             limit=o.samples, tmp=tmp)
+        if job.held_out.train_file is not None:
+            job.train_path, job.train_limit = job.held_out.train_file, None
+    if job.auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
+        cal = calibrated_start(job.model_dir, tmp, data=str(job.train_path), text_column=o.text_column, task=job.task, pooling=job.pooling,
+                               normalize=job.normalize, max_length=o.max_length, opset=o.opset)
+        job.init_path = resolve_init_from(cal)
+        job.fp32_dir = tmp / "export"
 
 
 def _budget_gate(art: Artifact) -> None:
@@ -245,131 +213,111 @@ def _budget_gate(art: Artifact) -> None:
         )
 
 
-def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize, data_path, text_column, labels_column, val_data,
-         val_fraction, limit, init_path, inputs, params, exclude, quantize_bmm, calib_batches, checkpoint_dir, resume, verbose, ctx=None) -> Artifact:
+def _run(job: _Job, env) -> Artifact:
     import torch
 
-    from bertopt.data import load_texts
+    from bertopt.qat import batches
+
+    torch.manual_seed(job.o.seed)
+    # without --val-data, 10 texts is the least that leaves some held out for early stopping
+    data = batches.load_training_data(job.model_dir, job.cfg, job.o, job.train_path, job.train_limit, min_texts=1 if job.o.val_data else 10)
+    student, teacher, init, qsum = _student(job, env, data)
+    say = note if env.main else (lambda *_: None)
+    say(f"qat: {qsum['quantized_linears']} GEMMs fake-quantized (INT8), float: {', '.join(qsum['float_linears']) or 'none'}; "
+        f"{len(data.train)} training / {len(data.held)} held-out texts" + (f", {env.world} processes ({env.backend})" if env.enabled else ""))
+    history, ckpt = _train(job, env, data, student, teacher)
+    return _export(job, env, data, student, history, qsum, init, ckpt)
+
+
+def _student(job: _Job, env, data: TrainingData):
+    """The teacher (frozen) and its fake-quantized copy, ranges from a max calibration or the calibrated start."""
+    import modelopt.torch.quantization as mtq
+    import torch
+
     from bertopt.export import load_torch_model
     from bertopt.qat import batches, placement
-    from bertopt.qat.losses import LossWeights
-    from bertopt.qat.train import Checkpointer, TrainConfig, train
 
-    say = note if env.main else (lambda *_: None)
-    torch.manual_seed(params["seed"])
-    input_names = SUPPORTED[cfg["model_type"]]
-
-    # ---- data
-    # without --val-data, 10 texts is the least that leaves some held out for early stopping
-    train_td = load_texts(data_path, text_column=text_column, label_column=labels_column, limit=limit, min_texts=1 if val_data else 10)
-    labels = _labels(train_td, cfg) if labels_column else None
-    if val_data:
-        val_td = load_texts(resolve_path(val_data), text_column=text_column, label_column=labels_column)
-        val_labels = _labels(val_td, cfg) if labels_column else None
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    max_len = min(params["max_length"], cfg.get("max_position_embeddings") or params["max_length"])
-    enc = batches.encode(tokenizer, train_td.texts, labels, max_len, "token_type_ids" in input_names)
-    if val_data:
-        train_enc, held = enc, batches.encode(tokenizer, val_td.texts, val_labels, max_len, "token_type_ids" in input_names)
-        held_texts = val_td.texts
-        held_labels = None if val_labels is None else [int(v) for v in val_labels]
-    else:
-        if len(enc) < 10:
-            raise BertoptError(f"{data_path}: {len(enc)} texts are too few to hold some out for early stopping",
-                               hint="use more texts, or pass --val-data with a held-out file")
-        tr_rows, held_rows = batches.split_holdout(len(enc), val_fraction, params["seed"])
-        train_enc, held = enc.subset(tr_rows), enc.subset(held_rows)
-        held_texts = [train_td.texts[i] for i in held_rows]
-        held_labels = None if labels is None else [int(labels[i]) for i in held_rows]
-
-    # ---- teacher and student
-    with console.status(f"qat: loading {model_dir}") if env.main else contextlib.nullcontext():
-        teacher = load_torch_model(model_dir, task).to(env.device)
+    o = job.o
+    with console.status(f"qat: loading {job.model_dir}") if env.main else contextlib.nullcontext():
+        teacher = load_torch_model(job.model_dir, job.task).to(env.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
     for p in student.parameters():
         p.requires_grad_(True)
-    if not params["dropout"]:
+    if not o.dropout:
         for m in student.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0  # BERT's attention dropout also reads this module's p
-    if task == "feature-extraction":  # the pooler is not part of the exported encoder: keep it out of training (and of DDP)
+    if job.task == "feature-extraction":  # the pooler is not part of the exported encoder: keep it out of training (and of DDP)
         for n, p in student.named_parameters():
             if ".pooler." in f".{n}":
                 p.requires_grad_(False)
-    placement.check_exclude(student, exclude)
-
-    import modelopt.torch.quantization as mtq
-
-    lengths = [len(x) for x in train_enc.ids]
-    calib_rows = [r for e in range(4) for r in batches.epoch_batches(lengths, params["batch_size"], params["seed"], e)][:calib_batches]
+    placement.check_exclude(student, job.exclude)
+    lengths = [len(x) for x in data.train.ids]
+    calib_rows = [r for e in range(4) for r in batches.epoch_batches(lengths, o.batch_size, o.seed, e)][:o.calib_batches]
 
     def calibrate_loop(model):
         with torch.no_grad():
             for rows in calib_rows:
-                b = batches.collate(train_enc, rows, env.device)
+                b = batches.collate(data.train, rows, env.device)
                 b.pop("labels", None)
                 model(**b)
 
-    qcfg = placement.quant_config(exclude, quantize_bmm)
+    qcfg = placement.quant_config(job.exclude, o.quantize_bmm)
     with console.status("qat: inserting quantizers and calibrating their ranges") if env.main else contextlib.nullcontext(), _quiet():
         student = mtq.quantize(student, qcfg, forward_loop=calibrate_loop)
     init = None
-    if init_path is not None:
-        from bertopt.qat.ranges import apply_ranges, check_equivalent, match_ranges
-
-        init = apply_ranges(student, match_ranges(init_path, teacher))
-        probe = batches.collate(train_enc, calib_rows[0], env.device)
-        probe.pop("labels", None)
-        init["float_cosine_vs_teacher"] = check_equivalent(student, teacher, probe, str(init_path))
-        say(f"qat: starting from the calibrated model {init_path}: {init['linears_set']} GEMMs ({init['equalized']} equalized)"
-            + (f", {len(init['left_float'])} left float as there: {', '.join(init['left_float'])}" if init["left_float"] else ""))
+    if job.init_path is not None:
+        init = _apply_start(job, env, data, student, teacher, calib_rows[0])
     qsum = placement.summary(student)
     if qsum["quantized_linears"] == 0:
         raise BertoptError("no GEMM is left to quantize", hint="check --exclude (and the --init-from artifact)")
-    say(f"qat: {qsum['quantized_linears']} GEMMs fake-quantized (INT8), float: {', '.join(qsum['float_linears']) or 'none'}; "
-        f"{len(train_enc)} training / {len(held)} held-out texts" + (f", {env.world} processes ({env.backend})" if env.enabled else ""))
+    return student, teacher, init, qsum
 
-    # ---- train
-    weights = LossWeights(output=params["output_weight"], hidden=params["hidden_weight"], attention=params["attention_weight"],
-                          task=params["task_weight"] or 0.0, temperature=params["temperature"])
-    tcfg = TrainConfig(epochs=params["epochs"] or 1.0, steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"],
-                       warmup=params["warmup_ratio"], eval_every=params["eval_every"], patience=params["patience"], min_delta=params["min_delta"], seed=params["seed"])
-    ckpt_dir = resolve_path(checkpoint_dir) if checkpoint_dir else out.parent / f".{out.name}.qat-checkpoint"
-    ckpt = Checkpointer(ckpt_dir, fingerprint("qat-checkpoint", inputs, params | {"world_size": env.world}), owned=not checkpoint_dir)
-    if not resume and env.main:
-        ckpt.remove()
-    env.barrier()
-    history = train(student, teacher, train_enc, held, task=task, pooling=pooling, weights=weights, cfg=tcfg, env=env, ckpt=ckpt)
-    b, i0 = history["best"], history["initial"]
-    say(f"qat: best held-out step {b['step']}/{history['total_steps']}: " + _fmt_eval(b) + f" (before QAT: {_fmt_eval(i0)})"
-        + (", stopped early" if history["stopped_early"] else ""))
 
-    # ---- export (rank 0 writes; the others wait and read the result)
-    error: BaseException | None = None
+def _apply_start(job: _Job, env, data: TrainingData, student, teacher, probe_rows) -> dict:
+    """The calibrated model's ranges (equalization, float layers) onto the student; checked equivalent in float."""
+    from bertopt.qat import batches
+    from bertopt.qat.ranges import apply_ranges, check_equivalent, match_ranges
+
+    init = apply_ranges(student, match_ranges(job.init_path, teacher))
+    probe = batches.collate(data.train, probe_rows, env.device)
+    probe.pop("labels", None)
+    init["float_cosine_vs_teacher"] = check_equivalent(student, teacher, probe, str(job.init_path))
     if env.main:
-        try:
-            _write(out, student.to("cpu"), tokenizer, model_dir, cfg, task=task, pooling=pooling, normalize=normalize, inputs=inputs,
-                   params=params, input_names=input_names, held_texts=held_texts, held_labels=held_labels, max_len=max_len, history=history, qsum=qsum,
-                   ctx=ctx,
-                   init=init, env=env, verbose=verbose)
-            ckpt.remove()
-        except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = e
-    if env.any_failed(error is not None):
-        if error is not None:
-            raise error
-        raise BertoptError("qat: rank 0 failed to write the artifact", hint="see rank 0's error above")
-    art = load_artifact(out)
+        note(f"qat: starting from the calibrated model {job.init_path}: {init['linears_set']} GEMMs ({init['equalized']} equalized)"
+             + (f", {len(init['left_float'])} left float as there: {', '.join(init['left_float'])}" if init["left_float"] else ""))
+    return init
+
+
+def _train(job: _Job, env, data: TrainingData, student, teacher):
+    """Distillation (+ task loss) with early stopping and checkpoints; returns the history and the checkpointer."""
+    from bertopt.qat.train import distil, fmt_eval
+
+    history, ckpt = distil(student, teacher, data, job.o, stage="qat", out=job.out, inputs=job.inputs, params=job.params, env=env,
+                           task=job.task, pooling=job.pooling, attention_weight=job.o.attention_weight)
+    b, i0 = history["best"], history["initial"]
+    if env.main:
+        note(f"qat: best held-out step {b['step']}/{history['total_steps']}: " + fmt_eval(b) + f" (before QAT: {fmt_eval(i0)})"
+             + (", stopped early" if history["stopped_early"] else ""))
+    return history, ckpt
+
+
+def _export(job: _Job, env, data: TrainingData, student, history, qsum, init, ckpt) -> Artifact:
+    """Rank 0 exports and writes the artifact; the others wait and read the result."""
+    from bertopt.qat.dist import rank0_writes
+
+    def write() -> None:
+        _write(job, student.to("cpu"), data, history=history, qsum=qsum, init=init)
+        ckpt.remove()
+
+    rank0_writes(env, write, "qat")
+    art = load_artifact(job.out)
     if env.main:
         par = art.manifest["metrics"]["parity"]
         console.print(
-            f"qat: {out / MODEL_FILE}  task={task}  written: {art.manifest['quantization'].get('written', 'qat')}; "
+            f"qat: {job.out / MODEL_FILE}  task={job.task}  written: {art.manifest['quantization'].get('written', 'qat')}; "
             f"{qsum['quantized_linears']} INT8 GEMMs trained, ORT int8 kernels "
             f"{art.manifest['metrics']['ort_int8_gemms']}; parity vs fake-quant torch: cosine mean {par['cosine_mean']:.5f} min {par['cosine_min']:.5f}"
             + (f", argmax agreement {par['argmax_agreement']:.4f}" if "argmax_agreement" in par else ""),
@@ -378,118 +326,126 @@ def _run(model_dir: Path, out: Path, cfg: dict, env, *, task, pooling, normalize
     return art
 
 
-def _write(out, student, tokenizer, model_dir, cfg, *, task, pooling, normalize, inputs, params, input_names, held_texts, max_len,
-           history, qsum, init, env, verbose, held_labels=None, ctx=None) -> None:
+def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict, init: dict | None) -> None:
+    """Export the student as Q/DQ ONNX, check it against the fake-quant model, choose what to write, write the artifact."""
     import torch
 
     from bertopt.export import make_wrapper
-    from bertopt.graph import int8_gemms, op_counts, ort_kernel_counts
     from bertopt.qat import onnx_qdq
 
-    opset = params["opset"]
-    wrapper = make_wrapper(student, task, input_names, pooling, normalize)
-    outs = output_names(task, pooling)
+    o, task, model_dir = job.o, job.task, job.model_dir
+    input_names = SUPPORTED[job.cfg["model_type"]]
+    wrapper = make_wrapper(student, task, input_names, job.pooling, job.normalize)
+    outs = output_names(task, job.pooling)
     axes = dynamic_axes(input_names, outs)
-    with write_artifact(out, "qat", inputs, params) as w:
+    with write_artifact(job.out, "qat", job.inputs, job.params) as w:
         onnx_path = w.add_output("model", MODEL_FILE)
-        sample = _feeds(tokenizer, held_texts[:2], input_names, pad_to=16)
-        with console.status(f"qat: exporting Q/DQ ONNX (legacy exporter, opset {opset})"), w.timed("export"):
+        sample = _feeds(data.tokenizer, data.held_texts[:2], input_names, pad_to=16)
+        with console.status(f"qat: exporting Q/DQ ONNX (legacy exporter, opset {o.opset})"), w.timed("export"):
             try:
-                onnx_qdq.export_qdq(wrapper, tuple(torch.from_numpy(sample[n]) for n in input_names), onnx_path, input_names, outs, axes, opset)
+                onnx_qdq.export_qdq(wrapper, tuple(torch.from_numpy(sample[n]) for n in input_names), onnx_path, input_names, outs, axes, o.opset)
             except Exception as e:  # noqa: BLE001
                 raise BertoptError(f"{model_dir}: Q/DQ export failed: {type(e).__name__}: {str(e)[:300]}",
                                    hint="report the model architecture; modelopt's Q/DQ export needs the legacy exporter") from None
             post = onnx_qdq.postprocess(onnx_path)
         with console.status("qat: parity check (ONNX Runtime int8 kernels vs the fake-quant torch model)"), w.timed("parity"):
-            texts = held_texts[:PARITY_TEXTS]
-            feeds = [_feeds(tokenizer, texts[i : i + 16], input_names, max_length=max_len) for i in range(0, len(texts), 16)]
-            parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=params.get("output"))
+            texts = data.held_texts[:PARITY_TEXTS]
+            feeds = [_feeds(data.tokenizer, texts[i : i + 16], input_names, max_length=data.max_len) for i in range(0, len(texts), 16)]
+            parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=o.output)
         note(f"qat: parity compared on output {parity['compared_output']}")
-        if parity["cosine_mean"] < params["parity_min_mean_cosine"]:
+        if parity["cosine_mean"] < o.parity_min_mean_cosine:
             raise BertoptError(
                 f"the exported Q/DQ model differs from the fake-quant torch model: mean cosine {parity['cosine_mean']:.4f} "
-                f"< {params['parity_min_mean_cosine']} over {parity['texts']} held-out texts (min {parity['cosine_min']:.4f})",
+                f"< {o.parity_min_mean_cosine} over {parity['texts']} held-out texts (min {parity['cosine_min']:.4f})",
                 hint="lower --parity-min-mean-cosine if you accept it, or report it (the exporter or ORT's kernels disagree with modelopt)",
             )
         chosen = None
-        if ctx is not None:
+        if job.tmp is not None:
             with w.timed("choose"):
-                chosen = _choose(ctx, onnx_path, params, cfg, held_texts, held_labels, max_len)
+                chosen = _choose(job, onnx_path, data)
             w.metrics["budget" if "passed" in chosen else "start_check"] = {k: v for k, v in chosen.items() if k != "chosen_path"}
             if chosen["chosen"] != "qat":
                 import shutil
 
                 shutil.copyfile(chosen["chosen_path"], onnx_path)
                 note(f"qat: writing '{chosen['chosen']}' ({chosen['chosen_path'].parent.name}): it is more faithful on held-out text than the QAT model")
-        kernels = ort_kernel_counts(onnx_path)
-        ops = op_counts(onnx_path)
-        w.metrics.update({
-            "parity": parity,
-            "quantized_gemms": qsum["quantized_linears"],
-            "ort_int8_gemms": int8_gemms(kernels),
-            "ort_kernels": kernels,
-            "qdq_ops": {k: ops.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm")},
-            "postprocess": post,
-            "initial": history["initial"],
-            "best": history["best"],
-        })
-        if "accuracy" in history["best"]:
-            w.metrics["accuracy"] = round(history["best"]["accuracy"], 6)
-        w.extra["training"] = {k: v for k, v in history.items() if k not in ("initial", "best")}
-        w.extra["quantization"] = {
-            "scheme": "int8 symmetric, zero point 0; weights per output channel, activations per tensor at GEMM inputs",
-            "library": "nvidia-modelopt",
-            "float_linears": qsum["float_linears"],
-            "bmm_quantizers": qsum["bmm_quantizers"],
-            "init_from": init,
-            "written": "qat" if chosen is None else chosen["chosen"],
-        }
-        if verbose:
-            note("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
-        w.copy_tokenizer(model_dir)
-        w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": opset,
-                                              "exporter": "legacy", "precision": "int8", "quantization": "qdq"}
-        w.add_output("history", "qat_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
+        _record(w, job, onnx_path, parity=parity, post=post, history=history, qsum=qsum, init=init, written="qat" if chosen is None else chosen["chosen"])
+        w.model = model_summary(job.cfg, task) | {"outputs": outs, "pooling": job.pooling, "normalize": job.normalize, "opset": o.opset,
+                                                  "exporter": "legacy", "precision": "int8", "quantization": "qdq"}
 
 
-def _choose(ctx: dict, qat_onnx: Path, params: dict, cfg: dict, held_texts, held_labels, max_len: int) -> dict:
+def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history: dict, qsum: dict, init: dict | None, written: str) -> None:
+    """The manifest's metrics, training and quantization blocks, the tokenizer and the history file."""
+    from bertopt.graph import int8_gemms, op_counts, ort_kernel_counts
+
+    kernels = ort_kernel_counts(onnx_path)
+    ops = op_counts(onnx_path)
+    w.metrics.update({
+        "parity": parity,
+        "quantized_gemms": qsum["quantized_linears"],
+        "ort_int8_gemms": int8_gemms(kernels),
+        "ort_kernels": kernels,
+        "qdq_ops": {k: ops.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm")},
+        "postprocess": post,
+        "initial": history["initial"],
+        "best": history["best"],
+    })
+    if "accuracy" in history["best"]:
+        w.metrics["accuracy"] = round(history["best"]["accuracy"], 6)
+    w.extra["training"] = {k: v for k, v in history.items() if k not in ("initial", "best")}
+    w.extra["quantization"] = {
+        "scheme": "int8 symmetric, zero point 0; weights per output channel, activations per tensor at GEMM inputs",
+        "library": "nvidia-modelopt",
+        "float_linears": qsum["float_linears"],
+        "bmm_quantizers": qsum["bmm_quantizers"],
+        "init_from": init,
+        "written": written,
+    }
+    if job.verbose:
+        note("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
+    w.copy_tokenizer(job.model_dir)
+    w.add_output("history", "qat_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
+
+
+def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
     """Which model to write: the QAT export, its start, or (budget missed) calibrate's budget search."""
     from bertopt.artifacts import forget_outputs_under
     from bertopt.export import run_export
     from bertopt.qat.budget import CHECK_TEXTS, Chooser, fallback_calibrate, render
 
-    fp32_dir = ctx["fp32_dir"]
+    o, tmp = job.o, job.tmp
+    fp32_dir = job.fp32_dir
     if fp32_dir is None:  # --init-from / --start max: an FP32 export as the reference
-        fp32_dir = ctx["tmp"] / "reference"
-        run_export(ctx["model_dir"], fp32_dir, **ctx["export_args"])
-        forget_outputs_under(ctx["tmp"])
+        fp32_dir = tmp / "reference"
+        run_export(job.model_dir, fp32_dir, task=job.task, pooling=job.pooling, normalize=job.normalize, opset=o.opset)
+        forget_outputs_under(tmp)
     fp32 = load_artifact(fp32_dir).model_path
-    h = ctx["held"]
+    h = job.held_out
     budget = h is not None
     if budget:
         texts, labels, source = h.texts, h.labels, h.source
     else:
-        texts = held_texts[:CHECK_TEXTS]
-        labels = held_labels[:CHECK_TEXTS] if held_labels is not None else None
+        texts = data.held_texts[:CHECK_TEXTS]
+        labels = data.held_labels[:CHECK_TEXTS] if data.held_labels is not None else None
         source = f"{len(texts)} early-stopping texts"
-    ch = Chooser(fp32, texts, labels, source, max_len, min_cosine=params.get("min_cosine"), max_accuracy_drop=params.get("max_accuracy_drop"),
-                 id2label=cfg.get("id2label"), output=params.get("output"))
+    ch = Chooser(fp32, texts, labels, source, data.max_len, min_cosine=o.min_cosine, max_accuracy_drop=o.max_accuracy_drop,
+                 id2label=job.cfg.get("id2label"), output=o.output)
     cands = {"qat": qat_onnx}
-    if ctx["start"] is not None:
-        cands["start"] = Path(ctx["start"])
+    if job.init_path is not None:
+        cands["start"] = Path(job.init_path)
 
     def fallback():
-        return fallback_calibrate(fp32_dir, ctx["tmp"] / "calibrate-budget", data=ctx["train_path"], text_column=params["text_column"],
-                                  eval_file=h.eval_file, label_column=params["label_column"], min_cosine=params.get("min_cosine"),
-                                  max_accuracy_drop=params.get("max_accuracy_drop"), max_float=params.get("max_float"), max_length=max_len)
+        return fallback_calibrate(fp32_dir, tmp / "calibrate-budget", data=job.train_path, text_column=o.text_column,
+                                  eval_file=h.eval_file, label_column=o.label_column, min_cosine=o.min_cosine,
+                                  max_accuracy_drop=o.max_accuracy_drop, max_float=o.max_float, max_length=data.max_len)
 
     with console.status(f"qat: measuring the QAT model{' and its start' if 'start' in cands else ''} on {source}"):
         rec = ch.choose(cands, fallback if budget else None)
     goal = []
-    if params.get("min_cosine") is not None:
-        goal.append(f"min cosine >= {params['min_cosine']}")
-    if params.get("max_accuracy_drop") is not None:
-        goal.append(f"accuracy drop <= {params['max_accuracy_drop']} points")
+    if o.min_cosine is not None:
+        goal.append(f"min cosine >= {o.min_cosine}")
+    if o.max_accuracy_drop is not None:
+        goal.append(f"accuracy drop <= {o.max_accuracy_drop} points")
     render(rec, f"qat: {'budget: ' + ', '.join(goal) if budget else 'QAT vs its start'} (vs FP32, {len(texts)} held-out texts)")
     if budget:
         fb = rec.get("fallback")
@@ -519,71 +475,10 @@ def _model_dir(input) -> tuple[Path, dict]:
     return p, {}
 
 
-def _describe_data(path: Path) -> dict:
-    if not path.is_file():
-        raise BertoptError(f"{path}: no such data file", hint="pass a .txt (one text per line), .csv, .tsv or .jsonl file")
-    return describe_input(path)
-
-
-def _labels(td, cfg: dict):
-    from bertopt.data import encode_labels
-
-    id2label = cfg.get("id2label") or {}
-    try:
-        y = encode_labels(td.labels, id2label)
-    except BertoptError as e:
-        raise BertoptError(f"{td.path}: {e.message}", hint=e.hint) from None
-    n = len(id2label) or int(y.max()) + 1
-    bad = sorted({int(v) for v in y if not 0 <= v < n})
-    if bad:
-        raise BertoptError(f"{td.path}: labels {bad[:5]} are outside the model's {n} classes", hint="model labels: " + json.dumps(id2label))
-    return y
-
-
 def _feeds(tokenizer, texts, input_names, pad_to: int | None = None, max_length: int = 128):
     from bertopt.data import tokenize
 
     return tokenize(tokenizer, texts, input_names, max_length=pad_to or max_length, pad_to=pad_to)
-
-
-def _fmt_eval(e: dict) -> str:
-    bits = [f"loss {e['loss']:.4f}"]
-    for k in ("accuracy", "teacher_agreement", "cosine"):
-        if k in e:
-            bits.append(f"{k} {e[k]:.4f}")
-    return ", ".join(bits)
-
-
-def _check_numbers(*, epochs, steps, batch_size, lr, warmup, val_fraction, eval_every, patience, min_delta, max_length, calib_batches, temperature,
-                   limit, parity_min_mean_cosine, opset, weights) -> None:
-    def bad(name, value, rule):
-        raise BertoptError(f"{name}={value}: {rule}", hint=f"fix --{name.replace('_', '-')}")
-
-    if steps is None and not epochs > 0:
-        bad("epochs", epochs, "must be positive")
-    for name, v in (("steps", steps), ("eval_every", eval_every), ("samples", limit)):
-        if v is not None and v < 1:
-            bad(name, v, "must be at least 1")
-    for name, v in (("batch_size", batch_size), ("patience", patience), ("max_length", max_length), ("calib_batches", calib_batches)):
-        if v < 1:
-            bad(name, v, "must be at least 1")
-    if not lr > 0:
-        bad("lr", lr, "must be positive")
-    if not 0 <= warmup < 1:
-        bad("warmup_ratio", warmup, "must be in [0, 1)")
-    if not 0 <= min_delta < 1:
-        bad("min_delta", min_delta, "must be in [0, 1)")
-    if not 0 < val_fraction < 1:
-        bad("val_fraction", val_fraction, "must be in (0, 1)")
-    if not temperature > 0:
-        bad("temperature", temperature, "must be positive")
-    if not -1 <= parity_min_mean_cosine <= 1:
-        bad("parity_min_mean_cosine", parity_min_mean_cosine, "must be in [-1, 1]")
-    if not 14 <= opset <= 21:
-        bad("opset", opset, "use an opset from 14 to 21 (17 gives LayerNormalization)")
-    if any(x < 0 for x in weights) or weights[0] + weights[1] + weights[2] == 0:
-        raise BertoptError("loss weights must be >= 0 and at least one distillation weight positive",
-                           hint="--output-weight, --hidden-weight, --attention-weight")
 
 
 class _quiet:

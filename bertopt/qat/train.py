@@ -386,3 +386,34 @@ class _NoProgress:
 
     def update(self, *a, **k):
         pass
+
+
+def distil(student, teacher, data, o, *, stage: str, out: Path, inputs: dict, params: dict, env: DistEnv, task: str, pooling: str,
+           attention_weight: float = 0.0, layer_map: list[int] | None = None) -> tuple[dict, Checkpointer]:
+    """The training run of qat and compress: the loss weights and schedule from ``o`` (TrainingOptions),
+    checkpoints in ``o.checkpoint_dir`` (default ``.<out>.<stage>-checkpoint`` beside ``out``) keyed by
+    the run's inputs and params; returns the history and the checkpointer (removed once written)."""
+    from bertopt.artifacts import fingerprint
+    from bertopt.paths import resolve_path
+
+    weights = LossWeights(output=o.output_weight, hidden=o.hidden_weight, attention=attention_weight,
+                          task=o.task_weight if o.label_column else 0.0, temperature=o.temperature)
+    cfg = TrainConfig(epochs=o.epochs if not o.steps else 1.0, steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=o.warmup_ratio,
+                      eval_every=o.eval_every, patience=o.patience, min_delta=o.min_delta, seed=o.seed)
+    ckpt_dir = resolve_path(o.checkpoint_dir) if o.checkpoint_dir else out.parent / f".{out.name}.{stage}-checkpoint"
+    ckpt = Checkpointer(ckpt_dir, fingerprint(f"{stage}-checkpoint", inputs, params | {"world_size": env.world}), owned=not o.checkpoint_dir)
+    if not o.resume and env.main:
+        ckpt.remove()
+    env.barrier()
+    history = train(student, teacher, data.train, data.held, task=task, pooling=pooling, weights=weights, cfg=cfg, env=env, ckpt=ckpt,
+                    layer_map=layer_map, name=stage)
+    return history, ckpt
+
+
+def fmt_eval(e: dict) -> str:
+    """A held-out evaluation in one line: loss, accuracy, teacher agreement, cosine."""
+    bits = [f"loss {e['loss']:.4f}"]
+    for k in ("accuracy", "teacher_agreement", "cosine"):
+        if k in e:
+            bits.append(f"{k} {e[k]:.4f}")
+    return ", ".join(bits)
