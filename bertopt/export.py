@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
-from bertopt.params import Opset, PositiveFloat
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
 from bertopt.errors import BertoptError
-from bertopt.models import POOLINGS, SUPPORTED, TASKS, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
+from bertopt.export_options import ExportOptions
+from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.ui import console, skipped
-
-EXPORTERS = ("legacy", "dynamo")
 
 # Real sentences for the parity check (varied length, punctuation, casing, a prompt injection).
 PARITY_TEXTS = [
@@ -110,31 +108,20 @@ def make_wrapper(model, task: str, input_names: tuple[str, ...], pooling: str, n
     return Wrapper().eval()
 
 
-def run_export(
-    input: str | Path,
-    out: str | Path,
-    *,
-    task: Literal[TASKS] | None = None,
-    pooling: Literal[POOLINGS] = "auto",
-    normalize: bool | None = None,
-    opset: Opset = 17,
-    exporter: Literal[EXPORTERS] = "legacy",
-    tolerance: PositiveFloat = 1e-4,
-    force: bool = False,
-    verbose: bool = False,
-) -> Artifact:
-    """Export ``input`` (HF folder) to ``out``/model.onnx, parity-checked on ONNX Runtime."""
+def run_export(input: str | Path, out: str | Path, options: ExportOptions | None = None, *, force: bool = False, verbose: bool = False,
+               **kwargs: Any) -> Artifact:
+    """Export ``input`` (HF folder) to ``out``/model.onnx, parity-checked on ONNX Runtime.
+
+    The options are an :class:`~bertopt.export_options.ExportOptions` (``options=``) or its fields as
+    keywords (``run_export(m, out, opset=14)``)."""
+    o = ExportOptions.of(options, kwargs)
     model_dir = resolve_path(input)
     out = Path(out)
     cfg = read_config(model_dir)
-    task = resolve_task(cfg, task)
-    if exporter not in EXPORTERS:
-        raise BertoptError(f"unknown exporter '{exporter}'", hint="exporter: " + ", ".join(EXPORTERS))
-    if not 14 <= opset <= 21:
-        raise BertoptError(f"opset {opset} is out of range", hint="use an opset from 14 to 21 (17 gives LayerNormalization)")
-    pooling, normalize = resolve_head(model_dir, task, pooling, normalize)
+    task = resolve_task(cfg, o.task)
+    pooling, normalize = resolve_head(model_dir, task, o.pooling, o.normalize)
     input_names = SUPPORTED[cfg["model_type"]]
-    params = {"task": task, "pooling": pooling, "normalize": normalize, "opset": opset, "exporter": exporter, "tolerance": tolerance}
+    params = o.params(task=task, pooling=pooling, normalize=normalize)
     inputs = {"model": describe_input(model_dir)}
     if (done := up_to_date(out, "export", inputs, params, force)) is not None:
         skipped("export", out)
@@ -154,48 +141,55 @@ def run_export(
         onnx_path = w.add_output("model", MODEL_FILE)
         sample = _feeds(tokenizer, PARITY_TEXTS[:2], input_names, 16)
         args = tuple(torch.from_numpy(sample[n]) for n in input_names)
-        axes = dynamic_axes(input_names, outs)
-        with console.status(f"export: tracing with the {exporter} exporter (opset {opset})"), w.timed("export"), torch.no_grad(), \
-                warnings.catch_warnings():
-            # TracerWarnings from transformers' mask code are expected: the parity check below runs
-            # two other shapes (one with padding) and fails the export if the trace did not generalize.
-            warnings.simplefilter("ignore")
-            try:
-                if exporter == "legacy":
-                    torch.onnx.export(
-                        wrapper, args, str(onnx_path), input_names=list(input_names), output_names=outs,
-                        dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
-                    )
-                else:
-                    from torch.export import Dim
-
-                    dims = {0: Dim("batch"), 1: Dim("sequence")}
-                    prog = torch.onnx.export(
-                        _named(wrapper, input_names), args, input_names=list(input_names), output_names=outs,
-                        dynamic_shapes={n: dims for n in input_names}, opset_version=max(opset, 18), dynamo=True,
-                        optimize=True, verbose=False,
-                    )
-                    prog.save(str(onnx_path))
-            except Exception as e:  # noqa: BLE001
-                raise BertoptError(f"{model_dir}: torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}",
-                                   hint="try --exporter legacy, or report the model architecture") from None
+        with console.status(f"export: tracing with the {o.exporter} exporter (opset {o.opset})"), w.timed("export"):
+            _trace(wrapper, args, onnx_path, input_names, outs, o, model_dir)
         _inline_external_data(onnx_path)
         with console.status("export: parity check against PyTorch on ONNX Runtime"), w.timed("parity"):
             parity = check_parity(wrapper, onnx_path, tokenizer, input_names, outs, max_length=cfg.get("max_position_embeddings", 512))
         w.metrics["parity"] = parity
-        if parity["max_abs_diff"] > tolerance:
+        if parity["max_abs_diff"] > o.tolerance:
             raise BertoptError(
-                f"exported model differs from PyTorch by {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}) at shapes {parity['shapes']}",
+                f"exported model differs from PyTorch by {parity['max_abs_diff']:.3g} (tolerance {o.tolerance:g}) at shapes {parity['shapes']}",
                 hint="try --exporter legacy / another --opset, or raise --tolerance if you accept the difference",
             )
         w.copy_tokenizer(model_dir)
-        w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": opset, "exporter": exporter}
+        w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": o.opset,
+                                              "exporter": o.exporter}
     art = load_artifact(out)
     console.print(
         f"export: {out / MODEL_FILE}  task={task} outputs={','.join(outs)}  parity max|diff|={parity['max_abs_diff']:.2e} at {parity['shapes']}",
         markup=False,
     )
     return art
+
+
+def _trace(wrapper, args: tuple, onnx_path: Path, input_names, outs: list[str], o: ExportOptions, model_dir: Path) -> None:
+    """``torch.onnx.export`` of ``wrapper`` with dynamic batch/sequence axes, by the exporter ``o`` names."""
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # TracerWarnings from transformers' mask code are expected: the parity check after this
+        # runs two other shapes (one with padding) and fails the export if the trace did not generalize.
+        warnings.simplefilter("ignore")
+        try:
+            if o.exporter == "legacy":
+                torch.onnx.export(
+                    wrapper, args, str(onnx_path), input_names=list(input_names), output_names=outs,
+                    dynamic_axes=dynamic_axes(input_names, outs), opset_version=o.opset, do_constant_folding=True, dynamo=False,
+                )
+            else:
+                from torch.export import Dim
+
+                dims = {0: Dim("batch"), 1: Dim("sequence")}
+                prog = torch.onnx.export(
+                    _named(wrapper, input_names), args, input_names=list(input_names), output_names=outs,
+                    dynamic_shapes={n: dims for n in input_names}, opset_version=max(o.opset, 18), dynamo=True,
+                    optimize=True, verbose=False,
+                )
+                prog.save(str(onnx_path))
+        except Exception as e:  # noqa: BLE001
+            raise BertoptError(f"{model_dir}: torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}",
+                               hint="try --exporter legacy, or report the model architecture") from None
 
 
 def _named(wrapper, input_names):

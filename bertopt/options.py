@@ -32,12 +32,13 @@ from bertopt.params import (RENAMED, Cosine, HalfOpenFraction, MaxLength, NonNeg
 CLI = "cli"  # parse(..., where=CLI): the values came from the command line, errors name --flags
 
 
-def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | None = None, cli: bool = True,  # noqa: A002
+def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | list[str] | None = None, cli: bool = True,  # noqa: A002
         split: bool = False, hint: str | None = None) -> Any:
     """A field of a :class:`StageOptions`: ``pydantic.Field`` plus what the CLI needs.
 
     - ``panel``: the ``--help`` panel it is listed in;
-    - ``flag``: the CLI spelling of a bool when it is not ``--x/--no-x`` (e.g. ``"--quantize-bmm"``);
+    - ``flag``: the CLI spelling when it is not ``--kebab-name`` (a bool's ``--x/--no-x``), e.g. ``"--quantize-bmm"``,
+      or several (``["--threads", "-t"]``);
     - ``cli=False``: not a CLI option (set by the command itself or only from recipes/Python);
     - ``split``: a list option that also takes commas (``--exclude a,b --exclude c``);
     - ``hint``: the hint printed with a bad value (default: the field's range, if it has one).

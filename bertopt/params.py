@@ -1,9 +1,8 @@
-"""Types with ranges for the stage functions' options (pydantic ``Annotated`` constraints).
+"""Types with ranges for the stages' options classes (pydantic ``Annotated`` constraints, ``bertopt/options.py``).
 
-The recipe runner validates a step's keys against its stage function's annotations and passes the
-validated, converted values on (``"64"`` -> 64, ``"2e-5"`` -> 2e-05, ``"false"`` -> False), so a value
-a stage would reject is an error naming the recipe file and field before any step runs. Choices are
-``Literal[...]`` annotations next to the tuples the stages check (``Literal[TARGETS]``).
+The CLI, the recipe runner and Python callers all validate through those classes (``"64"`` -> 64,
+``"2e-5"`` -> 2e-05, ``"false"`` -> False), so a value a stage would reject is an error naming the
+field before any work starts. Choices are ``Literal[...]`` types beside them.
 """
 
 from __future__ import annotations
@@ -52,26 +51,3 @@ def deprecated_name(old: str, new: str, where: str = "") -> None:
     at = f"{where}: " if where else ""
     print(f"note: {at}{old} is now {new}; the old name still works in this release and goes away in the next",
           file=sys.stderr, flush=True)
-
-
-def accepts_renamed(stage: str):
-    """Decorator for ``run_<stage>``: Python callers passing an old keyword (``labels_column=``) get it
-    mapped to the new one with a note. The signature (what recipes and the CLI check) is the new one."""
-    import functools
-
-    renamed = RENAMED.get(stage, {})
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            for old, new in renamed.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"run_{stage}() got both '{old}' (old name) and '{new}'")
-                    deprecated_name(f"{old}=", f"{new}=", f"run_{stage}")
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return run
-
-    return wrap

@@ -31,19 +31,15 @@ hand-chained run give identical artifacts.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import time
-import typing
 from pathlib import Path
-from typing import Any
 
 from bertopt import stages
 from bertopt.errors import BertoptError
 
 RESERVED = {"stage", "name", "input", "inputs"}
-NOT_OPTIONS = {"input", "out", "force", "verbose", "json_path"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
 PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges", "checkpoint_dir"}
 # Of those, the ones that must exist before the run (the others are written by the stage).
@@ -58,9 +54,25 @@ def _err(file: Path, where: str, msg: str, hint: str | None = None) -> BertoptEr
 
 def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
     """Parse and validate a recipe; every problem names the file and the field (``workdir`` overrides the recipe's)."""
+    file = Path(path)
+    raw = _read_recipe(file)
+    base = file.resolve().parent
+    name = raw.get("name") or file.stem
+    recipe = {"file": file, "base": base, "name": name, "model": raw["model"],
+              "workdir": Path(workdir) if workdir else _path(raw.get("workdir") or f"runs/{name}", base), "steps": []}
+    check_workdir(file, recipe["workdir"], create=False)
+    seen: set[str] = set()
+    available = stages.available()
+    for i, step in enumerate(raw["steps"]):
+        recipe["steps"].append(_load_step(file, i, step, raw["steps"], recipe["steps"], seen, available, base))
+        seen.add(recipe["steps"][-1]["name"])
+    return recipe
+
+
+def _read_recipe(file: Path) -> dict:
+    """The recipe file's YAML mapping, its top-level keys checked (known, typed, model and steps given)."""
     import yaml
 
-    file = Path(path)
     if not file.is_file():
         raise BertoptError(f"{file}: no such recipe file", hint="see recipes/ for examples")
     try:
@@ -81,120 +93,92 @@ def load_recipe(path: str | Path, workdir: str | Path | None = None) -> dict:
             raise _err(file, key, "missing (required)")
     if not raw["steps"]:
         raise _err(file, "steps", "empty: a recipe needs at least one step")
-    base = file.resolve().parent
-    name = raw.get("name") or file.stem
-    recipe = {"file": file, "base": base, "name": name, "model": raw["model"],
-              "workdir": Path(workdir) if workdir else _path(raw.get("workdir") or f"runs/{name}", base), "steps": []}
-    check_workdir(file, recipe["workdir"], create=False)
-    seen: set[str] = set()
-    available = stages.available()
-    for i, step in enumerate(raw["steps"]):
-        where = f"steps[{i}]"
-        if not isinstance(step, dict):
-            raise _err(file, where, "a step is a mapping with a 'stage' key")
-        stage = step.get("stage")
-        if stage is None:
-            raise _err(file, where, "missing 'stage'", hint="stages: " + ", ".join(available))
-        if stage not in stages.STAGES or stage not in available:
-            raise _err(file, f"{where}.stage", f"unknown stage '{stage}'", hint="stages: " + ", ".join(available))
-        sname = str(step.get("name") or stage)
-        _check_step_name(file, f"steps[{i}].name", sname)
-        where = f"steps[{i}] ({sname})"
-        if sname in seen or sname == "model":
-            raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
-        options = validate_options(file, where, stage, {k: v for k, v in step.items() if k not in RESERVED})
-        for k in PATH_OPTIONS & options.keys():
-            v = options[k]
-            if isinstance(v, str) and v.startswith("@"):
-                if v[1:] not in seen:
-                    raise _err(file, f"{where}.{k}", f"'{v}' names no earlier step",
-                               hint="'@NAME' is the artifact of an earlier step; steps so far: " + (", ".join(sorted(seen)) or "none"))
-            elif isinstance(v, str):
-                if not v.startswith("pkg:"):
-                    options[k] = str(_path(v, base))
-                if k in INPUT_FILE_OPTIONS:
-                    _check_exists(file, f"{where}.{k}", v, base)
-        refs = step.get("inputs") if stage == "bench" else step.get("input")
-        if stage == "bench":
-            if refs is None:
-                refs = ["model", recipe["steps"][-1]["name"]] if recipe["steps"] else ["model"]
-            if not isinstance(refs, list) or not refs:
-                raise _err(file, f"{where}.inputs", "expected a list of step names / paths")
-        elif "inputs" in step:
-            raise _err(file, f"{where}.inputs", "only bench takes 'inputs'; use 'input'")
-        elif isinstance(refs, list):
-            raise _err(file, f"{where}.input", "expected one step name or path", hint="only bench takes a list ('inputs')")
-        else:
-            refs = [refs if refs is not None else (recipe["steps"][-1]["name"] if recipe["steps"] else "model")]
-        field = "inputs" if stage == "bench" else "input"
-        for j, r in enumerate(refs):
-            at = f"{where}.{field}" + (f"[{j}]" if stage == "bench" else "")
-            if not isinstance(r, str):
-                raise _err(file, at, f"expected a step name or path, got {r!r}")
-            if r == "model" or r in seen:
-                continue
-            names = [str(s.get("name") or s.get("stage")) for s in raw["steps"] if isinstance(s, dict)]
-            if r in names:
-                raise _err(file, at, f"'{r}' is a later step", hint="steps run in order; reorder them")
-            try:
-                exists = _path(r, base).exists()
-            except BertoptError:
-                exists = False
-            if not exists:
-                raise _err(file, at, f"'{r}' is neither a step nor an existing path",
-                           hint="steps before this one: " + ", ".join(["model", *seen]))
-        recipe["steps"].append({"stage": stage, "name": sname, "refs": refs, "options": options, "where": where})
-        seen.add(sname)
-    return recipe
+    return raw
 
 
-def renamed_options(file: Path, where: str, stage: str, options: dict) -> dict:
-    """Old option keys (``bertopt.params.RENAMED``, e.g. qat's ``labels_column``) -> the new ones, with a note."""
-    from bertopt.params import RENAMED, deprecated_name
+def _load_step(file: Path, i: int, step, raw_steps: list, earlier: list[dict], seen: set[str], available: list[str], base: Path) -> dict:
+    """Step ``i`` validated: its stage, name, options (paths resolved) and inputs (``refs``)."""
+    where = f"steps[{i}]"
+    if not isinstance(step, dict):
+        raise _err(file, where, "a step is a mapping with a 'stage' key")
+    stage = step.get("stage")
+    if stage is None:
+        raise _err(file, where, "missing 'stage'", hint="stages: " + ", ".join(available))
+    if stage not in stages.STAGES or stage not in available:
+        raise _err(file, f"{where}.stage", f"unknown stage '{stage}'", hint="stages: " + ", ".join(available))
+    sname = str(step.get("name") or stage)
+    _check_step_name(file, f"steps[{i}].name", sname)
+    where = f"steps[{i}] ({sname})"
+    if sname in seen or sname == "model":
+        raise _err(file, f"{where}.name", f"duplicate step name '{sname}'", hint="give each step a unique 'name'")
+    options = validate_options(file, where, stage, {k: v for k, v in step.items() if k not in RESERVED})
+    _resolve_paths(file, where, options, seen, base)
+    refs = _step_refs(file, where, stage, step, earlier)
+    _check_refs(file, where, stage, refs, raw_steps, seen, base)
+    return {"stage": stage, "name": sname, "refs": refs, "options": options, "where": where}
 
-    out = dict(options)
-    for old, new in RENAMED.get(stage, {}).items():
-        if old in out:
-            if new in out:
-                raise _err(file, f"{where}.{old}", f"both '{old}' (the old name) and '{new}' given", hint=f"keep '{new}'")
-            deprecated_name(f"'{old}'", f"'{new}'", f"{file}: {where}")
-            out[new] = out.pop(old)
-    return out
+
+def _resolve_paths(file: Path, where: str, options: dict, seen: set[str], base: Path) -> None:
+    """Path options relative to the recipe's folder (in place); ``@step`` must name an earlier step and
+    input files must exist."""
+    for k in PATH_OPTIONS & options.keys():
+        v = options[k]
+        if isinstance(v, str) and v.startswith("@"):
+            if v[1:] not in seen:
+                raise _err(file, f"{where}.{k}", f"'{v}' names no earlier step",
+                           hint="'@NAME' is the artifact of an earlier step; steps so far: " + (", ".join(sorted(seen)) or "none"))
+        elif isinstance(v, str):
+            if not v.startswith("pkg:"):
+                options[k] = str(_path(v, base))
+            if k in INPUT_FILE_OPTIONS:
+                _check_exists(file, f"{where}.{k}", v, base)
+
+
+def _step_refs(file: Path, where: str, stage: str, step: dict, earlier: list[dict]) -> list:
+    """The step's inputs as written (``inputs`` for bench, ``input`` otherwise), defaulting to the
+    previous step (bench: the model and the previous step)."""
+    refs = step.get("inputs") if stage == "bench" else step.get("input")
+    if stage == "bench":
+        if refs is None:
+            refs = ["model", earlier[-1]["name"]] if earlier else ["model"]
+        if not isinstance(refs, list) or not refs:
+            raise _err(file, f"{where}.inputs", "expected a list of step names / paths")
+    elif "inputs" in step:
+        raise _err(file, f"{where}.inputs", "only bench takes 'inputs'; use 'input'")
+    elif isinstance(refs, list):
+        raise _err(file, f"{where}.input", "expected one step name or path", hint="only bench takes a list ('inputs')")
+    else:
+        refs = [refs if refs is not None else (earlier[-1]["name"] if earlier else "model")]
+    return refs
+
+
+def _check_refs(file: Path, where: str, stage: str, refs: list, raw_steps: list, seen: set[str], base: Path) -> None:
+    """Each input is the model, an earlier step or an existing path (not a later step)."""
+    field = "inputs" if stage == "bench" else "input"
+    for j, r in enumerate(refs):
+        at = f"{where}.{field}" + (f"[{j}]" if stage == "bench" else "")
+        if not isinstance(r, str):
+            raise _err(file, at, f"expected a step name or path, got {r!r}")
+        if r == "model" or r in seen:
+            continue
+        names = [str(s.get("name") or s.get("stage")) for s in raw_steps if isinstance(s, dict)]
+        if r in names:
+            raise _err(file, at, f"'{r}' is a later step", hint="steps run in order; reorder them")
+        try:
+            exists = _path(r, base).exists()
+        except BertoptError:
+            exists = False
+        if not exists:
+            raise _err(file, at, f"'{r}' is neither a step nor an existing path",
+                       hint="steps before this one: " + ", ".join(["model", *seen]))
 
 
 def validate_options(file: Path, where: str, stage: str, options: dict) -> dict:
     """Check a step's options against its stage's options class (``stages.options``): old names mapped,
     types, ranges, choices, required keys and rules between fields; errors name the file and the field.
     Returns the keys the step gives, converted (``"false"`` -> False, ``"2e-5"`` -> 2e-05)."""
-    cls = stages.options(stage)
-    if cls is None:
-        return _validate_by_signature(file, where, stage, renamed_options(file, where, stage, options))
-    validated = cls.parse(options, where=f"{file}: {where}")
+    validated = stages.options(stage).parse(options, where=f"{file}: {where}")
     return {k: getattr(validated, k) for k in validated.model_fields_set}
-
-
-def _validate_by_signature(file: Path, where: str, stage: str, options: dict) -> dict:
-    """A stage without an options class yet: its function's keyword parameters (types included)."""
-    import pydantic
-
-    fn = stages.get(stage)
-    hints = typing.get_type_hints(fn, include_extras=True)
-    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in NOT_OPTIONS and p.kind is not p.VAR_KEYWORD}
-    for key in options:
-        if key not in params:
-            raise _err(file, f"{where}.{key}", f"unknown option for stage '{stage}'",
-                       hint=f"'{stage}' takes: " + ", ".join(sorted(params) + ["name", "input" if stage != "bench" else "inputs"]))
-    fields = {n: (hints.get(n, Any), p.default) for n, p in params.items()}
-    model = pydantic.create_model(f"{stage}_options", __config__=pydantic.ConfigDict(extra="forbid", strict=False), **fields)
-    try:
-        validated = model(**options)
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise _err(file, f"{where}.{loc}", f"{first['msg']} (got {first.get('input')!r})",
-                   hint=f"the step's options are those of `bertopt {stage} --help`, with '_' for '-'") from None
-    # The stage gets the converted values ("false" -> False, "2e-5" -> 2e-05), never the raw YAML.
-    return {k: getattr(validated, k) for k in options}
 
 
 def _check_step_name(file: Path, where: str, name: str) -> None:

@@ -9,9 +9,6 @@ Contract of a stage function ``run_<stage>(input, out, options=None, *, force=Fa
 - begins with ``artifacts.up_to_date(...)`` and returns the existing artifact when nothing changed;
 - writes through ``artifacts.write_artifact`` (atomic) and returns ``artifacts.load_artifact(out)``;
 - raises ``BertoptError`` for the user's mistakes, never prints a traceback for them.
-
-Stages without an options class yet take keyword-only options with defaults and type annotations,
-which the recipe runner validates instead.
 """
 
 from __future__ import annotations
@@ -34,7 +31,12 @@ STAGES: dict[str, str] = {
 # stage name -> "module:class" of its options (light modules: no torch/onnxruntime at import).
 OPTIONS: dict[str, str] = {
     "compress": "bertopt.compress.options:CompressOptions",
+    "export": "bertopt.export_options:ExportOptions",
+    "fuse": "bertopt.passes.options:FuseOptions",
+    "calibrate": "bertopt.calibrators.options:CalibrateOptions",
     "qat": "bertopt.qat.options:QatOptions",
+    "build": "bertopt.backends.options:BuildOptions",
+    "bench": "bertopt.bench.options:BenchOptions",
 }
 
 
@@ -52,5 +54,5 @@ def get(name: str) -> Callable:
 
 
 def options(name: str):
-    """The stage's options class (a ``bertopt.options.StageOptions``), or None for a stage not ported yet."""
-    return _load(OPTIONS[name]) if name in OPTIONS else None
+    """The stage's options class (a ``bertopt.options.StageOptions``)."""
+    return _load(OPTIONS[name])

@@ -84,12 +84,12 @@ def test_impossible_budget_exits_3_with_the_best_numbers(exported_minilm, train_
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--min-cosine", "1.5"], "--min-cosine 1.5 is out of range"),
-    (["--max-accuracy-drop", "-0.5"], "must be in [0, 100]"),
+    (["--min-cosine", "1.5"], "calibrate --min-cosine: must be less than or equal to 1 (got 1.5)"),
+    (["--max-accuracy-drop", "-0.5"], "calibrate --max-accuracy-drop: must be greater than or equal to 0 (got -0.5)"),
     (["--max-accuracy-drop", "0.2"], "needs labeled held-out text"),
     (["--max-accuracy-drop", "0.2", "--eval", "x.csv"], "needs labeled held-out text"),
     (["--min-cosine", "0.99", "--label-column", "label"], "--label-column needs --eval"),
-    (["--min-cosine", "0.99", "--max-float", "0"], "--max-float must be at least 1"),
+    (["--min-cosine", "0.99", "--max-float", "0"], "calibrate --max-float: must be greater than or equal to 1 (got 0)"),
 ])
 def test_bad_budgets_are_refused_before_any_work(train_csv, tmp_path, args, msg):
     out = tmp_path / "int8"
@@ -102,7 +102,7 @@ def test_bad_budgets_are_refused_before_any_work(train_csv, tmp_path, args, msg)
 def test_bad_budget_in_a_recipe_step(tmp_path):
     from bertopt.calibrators.stage import run_calibrate
 
-    with pytest.raises(BertoptError, match="out of range"):
+    with pytest.raises(BertoptError, match=r"run_calibrate: min_cosine=2\.0: must be less than or equal to 1"):
         run_calibrate(tmp_path / "missing", tmp_path / "out", data="x.csv", min_cosine=2.0)
 
 

@@ -209,7 +209,7 @@ def test_cli_says_so_when_a_family_does_not_fuse(exported_minilm, tmp_path):
 
 def test_cli_rejects_an_unknown_target(exported_minilm, tmp_path):
     bad = run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "bad"), "--target", "coreml")
-    assert bad.returncode == 1 and "error: --target: unknown target 'coreml'" in bad.stderr and "hint:" in bad.stderr
+    assert bad.returncode == 1 and "error: fuse --target: must be 'onnxruntime' or 'tensorrt' (got 'coreml')" in bad.stderr and "hint:" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bertopt import recipe, stages
 from bertopt.cli.main import app
 from bertopt.errors import BertoptError
-from bertopt.params import RENAMED, accepts_renamed
+from bertopt.params import RENAMED
 
 from conftest import run_cli
 
@@ -45,22 +45,27 @@ def _commands():
 
 # What a stage function with an options class takes besides the options' fields.
 RUN_ARGS = ["input", "out", "force", "verbose"]
+RUN_ARGS_PER_STAGE = {"bench": ["json_path"]}  # where the command's --json goes (run_bench writes it, also for a cached report)
 
 
 def _stage_params(name: str) -> list[str]:
-    """The stage's options: its options class's fields (+ RUN_ARGS), or (not ported yet) its function's keywords."""
-    cls = stages.options(name)
-    if cls is not None:
-        return RUN_ARGS + list(cls.model_fields)
-    return [n for n, p in inspect.signature(stages.get(name)).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    """What a stage takes: its options class's fields + RUN_ARGS."""
+    return RUN_ARGS + RUN_ARGS_PER_STAGE.get(name, []) + list(stages.options(name).model_fields)
+
+
+# Keys a valid step of the stage needs beside its required fields (a rule between options asks for one of them).
+MINIMAL = {"calibrate": {"data": "x"}}
 
 
 def _required(stage: str) -> dict:
-    cls = stages.options(stage)
-    return {n: "x" for n, f in cls.model_fields.items() if f.is_required()} if cls is not None else {}
+    return {n: "x" for n, f in stages.options(stage).model_fields.items() if f.is_required()} | MINIMAL.get(stage, {})
 
 
-@pytest.mark.parametrize("name", [n for n in stages.STAGES if n in stages.OPTIONS])
+def test_every_stage_has_an_options_class():
+    assert set(stages.OPTIONS) == set(stages.STAGES)
+
+
+@pytest.mark.parametrize("name", list(stages.STAGES))
 def test_a_stage_with_options_takes_them_as_one_object_or_as_keywords(name):
     params = inspect.signature(stages.get(name)).parameters
     assert list(params)[:3] == ["input", "out", "options"] and {"force", "verbose"} <= set(params)
@@ -86,12 +91,8 @@ def test_cli_options_and_stage_parameters_match(name):
 
 
 def _value(stage: str, name: str):
-    cls = stages.options(stage)
-    if cls is not None:
-        f = cls.model_fields[name]
-        return "x" if f.is_required() else f.default
-    p = inspect.signature(stages.get(stage)).parameters[name]
-    return "x" if p.default is p.empty else p.default
+    f = stages.options(stage).model_fields[name]
+    return "x" if f.is_required() else f.default
 
 
 @pytest.mark.parametrize("name", list(stages.STAGES))
@@ -99,7 +100,9 @@ def test_every_stage_parameter_is_a_recipe_key(name):
     for param in _stage_params(name):
         if param in RECIPE_ELSEWHERE:
             continue
-        got = recipe.validate_options(Path("r.yaml"), "steps[0]", name, _required(name) | {param: _value(name, param)})
+        step = _required(name)
+        step.setdefault(param, _value(name, param))
+        got = recipe.validate_options(Path("r.yaml"), "steps[0]", name, step)
         assert param in got
     with pytest.raises(Exception, match="unknown option"):
         recipe.validate_options(Path("r.yaml"), "steps[0]", name, _required(name) | {"no_such_option": 1})
@@ -154,7 +157,7 @@ def test_old_cli_names_still_work_with_a_note(monkeypatch):
     seen = _record(monkeypatch, "bertopt.calibrators.stage.run_calibrate")
     r = CliRunner().invoke(app, ["calibrate", "m", "-o", "o", "--data", "d.csv", "--include-bmm", "--exclude", "*/a/*,*/b/*"])
     assert r.exit_code == 0, r.output
-    assert seen["quantize_bmm"] is True and seen["exclude"] == ["*/a/*", "*/b/*"]
+    assert seen["options"].quantize_bmm is True and seen["options"].exclude == ["*/a/*", "*/b/*"]
     assert "--include-bmm is now --quantize-bmm" in r.stderr
     # the new names: no note; qat's --exclude '' still means "nothing in float"
     seen = _record(monkeypatch, "bertopt.qat.stage.run_qat")
@@ -199,22 +202,9 @@ def test_old_recipe_keys_still_work_with_a_note(tmp_path, capsys, monkeypatch):
 def test_old_python_keywords_still_work(capsys, monkeypatch):
     import bertopt.params as params
 
-    monkeypatch.setattr(params, "_NOTED", set())
-
-    @accepts_renamed("qat")
-    def run_qat(input, out, *, label_column=None, samples=None):
-        return label_column, samples
-
-    assert run_qat("m", "o", labels_column="y", limit=4) == ("y", 4)
-    assert "run_qat: labels_column= is now label_column=" in capsys.readouterr().err
-    with pytest.raises(TypeError, match="both"):
-        run_qat("m", "o", labels_column="y", label_column="z")
-    for name in RENAMED:  # the real stages map the old keywords: through their options class, or (not ported yet) the decorator
+    for name in RENAMED:  # the stages map the old keywords through their options class
         assert not set(RENAMED[name]) & set(_stage_params(name))
         cls = stages.options(name)
-        if cls is None:
-            assert hasattr(stages.get(name), "__wrapped__")
-            continue
         monkeypatch.setattr(params, "_NOTED", set())
         for old, new in RENAMED[name].items():
             value = {"label_column": "y", "samples": 4, "warmup_ratio": 0.25}.get(new, True)

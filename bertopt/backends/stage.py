@@ -14,36 +14,20 @@ Both record ``manifest["build"] = {"backend", "precision", ...}`` so ``bench`` s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from bertopt.params import PositiveInt
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
 from bertopt.ui import note, skipped
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("int8", "fp16", "fp32")
-DEFAULT_KEEP_FP32 = "LayerNormalization,Softmax"
 
-
-def run_build(
-    input: str | Path,
-    out: str | Path,
-    *,
-    backend: Literal[BACKENDS] = "onnxruntime",
-    precision: Literal[PRECISIONS] | None = None,
-    profile: str | None = None,
-    data: str | None = None,
-    text_column: str | None = None,
-    threads: PositiveInt | None = None,
-    tune: bool = False,
-    timing_cache: str | None = None,
-    keep_fp32: str = DEFAULT_KEEP_FP32,
-    strict: bool = False,
-    force: bool = False,
-    verbose: bool = False,
-) -> Artifact:
+def run_build(input: str | Path, out: str | Path, options: BuildOptions | None = None, *, force: bool = False, verbose: bool = False,
+              **kwargs: Any) -> Artifact:
     """Build ``input`` (an ONNX artifact or bare ``.onnx``) for ``backend`` into the artifact ``out``.
+
+    The options are a :class:`~bertopt.backends.options.BuildOptions` (``options=``) or its fields as
+    keywords (``run_build(m, out, backend="tensorrt", profile="auto")``):
 
     - ``precision``: int8 | fp16 | fp32. ORT keeps the graph's own precision (Q/DQ -> int8) and only
       checks it; TensorRT builds int8 from a Q/DQ graph (the float rest in FP16), fp16 from a float
@@ -58,12 +42,7 @@ def run_build(
     """
     from bertopt.paths import resolve_path
 
-    if backend not in BACKENDS:
-        raise BertoptError(f"backend '{backend}' is not one of: {', '.join(BACKENDS)}", hint="use --backend onnxruntime (CPU) or tensorrt (NVIDIA GPU)")
-    if precision is not None and precision not in PRECISIONS:
-        raise BertoptError(f"precision '{precision}' is not one of: {', '.join(PRECISIONS)}", hint="use --precision int8, fp16 or fp32")
-    if threads is not None and threads < 1:
-        raise BertoptError(f"threads={threads}: must be at least 1", hint="leave it unset to use the physical cores")
+    o = BuildOptions.of(options, kwargs)
     out = resolve_path(out)
     art = load_artifact(input)
     src = art.model_path
@@ -74,24 +53,16 @@ def run_build(
         )
     from bertopt.models import check_encoder
 
-    check_encoder(src, src, "build", strict)  # a warning (strict: an error) for a graph with no encoder layer
-    data_path = resolve_path(data) if data else None
+    check_encoder(src, src, "build", o.strict)  # a warning (strict: an error) for a graph with no encoder layer
+    data_path = resolve_path(o.data) if o.data else None
     if data_path is not None and not data_path.is_file():
         raise BertoptError(f"{data_path}: no such data file", hint="pass a .txt/.csv/.tsv/.jsonl file of real texts")
 
-    if backend == "onnxruntime":
-        for name, value in (("profile", profile), ("timing_cache", timing_cache)):
-            if value:
-                raise BertoptError(
-                    f"--{name.replace('_', '-')} applies to --backend tensorrt only",
-                    hint="ONNX Runtime handles dynamic shapes without profiles; drop the option or build for tensorrt",
-                )
-        return _build_ort(art, src, out, precision=precision, data_path=data_path, text_column=text_column,
-                          threads=threads, tune=tune, force=force, verbose=verbose)
-    if tune:
-        raise BertoptError("--tune applies to --backend onnxruntime only", hint="TensorRT times its own tactics while building")
-    return _build_trt(art, src, out, precision=precision, profile=profile, data_path=data_path, text_column=text_column,
-                      timing_cache=timing_cache, keep_fp32=keep_fp32, force=force, verbose=verbose)
+    if o.backend == "onnxruntime":
+        return _build_ort(art, src, out, precision=o.precision, data_path=data_path, text_column=o.text_column,
+                          threads=o.threads, tune=o.tune, force=force, verbose=verbose)
+    return _build_trt(art, src, out, precision=o.precision, profile=o.profile, data_path=data_path, text_column=o.text_column,
+                      timing_cache=o.timing_cache, keep_fp32=o.keep_fp32, force=force, verbose=verbose)
 
 
 # ------------------------------------------------------------------------------------- ONNX Runtime

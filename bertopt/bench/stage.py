@@ -35,15 +35,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Sequence
 
-from bertopt.params import Cosine, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes
+from bertopt.bench.options import BenchOptions
 from bertopt.errors import BertoptError, QualityGateError
 
 SCHEMA = "bertopt.bench/1"
 REPORT_FILE = "report.json"
 HTML_FILE = "report.html"
-LENGTHS = ("fixed", "real")
 UNITS = {
     "latency_ms": "milliseconds per call (one batch of batch x seq)",
     "throughput": "sequences/s at p50 latency",
@@ -58,46 +57,22 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def run_bench(
-    input: Sequence[str | Path],
-    out: str | Path | None = None,
-    *,
-    batch: Sizes = [1, 8],  # noqa: B006 - pydantic/typer read these defaults; never mutated
-    seq: Sizes = [128],  # noqa: B006
-    threads: PositiveInt | None = None,
-    warmup: NonNegativeInt = 5,
-    iters: PositiveInt = 30,
-    repeats: PositiveInt = 3,
-    data: str | None = None,
-    text_column: str | None = None,
-    samples: PositiveInt = 200,
-    max_length: PositiveInt = 128,
-    eval: str | None = None,  # noqa: A002 - the CLI option is --eval
-    label_column: str | None = None,
-    eval_samples: PositiveInt | None = None,
-    min_cosine: Cosine | None = None,
-    max_accuracy_drop: NonNegativeFloat | None = None,
-    output: str | None = None,
-    lengths: Literal["fixed", "real"] = "fixed",
-    sort: bool = False,
-    json_path: str | Path | None = None,
-    force: bool = False,
-    verbose: bool = False,
-) -> dict:
-    """Benchmark ``input`` artifacts; the first is the reference. Returns the report dict."""
+def run_bench(input: Sequence[str | Path], out: str | Path | None = None, options: BenchOptions | None = None, *,
+              json_path: str | Path | None = None, force: bool = False, verbose: bool = False, **kwargs: Any) -> dict:
+    """Benchmark ``input`` artifacts; the first is the reference. Returns the report dict.
+
+    The options are a :class:`~bertopt.bench.options.BenchOptions` (``options=``) or its fields as
+    keywords (``run_bench([a, b], batch=[1], seq=[128])``); ``json_path``: also write the report there
+    (``-``: stdout)."""
     from bertopt.artifacts import describe_input, up_to_date
     from bertopt.bench.runners import describe
     from bertopt.ui import note, skipped
 
-    _check_args(input, batch, seq, warmup, iters, repeats, lengths, data, eval)
-    threads = threads or default_threads()
-    params = {k: v for k, v in dict(batch=list(batch), seq=list(seq), threads=threads, warmup=warmup, iters=iters, repeats=repeats,
-                                    data=data, text_column=text_column, samples=samples, max_length=max_length, eval=eval,
-                                    label_column=label_column, eval_samples=eval_samples).items()}
-    if output:
-        params["output"] = output
-    if lengths != "fixed":  # only when used, so reports cached before --lengths existed stay valid
-        params |= {"lengths": lengths, "sort": sort}
+    o = BenchOptions.of(options, kwargs)
+    if not input:
+        raise BertoptError("bench needs at least one artifact", hint="bertopt bench REFERENCE [ARTIFACT ...]")
+    threads = o.threads or default_threads()
+    params = o.params(threads=threads)
     inputs = {f"input{i}": describe_input(_resolve(p)) for i, p in enumerate(input)}
     for extra in ("data", "eval"):
         if params[extra]:
@@ -106,45 +81,30 @@ def run_bench(
         skipped("bench", out)
         report = json.loads((Path(out) / REPORT_FILE).read_text()) | {"cached": True}
         # the gates are re-checked on the cached numbers: a failed gate fails again, never "up to date"
-        report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
+        report["gates"] = gate_verdict(report, o.min_cosine, o.max_accuracy_drop)
         _write_json(report, json_path)
         _raise_if_failed(report)
         return report
 
-    fid_texts, ev = _texts(data, eval, text_column, label_column, samples, eval_samples)
-    runners = _open_runners(input, threads, output, seq)
+    fid_texts, ev = _texts(o.data, o.eval, o.text_column, o.label_column, o.samples, o.eval_samples)
+    runners = _open_runners(input, threads, o.output, o.seq)
     runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
                            "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
-    _measure(runners, runs, fid_texts, ev, batch=batch, seq=seq, warmup=warmup, iters=iters, repeats=repeats, max_length=max_length,
-             output=output, lengths=lengths, sort=sort)
+    _measure(runners, runs, fid_texts, ev, batch=o.batch, seq=o.seq, warmup=o.warmup, iters=o.iters, repeats=o.repeats,
+             max_length=o.max_length, output=o.output, lengths=o.lengths, sort=o.sort)
     for run in runs:
         for res in run["results"]:
             if "skipped" in res:
                 note(f"bench: {run['name']} skips batch={res['batch']} seq={res['seq']}: {res['skipped']}")
     report = {"schema": SCHEMA, "bertopt_version": _version(), "created": _now(), "threads": threads,
-              "grid": {"batch": list(batch), "seq": list(seq)}, "reference": runners[0].name, "params": params,
+              "grid": {"batch": list(o.batch), "seq": list(o.seq)}, "reference": runners[0].name, "params": params,
               "versions": _versions(), "host": host_info(), "units": UNITS, "runs": runs}
-    report["gates"] = gate_verdict(report, min_cosine, max_accuracy_drop)
+    report["gates"] = gate_verdict(report, o.min_cosine, o.max_accuracy_drop)
     if out is not None:
         _write_report(out, inputs, params, report)
     _write_json(report, json_path)
     _raise_if_failed(report)
     return report
-
-
-def _check_args(input, batch, seq, warmup, iters, repeats, lengths, data, eval) -> None:  # noqa: A002
-    if not input:
-        raise BertoptError("bench needs at least one artifact", hint="bertopt bench REFERENCE [ARTIFACT ...]")
-    for name, values in (("batch", batch), ("seq", seq)):
-        if not values or any(int(v) < 1 for v in values):
-            raise BertoptError(f"--{name} must be positive integers, got {values}")
-    if min(warmup, iters, repeats) < 0 or iters < 1 or repeats < 1:
-        raise BertoptError("--iters and --repeats must be at least 1, --warmup at least 0")
-    if lengths not in LENGTHS:
-        raise BertoptError(f"--lengths must be one of {', '.join(LENGTHS)}, got '{lengths}'",
-                           hint="fixed: the batch x seq grid only; real: also batches of real texts padded per batch")
-    if lengths == "real" and not (data or eval):
-        raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
 
 
 def _texts(data, eval, text_column, label_column, samples, eval_samples):  # noqa: A002

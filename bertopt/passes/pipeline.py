@@ -25,15 +25,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
 
 from bertopt.errors import BertoptError, QualityGateError
 from bertopt.graph import op_counts, opset_version
+from bertopt.passes.options import ORT_FUSIONS, TARGETS, FuseOptions
 
-TARGETS = ("onnxruntime", "tensorrt")
 STAGE = "fuse"
 # Gate of the built-in parity check (fused vs input, ORT optimizations off, FP32): max |diff|
 # relative to max(1, max |reference|). Real kernels reorder sums: ~1e-6 is normal.
@@ -55,8 +55,6 @@ SLOWER_ON_ORT_CPU = {
     "embed_layernorm": "ORT's CPU EmbedLayerNormalization kernel is 1.4-1.7x slower than Gather/Add + LayerNormalization (measured)",
     "bias_gelu": "ORT's CPU BiasGelu kernel is 1.1-1.5x slower than Add + Gelu (measured)",
 }
-ORT_FUSIONS = ("measured", "all")
-ATTENTION_OPS = ("MultiHeadAttention", "Attention")
 
 
 def pass_modules(target: str, ort_fusions: str = "measured") -> list[ModuleType]:
@@ -277,55 +275,32 @@ def parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
 
 
 # ----------------------------------------------------------------------------------- stage
-def run_fuse(
-    input,
-    out,
-    *,
-    target: Literal[TARGETS] = "onnxruntime",
-    ort_fusions: Literal[ORT_FUSIONS] = "measured",
-    attention_op: Literal[ATTENTION_OPS] = "MultiHeadAttention",
-    output: str | None = None,
-    strict: bool = False,
-    verbose: bool = False,
-    force: bool = False,
-):
+def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = False, verbose: bool = False, **kwargs: Any):
     """Fuse an exported artifact (or a bare .onnx) for ``target``; write the fused artifact to ``out``.
 
-    ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``. ``output``: the model
-    output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks one by
-    default). A graph with no encoder layer is a warning, with ``strict`` an error."""
+    The options are a :class:`~bertopt.passes.options.FuseOptions` (``options=``) or its fields as
+    keywords. ``ort_fusions`` / ``attention_op`` (onnxruntime target): see ``fuse_model``. ``output``:
+    the model output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks
+    one by default). A graph with no encoder layer is a warning, with ``strict`` an error."""
     from bertopt import ui
     from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
 
-    if target not in TARGETS:
-        raise _bad_target(target)
-    if ort_fusions not in ORT_FUSIONS:
-        raise BertoptError(f"ort_fusions '{ort_fusions}' is not one of: {', '.join(ORT_FUSIONS)}",
-                           hint="measured: only fusions faster on ORT's CPU kernels; all: every com.microsoft fusion")
-    if attention_op not in ATTENTION_OPS:
-        raise BertoptError(f"attention_op '{attention_op}' is not one of: {', '.join(ATTENTION_OPS)}",
-                           hint="MultiHeadAttention keeps the Q/K/V GEMMs visible to calibrate")
+    o = FuseOptions.of(options, kwargs)
     art = load_artifact(input)
     src = art.model_path
     inputs = {"model": describe_input(input)}
     data_files = _external_data_files(src)
     for i, f in enumerate(data_files):
         inputs[f"model_data{i or ''}"] = describe_input(f)
-    params = {"target": target}
-    options = {}
-    if target == "onnxruntime":
-        options = {"ort_fusions": ort_fusions, "attention_op": attention_op}
-        params.update(options)
-    if output:
-        params["output"] = output
+    params = o.params()
     existing = up_to_date(out, STAGE, inputs, params, force)
     if existing is not None:
         ui.skipped(STAGE, out)
         return existing
 
-    model, choice = _read_model(src, art, target, output, strict)
+    model, choice = _read_model(src, art, o.target, o.output, o.strict)
     with write_artifact(out, STAGE, inputs, params) as w:
-        fused, report, par = _fuse_into(w, model, src, art, target, ort_fusions, options, choice)
+        fused, report, par = _fuse_into(w, model, src, art, o.target, o.ort_fusions, o.pass_options(), choice)
         w.copy_tokenizer(art.tokenizer_dir)
         w.model = _model_block(art.model_info, fused, report)
         w.metrics.update(report.as_metrics())

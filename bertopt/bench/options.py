@@ -1,0 +1,60 @@
+"""``bertopt bench``'s options (light: the CLI's ``--help`` imports this, not a runtime)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, ClassVar, Literal
+
+from pydantic import model_validator
+
+from bertopt.errors import BertoptError
+from bertopt.options import StageOptions, opt
+from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes
+
+Lengths = Literal["fixed", "real"]
+LENGTHS = typing.get_args(Lengths)
+
+
+class BenchOptions(StageOptions):
+    STAGE: ClassVar[str] = "bench"
+    PANELS: ClassVar[tuple[str, ...]] = ("Shapes and timing", "Data", "Quality gates")
+
+    batch: Sizes = opt([1, 8], "Batch sizes, comma-separated.", panel="Shapes and timing", split=True)
+    seq: Sizes = opt([128], "Sequence lengths, comma-separated.", panel="Shapes and timing", split=True)
+    lengths: Lengths = opt("fixed", "fixed: the batch x seq grid; real: also batches of real --data texts padded per batch "
+                                    "(sequences/s, tokens/s).", panel="Shapes and timing")
+    sort: bool = opt(False, "With --lengths real: sort texts by length before batching, as servers do.", panel="Shapes and timing",
+                     flag="--sort")
+    threads: PositiveInt | None = opt(None, "Intra-op threads (default: all cores).", panel="Shapes and timing", flag=["--threads", "-t"])
+    warmup: NonNegativeInt = opt(5, "Untimed calls per artifact and shape.", panel="Shapes and timing")
+    iters: PositiveInt = opt(30, "Timed calls per pass.", panel="Shapes and timing")
+    repeats: PositiveInt = opt(3, "Interleaved passes per shape.", panel="Shapes and timing")
+    data: str | None = opt(None, "Real text for inputs and fidelity: .txt, .csv, .tsv, .jsonl.", panel="Data")
+    text_column: str | None = opt(None, "Text column of --data/--eval (csv/tsv/jsonl).", panel="Data")
+    samples: PositiveInt = opt(200, "Texts of --data used for fidelity.", panel="Data")
+    max_length: MaxLength = opt(128, "Truncation length for fidelity/accuracy texts.", panel="Data")
+    eval: str | None = opt(None, "Labeled data for task accuracy (with --label-column).", panel="Data")
+    label_column: str | None = opt(None, "Label column of --eval.", panel="Data")
+    eval_samples: PositiveInt | None = opt(None, "Use only the first N rows of --eval.", panel="Data")
+    output: str | None = opt(None, "Model output fidelity compares (default: chosen by shape; see README).", panel="Quality gates")
+    min_cosine: Cosine | None = opt(None, "Gate: fail (exit 3) if any artifact's min cosine is below this.", panel="Quality gates")
+    max_accuracy_drop: NonNegativeFloat | None = opt(None, "Gate: fail (exit 3) if accuracy drops more points than this.",
+                                                     panel="Quality gates")
+
+    @model_validator(mode="after")
+    def _real_lengths_need_texts(self):
+        if self.lengths == "real" and not (self.data or self.eval):
+            raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
+        return self
+
+    def params(self, *, threads: int) -> dict[str, Any]:
+        """The manifest params (the fingerprint of a cached report): ``threads`` as resolved; the
+        compared output, ``lengths`` and ``sort`` only when given, so older reports stay valid."""
+        p = dict(batch=list(self.batch), seq=list(self.seq), threads=threads, warmup=self.warmup, iters=self.iters, repeats=self.repeats,
+                 data=self.data, text_column=self.text_column, samples=self.samples, max_length=self.max_length, eval=self.eval,
+                 label_column=self.label_column, eval_samples=self.eval_samples)
+        if self.output:
+            p["output"] = self.output
+        if self.lengths != "fixed":
+            p |= {"lengths": self.lengths, "sort": self.sort}
+        return p
