@@ -102,6 +102,22 @@ def set_attr(node, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
+class FreshNames:
+    """Names not used yet in graph ``g`` (initializers, node outputs, inputs), for the tensors and nodes a
+    rewrite adds: ``fresh("x/scale")`` -> ``x/scale``, then ``x/scale_2``, ..."""
+
+    def __init__(self, g):
+        self.taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
 def drop_unused_initializers(model) -> None:
     """Remove the initializers no node (nor a subgraph, nor a graph output) reads, in place.
 

@@ -171,7 +171,7 @@ def test_up_to_date_output_is_skipped(fused, exported_minilm):
 
 
 def test_user_errors(exported_minilm, fused, tmp_path):
-    with pytest.raises(BertoptError, match="--target"):
+    with pytest.raises(BertoptError, match="run_fuse: target='tflite': must be 'onnxruntime' or 'tensorrt'"):
         run_fuse(exported_minilm, tmp_path / "x", target="tflite")
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")

@@ -34,7 +34,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bertopt.graph import constants, opset_version
+from bertopt.graph import FreshNames, constants, opset_version
 
 QMAX = 127  # narrow symmetric range, TensorRT's INT8
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
@@ -215,19 +215,11 @@ class _QdqWriter:
         self.ranges = ranges
         self.weight_method = weight_method
         self.consts = constants(g)
-        self.taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+        self.fresh = FreshNames(g)
         self.new_inits: list = []
         self.head_nodes: list = []  # weight DQs: they read initializers only, so they go first
         self.weight_dq: dict[tuple[str, int], str] = {}  # (weight, axis) -> dequantized tensor name
         self.replaced_weights: set[str] = set()
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
 
     def activation(self, n, idx: int, tensor: str, base: str) -> list:
         """Point ``n.input[idx]`` at a Q/DQ of ``tensor``; returns the Q and DQ nodes (they go before ``n``)."""

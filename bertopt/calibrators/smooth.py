@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bertopt.calibrators.qdq import GemmTarget, quantize_weight
-from bertopt.graph import MS_DOMAIN, attr, constants
+from bertopt.graph import MS_DOMAIN, FreshNames, attr, constants
 
 S_MIN, S_MAX = 1e-4, 1e4
 
@@ -138,7 +138,7 @@ class _Editor:
         self.m.CopyFrom(model)
         self.g = self.m.graph
         self.consts = constants(self.g)
-        self.taken = {i.name for i in self.g.initializer} | {o for n in self.g.node for o in n.output} | {i.name for i in self.g.input}
+        self.fresh = FreshNames(self.g)
         self.new_inits: list = []
         self.replaced: set[str] = set()
         self.insert_before: dict[int, list] = {}
@@ -155,14 +155,6 @@ class _Editor:
         return [n for n in self.g.node if name in n.input]
 
     attr = staticmethod(attr)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
 
     def const(self, name: str) -> np.ndarray:
         from onnx import numpy_helper

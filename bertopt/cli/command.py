@@ -119,6 +119,8 @@ def _names(p, ctx) -> str:
 
 
 def _metavar(p, ctx) -> str:
+    if p.metavar and "|" in p.metavar:  # a Literal's choices (cli/options.py); long ones are listed in the help text instead
+        return p.metavar if len(p.metavar) <= 20 else "TEXT"
     kind = (p.display_type_rich(ctx=ctx) or "<str>").strip("<>").replace(" range", "")
     if "|" in kind:  # a Literal's choices, as they are typed; long ones are listed in the help text instead
         return kind.lower() if len(kind) <= 20 else "TEXT"

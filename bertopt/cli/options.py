@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
@@ -65,8 +66,20 @@ def _option(options_cls, name: str, field) -> tuple[object, object]:
         kind = Optional[List[str]]  # repeatable, commas split by split_items before validation
         if isinstance(default, list):
             default = [str(v) for v in default]  # what the command line gives: split and converted as typed values are
-    info = typer.Option(*decls, help=(field.description or "").replace("{stage}", options_cls.STAGE), rich_help_panel=m["panel"])
+    choices = _choices(kind)
+    if choices:  # a Literal: shown as its choices, checked by the options class (the same error and exit 1 as a recipe's)
+        kind = Optional[str] if type(None) in typing.get_args(kind) else str
+    info = typer.Option(*decls, help=(field.description or "").replace("{stage}", options_cls.STAGE), rich_help_panel=m["panel"],
+                        metavar="|".join(choices) if choices else None)
     return Annotated[kind, info], default
+
+
+def _choices(kind) -> tuple[str, ...]:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) type; () for any other type."""
+    for k in (kind, *typing.get_args(kind)):
+        if typing.get_origin(k) is typing.Literal:
+            return tuple(str(v) for v in typing.get_args(k))
+    return ()
 
 
 def command_from(options_cls, run: str | Callable, *, arguments: dict[str, object], extra: dict[str, tuple[object, object]] | None = None,
