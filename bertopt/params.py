@@ -1,9 +1,11 @@
-"""Types with ranges for the stage functions' options (pydantic ``Annotated`` constraints).
+"""Types with ranges for the stages' options (pydantic ``Annotated`` constraints).
 
-The recipe runner validates a step's keys against its stage function's annotations and passes the
-validated, converted values on (``"64"`` -> 64, ``"2e-5"`` -> 2e-05, ``"false"`` -> False), so a value
-a stage would reject is an error naming the recipe file and field before any step runs. Choices are
-``Literal[...]`` annotations next to the tuples the stages check (``Literal[TARGETS]``).
+The options classes (``bertopt/options.py``) declare their fields with these types; the recipe runner
+validates a step's keys through the stage's options class (or, for a stage not ported yet, its stage
+function's annotations) and passes the validated, converted values on (``"64"`` -> 64, ``"2e-5"`` ->
+2e-05, ``"false"`` -> False), so a value a stage would reject is an error naming the recipe file and
+field before any step runs. Choices are ``Literal[...]`` annotations next to the tuples the stages
+check (``Literal[TARGETS]``).
 """
 
 from __future__ import annotations
