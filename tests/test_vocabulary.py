@@ -261,3 +261,34 @@ def test_a_stage_prints_progress_lines_in_ci_and_nothing_with_quiet(exported_min
         q = run_cli(*args, str(exported_minilm), "-o", str(tmp_path / "fuse"), env=env)
         assert q.returncode == 0 and q.stderr == "", q.stderr
         assert "MultiHeadAttention" in q.stdout or "attention" in q.stdout.lower()  # the result still prints
+
+
+@pytest.mark.parametrize("where, kwargs, message", [
+    (None, {"epochs": 0}, "run_qat: epochs=0: must be greater than 0"),
+    ("cli", {"val_fraction": 1.5}, "qat --val-fraction: must be less than 1 (got 1.5)"),
+    ("r.yaml: steps[1] (qat)", {"lr": "-1"}, "r.yaml: steps[1] (qat).lr: must be greater than 0 (got '-1')"),
+    ("r.yaml: steps[1] (qat)", {"start": "min"}, "r.yaml: steps[1] (qat).start: must be 'calibrate' or 'max' (got 'min')"),
+    ("r.yaml: steps[1] (qat)", {"data": None, "dat": "x.csv"}, "r.yaml: steps[1] (qat).dat: unknown option for stage 'qat'"),
+    (None, {"output_weight": 0, "hidden_weight": 0}, "at least one distillation weight positive"),
+    ("r.yaml: steps[1] (qat)", {"eval": "x.csv"}, "r.yaml: steps[1] (qat): qat: --eval is the held-out text of a budget"),
+])
+def test_a_bad_option_is_one_error_naming_the_field_as_written(where, kwargs, message):
+    from bertopt.qat.options import QatOptions
+
+    given = {k: v for k, v in ({"data": "d.csv"} | kwargs).items() if v is not None}
+    with pytest.raises(BertoptError) as e:
+        QatOptions.parse(given, where=where)
+    assert message in e.value.message and e.value.hint
+
+
+def test_options_objects_are_frozen_and_convert_values():
+    from bertopt.compress.options import CompressOptions
+    from bertopt.qat.options import QatOptions
+
+    o = QatOptions.parse({"data": "d.csv", "lr": "2e-5", "dropout": "false", "samples": "64"})
+    assert o.lr == 2e-5 and o.dropout is False and o.samples == 64
+    with pytest.raises(Exception):
+        o.lr = 1.0  # one object, read by the CLI, the recipe runner and the manifest: never changed on the way
+    c = CompressOptions.parse({"data": "d.csv"})  # compress keeps its own defaults of the shared training options
+    assert (c.epochs, c.lr, o.epochs) == (3.0, 1e-4, 1.0)
+    assert CompressOptions.model_fields["epochs"].description == QatOptions.model_fields["epochs"].description

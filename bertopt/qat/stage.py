@@ -8,8 +8,9 @@ against the fake-quant torch model on ONNX Runtime, and written like export's ar
 tokenizer/ + manifest (model block, parity, training history, ORT's int8 kernel counts).
 
 In code: ``run_qat`` = ``_plan`` (options resolved against the model, inputs, params) -> up to date?
--> ``_start`` (held-out texts carved out, the calibrated start) -> ``_run``: ``_load_data`` ->
-``_student`` -> ``_train`` -> ``_export`` (``_write``, ``_choose``).
+-> ``_start`` (held-out texts carved out, the calibrated start) -> ``_run``: the texts
+(``batches.load_training_data``) -> ``_student`` -> ``_train`` (``train.distil``) -> ``_export``
+(``_write``: export, parity, ``_choose``, ``_record``).
 
 Under ``torchrun`` the same call trains data-parallel (``dist``); only rank 0 writes.
 """
