@@ -7,7 +7,8 @@ histograms, each measured as embedding cosine vs the FP32 model over all 2,101 S
 import sys, time
 import numpy as np
 from bertopt.artifacts import load_artifact
-from bertopt.calibrators.stage import _Job, _load_model, DEFAULT_EXCLUDE
+from bertopt.calibrators.options import DEFAULT_EXCLUDE
+from bertopt.calibrators.stage import _Job, _load_model
 from bertopt.calibrators import collect
 from bertopt.calibrators.sensitivity import Evaluator
 from bertopt.calibrators.methods import compute_amax

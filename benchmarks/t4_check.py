@@ -33,7 +33,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # ------------------------------------------------------------------------------------- CPU half
 def cpu_half(work: Path, *, samples: int, export: Path | None = None, verbose: bool = False) -> dict:
     """export (unless an export artifact is given) -> fuse (tensorrt) -> calibrate -> prepare both engine inputs."""
-    from bertopt.backends.stage import DEFAULT_KEEP_FP32
+    from bertopt.backends.options import DEFAULT_KEEP_FP32
     from bertopt.backends.tensorrt import prepare_onnx
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.export import run_export
