@@ -107,14 +107,13 @@ def test_bad_budget_in_a_recipe_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slabs_train_240, tmp_path):
+def test_qat_without_init_from_starts_from_bertopts_calibration(minilm_dir, slabs_dir, tmp_path):
     """The default route (no --init-from) calibrates first and starts there: step 0 is calibrate's model,
     closer to the teacher on held-out text than modelopt's max calibration (--start max)."""
     pytest.importorskip("modelopt.torch.quantization")
     from bertopt.qat.stage import run_qat
 
-    # the first 240 S-Labs train texts: the default start calibrates on all of --data (240 here, not 2,048)
-    short = dict(data=str(slabs_train_240), text_column="text", samples=120, steps=1, lr=1e-12, batch_size=16, max_length=32)
+    short = dict(data=str(slabs_dir / "train.csv"), text_column="text", samples=120, steps=1, lr=1e-12, batch_size=16, max_length=32)
     art = run_qat(str(minilm_dir), tmp_path / "qat", **short)
     m = art.manifest
     init = m["quantization"]["init_from"]
