@@ -42,6 +42,22 @@ def slabs_texts(slabs_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def slabs_train_240(slabs_dir, tmp_path_factory) -> Path:
+    """The first 240 rows of S-Labs train.csv (text,label), for short qat runs: `qat` without --init-from
+    calibrates on its whole --data with calibrate's defaults (2,048 texts of train.csv); on this file, on 240."""
+    import csv
+
+    out = tmp_path_factory.mktemp("data") / "train240.csv"
+    with open(slabs_dir / "train.csv", newline="", encoding="utf-8") as f, open(out, "w", newline="", encoding="utf-8") as g:
+        w = csv.writer(g)
+        for i, row in enumerate(csv.reader(f)):
+            if i > 240:
+                break
+            w.writerow(row)
+    return out
+
+
+@pytest.fixture(scope="session")
 def classifier_dir() -> Path:
     """The MiniLM fine-tuned on S-Labs (examples/finetune_classifier.py; `make classifier`)."""
     if not (CLASSIFIER_DIR / "config.json").is_file():

