@@ -280,3 +280,28 @@ def test_qdq_model_fuses_attention_and_keeps_its_int8_gemms(exported_minilm, sla
     assert cos.min() > 0.999 and cos.mean() > 0.99999, (cos.min(), cos.mean())
     _, rep = fuse_model(onnx.load(str(cal.model_path)), "onnxruntime", options={"attention_op": "Attention"})
     assert rep.passes["attention"] == 0 and any("quantized" in why for why in rep.misses["attention"])
+
+
+def test_parity_rule_for_qdq_inputs_allows_rounding_flips_not_bugs():
+    """A Q/DQ input's fused twin may move single rows by a quantization step (a value on a rounding
+    boundary); the FP32 rule (max |diff|) would call that a bug, the Q/DQ rule (mean row cosine) must
+    not. A change that moves every row (a real fusion bug) fails both."""
+    from bertopt.passes.pipeline import _row_cosines, parity_failure
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(4, 19, 384))
+    flipped = ref.copy()
+    flipped[1, 3, :40] += 0.8  # one token's row, by a coarse step: max |diff| 0.8 of ~4.5
+    broken = ref + rng.normal(scale=0.3, size=ref.shape)  # every row off
+
+    def record(y):
+        d = float(np.max(np.abs(ref - y)))
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        return {"outputs": {"h": {"max_abs_diff": d, "max_abs_reference": scale, **_row_cosines(ref, y)}}, "max_rel_diff": d / scale}
+
+    assert parity_failure(record(flipped), quantized=False) is not None  # FP32: a bug
+    assert parity_failure(record(flipped), quantized=True) is None  # Q/DQ: a rounding flip
+    assert parity_failure(record(broken), quantized=True)[0] == "h"
+    assert parity_failure(record(ref), quantized=False) is None
+    zeros = np.zeros((2, 3))
+    assert _row_cosines(zeros, zeros) == {"cosine_min": 1.0, "cosine_mean": 1.0}
