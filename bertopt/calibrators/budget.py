@@ -74,7 +74,7 @@ def search(
     if passed:
         chosen, best = _prune(*tried[-1], quant, by_node, measure, steps, min_cosine, max_accuracy_drop)
     else:  # the candidate closest to the budget
-        chosen, best = max(tried, key=lambda cr: _margin(cr[1], min_cosine, max_accuracy_drop))
+        chosen, best = max(tried, key=lambda cr: margin(cr[1], min_cosine, max_accuracy_drop))
     floated = [t.node for t in quant if t not in chosen]
     record = {
         "min_cosine": min_cosine,
@@ -134,14 +134,15 @@ def _prune(chosen: list, best: dict, quant: list, by_node: dict, measure: Callab
     return chosen, best
 
 
-def _margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> float:
-    """How far a measurement is inside the budget (negative: outside), the tighter of the two limits."""
+def margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> float:
+    """How far a measurement is inside the budget (negative: outside), the tighter of the two limits
+    (accuracy points as a fraction); 0.0 without a budget. qat's choice between candidates uses it too."""
     m = []
     if min_cosine is not None:
         m.append(r["_cosine_min"] - min_cosine)
     if max_accuracy_drop is not None:
         m.append((max_accuracy_drop - r["accuracy_drop_points"]) / 100.0)
-    return min(m)
+    return min(m) if m else 0.0
 
 
 def time_models(models: dict, feeds: dict, threads: int | None = None, iters: int = 15, rounds: int = 3) -> dict:

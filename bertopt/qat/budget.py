@@ -83,13 +83,10 @@ def carve(data_path: Path, *, text_column: str | None, label_column: str | None,
 
 
 def _margin(r: dict, min_cosine: float | None, max_drop: float | None) -> tuple:
-    """Sort key, larger is better: distance to the budget, then accuracy, min and mean cosine."""
-    m = []
-    if min_cosine is not None:
-        m.append(r["_cosine_min"] - min_cosine)
-    if max_drop is not None:
-        m.append((max_drop - r["accuracy_drop_points"]) / 100.0)
-    return (min(m) if m else 0.0, r.get("accuracy", 0.0), r["_cosine_min"], r["cosine_mean"])
+    """Sort key, larger is better: distance to the budget (calibrate's measure), then accuracy, min and mean cosine."""
+    from bertopt.calibrators.budget import margin
+
+    return (margin(r, min_cosine, max_drop), r.get("accuracy", 0.0), r["_cosine_min"], r["cosine_mean"])
 
 
 @dataclass
