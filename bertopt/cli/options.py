@@ -18,7 +18,6 @@ Force = Annotated[bool, typer.Option("--force", "-f", help="Redo the work even w
 QUIET_HELP = "Print only errors and the results (no progress, no notes)."
 # Every command declares ``quiet: Quiet = False``; BertoptCommand (cli/command.py) applies it before the command runs.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
-Threads = Annotated[int, typer.Option("--threads", "-t", min=1, help="Intra-op threads for ONNX Runtime / PyTorch.")]
 
 
 def split_items(values: list[str] | None) -> list[str] | None:
@@ -27,17 +26,6 @@ def split_items(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
     return [x.strip() for v in values for x in v.split(",") if x.strip()]
-
-
-def parse_int_list(value: str, name: str) -> list[int]:
-    """'1,8,32' -> [1, 8, 32] with a usage error that names the option."""
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=name) from None
-    if not out or any(v < 1 for v in out):
-        raise typer.BadParameter(f"expected positive integers, got '{value}'", param_hint=name)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,8 +134,6 @@ def command_from(options_cls, run: str | Callable, *, arguments: dict[str, objec
 def _split(name: str, values: list[str] | None, field) -> list | None:
     """A ``split`` field's repeated/comma-separated values; integers (``--batch 1,8``) converted here, so
     that a non-number is a usage error (exit 2) as click's own types give."""
-    import typing
-
     from bertopt.options import plain_type
 
     items = split_items(values)
