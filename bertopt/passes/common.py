@@ -61,19 +61,6 @@ def scalar_value(t: gs.Tensor | None) -> float | None:
     return float(v.reshape(-1)[0])
 
 
-def split_const(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None]:
-    """For a binary node with one constant operand: (the other operand, the constant's value)."""
-    if len(node.inputs) != 2:
-        return None, None
-    a, b = node.inputs
-    va, vb = const_value(a), const_value(b)
-    if vb is not None and va is None:
-        return a, vb
-    if va is not None and vb is None:
-        return b, va
-    return None, None
-
-
 def other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor | None:
     if len(node.inputs) != 2:
         return None

@@ -16,9 +16,6 @@ from pathlib import Path
 from bertopt.artifacts import forget_outputs_under
 from bertopt.ui import note
 
-STARTS = ("calibrate", "max")
-
-
 def calibrated_start(model_dir: Path, base: Path, *, data: str, text_column: str | None, task: str, pooling: str, normalize: bool,
                      max_length: int, opset: int, force: bool = False) -> Path:
     """Export + calibrate ``model_dir`` into ``base``; returns the calibrate artifact folder."""
