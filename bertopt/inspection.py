@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from bertopt.errors import BertoptError
+from bertopt.graph import GEMM_OPS, INT8_GEMM_OPS
 
 SCHEMA = "bertopt.inspect/1"
-GEMM_OPS = {"MatMul", "Gemm"}
-INT8_GEMM_OPS = {"MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QAttention", "MatMulNBits"}
 # manifest metrics worth a line in the lineage (the rest is in --json)
 FLOAT_COMPUTE = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh",
                  "MultiHeadAttention", "Attention", "Softmax", "Gather"}

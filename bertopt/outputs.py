@@ -198,6 +198,25 @@ def choose_output(
     raise AssertionError("unreachable")
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row (the last axis: a token's hidden state, a sentence's vector, logits) of two
+    arrays of one shape; rows that are zero in both count as equal (1.0). Every comparison of two
+    models' outputs (fuse and qat parity, calibrate's fidelity and sensitivity, bench) uses this one."""
+    a, b = np.asarray(a), np.asarray(b)
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, 1e-30))
+
+
+def choose_for_arrays(outputs: dict, task: str | None = None, requested: str | None = None, prefer: OutputChoice | None = None,
+                      where: str = "the model") -> OutputChoice:
+    """The output of a run (name -> array) that fidelity compares: ``requested`` when the run has it,
+    else the reference's choice (``prefer``: same name, else same kind), else by name and shape."""
+    specs = specs_from_arrays(outputs)
+    has = requested is not None and any(sp.name == requested for sp in specs)
+    return choose_output(specs, requested=requested if has else None, task=task, prefer=None if has else prefer, where=where)
+
+
 def choose_for_onnx(model, *, requested: str | None = None, task: str | None = None, hidden_size: int | None = None,
                     where: str = "the model") -> OutputChoice:
     return choose_output(specs_from_onnx(model), requested=requested, task=task, hidden_size=hidden_size, where=where)

@@ -20,7 +20,7 @@ from typing import Callable
 # stage name -> "module:function", imported on first use (``available`` leaves out a module that cannot be found).
 STAGES: dict[str, str] = {
     "compress": "bertopt.compress.stage:run_compress",
-    "export": "bertopt.export:run_export",
+    "export": "bertopt.export.stage:run_export",
     "fuse": "bertopt.passes.pipeline:run_fuse",
     "calibrate": "bertopt.calibrators.stage:run_calibrate",
     "qat": "bertopt.qat.stage:run_qat",
@@ -31,7 +31,7 @@ STAGES: dict[str, str] = {
 # stage name -> "module:class" of its options (light modules: no torch/onnxruntime at import).
 OPTIONS: dict[str, str] = {
     "compress": "bertopt.compress.options:CompressOptions",
-    "export": "bertopt.export_options:ExportOptions",
+    "export": "bertopt.export.options:ExportOptions",
     "fuse": "bertopt.passes.options:FuseOptions",
     "calibrate": "bertopt.calibrators.options:CalibrateOptions",
     "qat": "bertopt.qat.options:QatOptions",

@@ -68,7 +68,7 @@ def classifier_dir() -> Path:
 @pytest.fixture(scope="session")
 def exported_minilm(minilm_dir, tmp_path_factory) -> Path:
     """The real MiniLM exported by `bertopt export` (feature-extraction, mean pooling)."""
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     out = tmp_path_factory.mktemp("export") / "minilm"
     run_export(minilm_dir, out)
@@ -77,7 +77,7 @@ def exported_minilm(minilm_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_classifier(classifier_dir, tmp_path_factory) -> Path:
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     out = tmp_path_factory.mktemp("export") / "classifier"
     run_export(classifier_dir, out)

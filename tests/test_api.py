@@ -24,7 +24,8 @@ def texts(slabs_texts):
 @pytest.mark.parametrize("stage", ["export", "calibrate", "build"])
 def test_load_gives_benchs_outputs(stage, minilm_chain, texts):
     """encode() is bench's fidelity path (same runner, tokenizer, pooling), batched inside."""
-    from bertopt.bench.measure import choose_output, pooled, run_texts
+    from bertopt.bench.measure import pooled, run_texts
+    from bertopt.outputs import choose_for_arrays
     from bertopt.bench.runners import open_runner
 
     path = minilm_chain[stage]
@@ -34,7 +35,7 @@ def test_load_gives_benchs_outputs(stage, minilm_chain, texts):
     emb = m.encode(texts, batch_size=8, max_length=128)
     runner = open_runner(path, threads=1)
     outs = run_texts(runner, texts, max_length=128)
-    kind, ref = pooled(outs, choose_output(runner, outs))
+    kind, ref = pooled(outs, choose_for_arrays(outs, runner.task))
     assert kind == "sentence_embedding" and emb.shape == (20, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, ref, atol=1e-5)
     # the artifact says: mean pooling, L2-normalized

@@ -207,7 +207,7 @@ def test_qat_budget_writes_the_more_faithful_candidate_and_it_measures_as_record
     from bertopt.calibrators import collect
     from bertopt.calibrators.sensitivity import Evaluator
     from bertopt.data import load_texts, load_tokenizer
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     out = tmp_path / "qat"
     r = run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(train_csv), "--text-column", "text", *QAT_SHORT,

@@ -52,8 +52,8 @@ def test_pruned_student_exports_fuses_calibrates_and_matches_pytorch(student, sl
 
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.data import load_tokenizer, tokenize
-    from bertopt.export import load_torch_model, make_wrapper
-    from bertopt.export import run_export
+    from bertopt.export.torch_model import load_torch_model, make_wrapper
+    from bertopt.export.stage import run_export
     from bertopt.passes.pipeline import run_fuse
 
     exp = run_export(student, tmp_path / "export")
@@ -83,7 +83,7 @@ def test_classifier_student_keeps_its_head_and_exports_logits(classifier_dir, tm
     """The S-Labs classifier -> 1 layer, FFN 384 with the task loss (--label-column): the student is a
     sequence classifier whose export gives logits, fuses to one attention, and whose held-out metric is accuracy."""
     from bertopt.compress.stage import run_compress
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
     from bertopt.passes.pipeline import run_fuse
 
     art = run_compress(classifier_dir, tmp_path / "s", data=TRAIN, text_column="text", label_column="label", limit=160, layers=1,
@@ -106,7 +106,7 @@ def test_student_copies_the_kept_teacher_weights(minilm_dir, slabs_texts):
     from transformers import AutoTokenizer
 
     from bertopt.compress.prune import build_student
-    from bertopt.export import load_torch_model
+    from bertopt.export.torch_model import load_torch_model
 
     teacher = load_torch_model(minilm_dir, "feature-extraction")
     b = AutoTokenizer.from_pretrained(str(minilm_dir))(slabs_texts[:4], padding=True, return_tensors="pt")

@@ -51,7 +51,7 @@ def test_parity_on_real_text_at_two_new_shapes(exported_minilm, minilm_dir, slab
 
 
 def test_second_run_is_skipped_and_force_rebuilds(exported_minilm, minilm_dir):
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     before = json.loads((exported_minilm / "manifest.json").read_text())["created"]
     art = run_export(minilm_dir, exported_minilm)
@@ -68,7 +68,7 @@ def test_classifier_export(exported_classifier):
 
 def test_bad_option_values(minilm_dir, tmp_path):
     from bertopt.errors import BertoptError
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     for kwargs, needle in (({"task": "qa"}, "task='qa': must be"), ({"pooling": "sum"}, "pooling='sum': must be"), ({"opset": 9}, "opset=9: must be greater than or equal to 14")):
         with pytest.raises(BertoptError, match=needle):
@@ -78,7 +78,7 @@ def test_bad_option_values(minilm_dir, tmp_path):
 
 def test_dynamo_exporter(minilm_dir, tmp_path):
     """The dynamo exporter (offered for comparison) also exports with dynamic axes and parity."""
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     art = run_export(minilm_dir, tmp_path / "dyn", exporter="dynamo")
     assert art.manifest["params"]["exporter"] == "dynamo"

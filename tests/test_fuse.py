@@ -135,7 +135,7 @@ def test_tensorrt_target_is_standard_onnx_that_passes_the_checker(fused, exporte
 
 def test_decomposed_layernorm_export_gets_layernormalization(minilm_dir, tmp_path):
     """An opset-14 export writes LayerNorm out; the tensorrt target turns it into opset-17 LayerNormalization."""
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     exp = run_export(minilm_dir, tmp_path / "op14", opset=14)
     assert _ops(exp.model_path)["LayerNormalization"] == 0
@@ -219,7 +219,7 @@ def test_other_bert_family_architectures(arch, minilm_dir, tmp_path):
     import torch
     from transformers import AutoModel, DistilBertConfig, RobertaConfig
 
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     torch.manual_seed(0)
     small = dict(vocab_size=30522)

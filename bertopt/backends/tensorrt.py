@@ -35,11 +35,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from bertopt.errors import BertoptError, MissingDependencyError
+from bertopt.graph import GEMM_OPS
 
 ENGINE_FILE = "engine.plan"
 PRECISION_MAP_FILE = "precision_map.json"
 PROFILES_FILE = "profiles.json"
-GEMM_OPS = ("MatMul", "Gemm")
 INSTALL_HINT = (
     "TensorRT needs an NVIDIA GPU and its Python wheel: on a GPU host `pip install tensorrt` (10.x or 11.x, "
     "matching the CUDA driver) or use an NGC TensorRT container; on this machine use --backend onnxruntime"

@@ -9,6 +9,7 @@ import numpy as np
 
 from bertopt.bench.runners import Runner
 from bertopt.data import encode_labels, tokenize
+from bertopt.outputs import row_cosines
 
 
 def sweep_feeds(runner: Runner, batch: int, seq: int, texts: Sequence[str] | None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -113,20 +114,8 @@ def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size:
     return out
 
 
-def choose_output(runner: Runner, outputs: dict, requested: str | None = None, prefer=None):
-    """The output of ``runner`` that fidelity compares (:func:`bertopt.outputs.choose_output`):
-    ``requested`` when the runner has it, else the reference's choice (``prefer``: same name, else
-    same kind), else by name and shape."""
-    from bertopt.outputs import choose_output as choose, specs_from_arrays
-
-    specs = specs_from_arrays(outputs)
-    has = requested is not None and any(sp.name == requested for sp in specs)
-    return choose(specs, requested=requested if has else None, task=runner.task, prefer=None if has else prefer,
-                  where=str(runner.path))
-
-
 def pooled(outputs: dict, choice) -> tuple[str, np.ndarray]:
-    """The vector bench compares (``choice``: :func:`choose_output`) and its label."""
+    """The vector bench compares (``choice``: :func:`bertopt.outputs.choose_for_arrays`) and its label."""
     label = f"mean_pooled_{choice.name}" if choice.kind == "hidden" else choice.name
     return label, choice.vectors(outputs[choice.name], outputs.get("__mask__"))
 
@@ -141,7 +130,7 @@ def fidelity(ref: dict, got: dict, ref_choice, choice) -> dict:
     if a.shape != b.shape:
         return {"compared": kind_r, "error": f"the compared outputs differ in shape ({a.shape[1:]} vs {b.shape[1:]})",
                 "output": choice.as_dict()}
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cos = row_cosines(a, b)
     res = {
         "compared": kind_r,
         "n": int(len(cos)),
@@ -163,7 +152,7 @@ def _sig(x: float) -> float:
 
 
 def accuracy(runner: Runner, outputs: dict, labels: list, name: str = "logits") -> dict | None:
-    """Top-1 accuracy of the classifier output ``name`` (see :func:`choose_output`); None if absent."""
+    """Top-1 accuracy of the classifier output ``name`` (see :func:`bertopt.outputs.choose_output`); None if absent."""
     if name not in outputs:
         return None
     y = encode_labels(labels, runner.id2label)

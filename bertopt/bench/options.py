@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
@@ -12,7 +11,6 @@ from bertopt.options import StageOptions, opt
 from bertopt.params import Cosine, MaxLength, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes
 
 Lengths = Literal["fixed", "real"]
-LENGTHS = typing.get_args(Lengths)
 
 
 class BenchOptions(StageOptions):

@@ -127,7 +127,7 @@ def profile_limits(profiles: list[dict]):
 def _torch_runner(model_dir: Path, threads: int | None, name: str | None) -> Runner:
     import torch
 
-    from bertopt.export import load_torch_model, make_wrapper
+    from bertopt.export.torch_model import load_torch_model, make_wrapper
     from bertopt.models import output_names
     from bertopt.models import SUPPORTED, default_task, model_summary, read_config, sentence_transformers_normalize, sentence_transformers_pooling
 

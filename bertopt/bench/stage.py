@@ -144,7 +144,8 @@ def _open_runners(input, threads: int, output: str | None, seq) -> list:  # noqa
 
 def _measure(runners, runs, fid_texts, ev, *, batch, seq, warmup, iters, repeats, max_length, output, lengths, sort) -> None:
     """Latency over the grid (and real-length batches), then fidelity and accuracy, into ``runs``."""
-    from bertopt.bench.measure import accuracy, choose_output, fidelity, latency_sweep, run_texts
+    from bertopt.bench.measure import accuracy, fidelity, latency_sweep, run_texts
+    from bertopt.outputs import choose_for_arrays
     from bertopt.ui import note, progress
 
     grid = [(int(b), int(s)) for s in seq for b in batch]
@@ -172,14 +173,14 @@ def _measure(runners, runs, fid_texts, ev, *, batch, seq, warmup, iters, repeats
             for run, r in zip(runs, runners):
                 if fid_texts is not None:
                     o = run_texts(r, fid_texts.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
-                    choice = choose_output(r, o, output, ref_choice)
+                    choice = choose_for_arrays(o, r.task, output, ref_choice, where=str(r.path))
                     note(f"bench: {r.name}: comparing output {choice.describe()}")
                     if ref_out is None:
                         ref_out, ref_choice = o, choice
                     run["fidelity"] = fidelity(ref_out, o, ref_choice, choice)
                 if ev is not None:
                     o = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
-                    c = choose_output(r, o, output, ref_choice)
+                    c = choose_for_arrays(o, r.task, output, ref_choice, where=str(r.path))
                     run["accuracy"] = accuracy(r, o, ev.labels, c.name) if c.kind == "logits" else None
 
 

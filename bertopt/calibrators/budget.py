@@ -27,8 +27,8 @@ import numpy as np
 from bertopt.calibrators.heldout import HeldOut, meets, public
 from bertopt.ui import note
 
-FP32_GEMM_FLOPS = 148e9  # measured, 2 threads (ANCHORS.md)
-INT8_GEMM_OPS = 0.7e12
+FP32_GEMM_FLOPS_PER_S = 148e9  # measured, 2 threads (ANCHORS.md)
+INT8_GEMM_OPS_PER_S = 0.7e12
 EST_TOKENS = 128
 
 
@@ -38,7 +38,7 @@ def float_cost_ms(target) -> float:
         return 0.0
     k, n = target.shape
     ops = 2.0 * k * n * EST_TOKENS
-    return 1e3 * ops * (1.0 / FP32_GEMM_FLOPS - 1.0 / INT8_GEMM_OPS)
+    return 1e3 * ops * (1.0 / FP32_GEMM_FLOPS_PER_S - 1.0 / INT8_GEMM_OPS_PER_S)
 
 
 def search(
@@ -87,7 +87,7 @@ def search(
         "result": public(best) | {"quantized_gemms": len(chosen), "float_gemms": floated,
                                   "est_latency_ms": round(sum(float_cost_ms(by_node[n]) for n in floated), 4)},
         "latency_estimate": f"extra ms per {EST_TOKENS}-token sequence for a GEMM in float: its FLOPs at "
-                            f"{FP32_GEMM_FLOPS / 1e9:.0f} GFLOP/s (FP32) instead of {INT8_GEMM_OPS / 1e12:.1f} TOP/s (INT8), this project's measured 2-thread rates",
+                            f"{FP32_GEMM_FLOPS_PER_S / 1e9:.0f} GFLOP/s (FP32) instead of {INT8_GEMM_OPS_PER_S / 1e12:.1f} TOP/s (INT8), this project's measured 2-thread rates",
     }
     return chosen, record
 
@@ -147,9 +147,9 @@ def margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -
 
 def time_models(models: dict, feeds: dict, threads: int | None = None, iters: int = 15, rounds: int = 3) -> dict:
     """Median ms per call of each model on ``feeds``, interleaved round by round (ORT, spinning off)."""
-    from bertopt.calibrators.sensitivity import session
+    from bertopt.graph import ort_session
 
-    sessions = {name: session(m, threads, spinning=False) for name, m in models.items()}
+    sessions = {name: ort_session(m, "ORT_ENABLE_ALL", threads, spinning=False) for name, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for s in sessions.values():
         s.run(None, feeds)

@@ -21,6 +21,7 @@ import numpy as np
 from bertopt.calibrators.histogram import Histogram, NonFiniteError
 from bertopt.calibrators.smooth import ChannelStats
 from bertopt.errors import BertoptError
+from bertopt.graph import ort_session
 
 DEFAULT_BINS = 2048
 
@@ -85,7 +86,6 @@ def make_batches(tokenizer, texts: Sequence[str], input_names: Sequence[str], ma
 def observing_session(model, tensors: Sequence[str], threads: int | None = None):
     """An ORT session on ``model`` that also returns ``tensors``."""
     import onnx
-    import onnxruntime as ort
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -93,12 +93,7 @@ def observing_session(model, tensors: Sequence[str], threads: int | None = None)
     for t in tensors:
         if t not in present:
             m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(m, "ORT_ENABLE_BASIC", threads)
 
 
 def _select_tokens(x: np.ndarray, mask: np.ndarray) -> np.ndarray:

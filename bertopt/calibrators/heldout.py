@@ -74,11 +74,11 @@ class HeldOut:
 
     def measure(self, model) -> dict:
         """min/mean cosine (unrounded min kept for the budget test), accuracy and its drop in points."""
-        from bertopt.calibrators.sensitivity import cosines
+        from bertopt.outputs import row_cosines
 
         got = self.evaluator.vectors(model)
         res = self.evaluator.compare(got)
-        res["_cosine_min"] = float(cosines(self.evaluator.ref, got).min())  # compare() rounds it
+        res["_cosine_min"] = float(row_cosines(self.evaluator.ref, got).min())  # compare() rounds it
         if self.labels is not None:
             acc = float((got.argmax(1) == self.labels).mean())
             res["accuracy"] = round(acc, 6)

@@ -13,7 +13,7 @@ from bertopt.params import MaxLength, NonNegativeInt, Percentile, PositiveInt, U
 
 Method = Literal["max", "percentile", "entropy", "mse"]
 METHODS = typing.get_args(Method)
-DEFAULT_EXCLUDE = ("*pooler*", "*classifier*")
+DEFAULT_EXCLUDE_NODES = ("*pooler*", "*classifier*")
 
 
 class CalibrateOptions(BudgetOptions):
@@ -60,7 +60,7 @@ class CalibrateOptions(BudgetOptions):
 
     def excluded(self) -> list[str]:
         """The node patterns kept in float: ``exclude``, and the pooler/classifier unless ``quantize_head``."""
-        return list(self.exclude or []) + ([] if self.quantize_head else list(DEFAULT_EXCLUDE))
+        return list(self.exclude or []) + ([] if self.quantize_head else list(DEFAULT_EXCLUDE_NODES))
 
     def params(self) -> dict[str, Any]:
         """The manifest params: not ``threads`` (no effect on the artifact), ``quantize_head`` as the

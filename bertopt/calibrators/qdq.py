@@ -34,9 +34,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bertopt.graph import FreshNames, constants, opset_version
+from bertopt.graph import QMAX, FreshNames, constants, opset_version
 
-QMAX = 127  # narrow symmetric range, TensorRT's INT8
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 
 

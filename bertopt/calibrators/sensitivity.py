@@ -18,25 +18,8 @@ import numpy as np
 
 from bertopt.calibrators.collect import Batch
 from bertopt.calibrators.qdq import GemmTarget
-from bertopt.outputs import OutputChoice
-
-
-def session(model, threads: int | None = None, spinning: bool = True):
-    """An ONNX Runtime CPU session on an in-memory model (``spinning=False`` for models timed in turn)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [rows, features] arrays."""
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+from bertopt.graph import ort_session
+from bertopt.outputs import OutputChoice, row_cosines
 
 
 @dataclass
@@ -61,7 +44,7 @@ class Evaluator:
         return ev
 
     def vectors(self, model) -> np.ndarray:
-        sess = session(model, self.threads)
+        sess = ort_session(model, "ORT_ENABLE_ALL", self.threads)
         rows = []
         order = []
         for b in self.batches:
@@ -73,7 +56,7 @@ class Evaluator:
 
     def compare(self, got: np.ndarray) -> dict:
         a, b = self.ref, got
-        cos = cosines(a, b)
+        cos = row_cosines(a, b)
         rel = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-30)
         res = {
             "output": self.output,

@@ -12,7 +12,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bertopt.bench.options import BenchOptions
 from bertopt.cli.command import COMMON_PANEL
 from bertopt.cli.options import JsonOut, command_from
 
@@ -40,7 +39,7 @@ def _bench_and_show(run, args, out, options, extra, *, force, verbose) -> None:
 
 
 command = command_from(
-    BenchOptions, "bertopt.bench.stage:run_bench", call=_bench_and_show, out=None, extra=EXTRA,
+    "bench", call=_bench_and_show, out=None, extra=EXTRA,
     arguments={"artifacts": Annotated[List[str], typer.Argument(help="Artifacts to run; the first is the reference.")]},
 )
 

@@ -7,10 +7,9 @@ tensorrt: a strongly typed engine (INT8 from Q/DQ, FP16 in the ONNX types, Layer
 
 from __future__ import annotations
 
-from bertopt.backends.options import BuildOptions
 from bertopt.cli.options import command_from
 
 command = command_from(
-    BuildOptions, "bertopt.backends.stage:run_build",
+    "build",
     arguments={"input": "Artifact folder (export, fuse, calibrate, qat) or a .onnx file."},
 )

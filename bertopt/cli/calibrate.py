@@ -11,10 +11,9 @@ nothing does).
 
 from __future__ import annotations
 
-from bertopt.calibrators.options import CalibrateOptions
 from bertopt.cli.options import command_from
 
 command = command_from(
-    CalibrateOptions, "bertopt.calibrators.stage:run_calibrate",
+    "calibrate",
     arguments={"input": "FP32 artifact from export or fuse (or a .onnx with tokenizer/ beside it)."},
 )

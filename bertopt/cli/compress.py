@@ -10,9 +10,8 @@ on --val-data; a killed run resumes from its checkpoint. Data-parallel with no c
 from __future__ import annotations
 
 from bertopt.cli.options import command_from
-from bertopt.compress.options import CompressOptions
 
 command = command_from(
-    CompressOptions, "bertopt.compress.stage:run_compress",
+    "compress",
     arguments={"model_dir": "Hugging Face model folder (the teacher), or pkg:<package>."},
 )

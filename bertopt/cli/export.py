@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from bertopt.cli.options import command_from
-from bertopt.export_options import ExportOptions
 
 command = command_from(
-    ExportOptions, "bertopt.export:run_export",
+    "export",
     arguments={"model_dir": "Hugging Face model folder (config.json, weights, tokenizer), or pkg:<package>."},
 )

@@ -10,7 +10,6 @@ The fused model is checked against its input on sample text (ORT optimizations o
 from __future__ import annotations
 
 from bertopt.cli.options import command_from
-from bertopt.passes.options import FuseOptions
 
 
 def _fuse_and_print(run, args, out, options, extra, *, force, verbose) -> None:
@@ -21,6 +20,6 @@ def _fuse_and_print(run, args, out, options, extra, *, force, verbose) -> None:
 
 
 command = command_from(
-    FuseOptions, "bertopt.passes.pipeline:run_fuse", call=_fuse_and_print,
+    "fuse", call=_fuse_and_print,
     arguments={"input": "Artifact folder (from export) or a bare .onnx file (a tokenizer/ folder beside it is used for the check)."},
 )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import typing
 from pathlib import Path
@@ -70,22 +69,24 @@ def _choices(kind) -> tuple[str, ...]:
     return ()
 
 
-def command_from(options_cls, run: str | Callable, *, arguments: dict[str, object], extra: dict[str, tuple[object, object]] | None = None,
+def command_from(stage: str, *, arguments: dict[str, object], extra: dict[str, tuple[object, object]] | None = None,
                  out: object = Out, call: Callable | None = None) -> Callable:
-    """The typer callback of a stage command, built from ``options_cls``:
+    """The typer callback of ``stage``'s command, built from its options class (:mod:`bertopt.stages`):
 
     - ``arguments``: the positional arguments, name -> help text (a str) or an ``Annotated[..., typer.Argument(...)]``;
     - one ``--kebab-name`` option per CLI field (help, panel, bool ``--x/--no-x`` or the field's ``flag``,
       list fields repeatable, ``Literal`` fields as choices), then ``extra`` command-only options
       (name -> (annotation, default)), then ``--out``, ``--force``, ``--verbose``, ``--quiet``;
     - it parses the fields into the options object (``where=CLI``: errors name the --flags) and calls
-      ``run(*arguments, out, options=..., force=, verbose=, **extra)`` (``run``: the stage function or
-      ``"module:function"``, imported when the command runs, so ``--help`` stays light), or
+      ``run(*arguments, out, options=..., force=, verbose=, **extra)`` (``run``: the stage function,
+      imported when the command runs, so ``--help`` stays light), or
       ``call(run, arguments, out, options, extra, force=, verbose=)`` when given.
     The range of a number (from the field's type) is shown in ``--help`` as click shows its own.
     """
+    from bertopt import stages
     from bertopt.options import CLI, bounds, meta
 
+    options_cls = stages.options(stage)
     fields = options_cls.cli_fields()
     order = [n for names in panels(options_cls).values() for n in names]
     params, hints = [], {}
@@ -112,10 +113,7 @@ def command_from(options_cls, run: str | Callable, *, arguments: dict[str, objec
         for n in split:
             kw[n] = _split(n, kw[n], fields[n])
         options = options_cls.parse(kw, where=CLI)
-        target = run
-        if isinstance(run, str):  # imported now, not when the CLI starts
-            module, func = run.split(":")
-            target = getattr(importlib.import_module(module), func)
+        target = stages.get(stage)  # imported now, not when the CLI starts
         if call is not None:
             return call(target, args, out_path, options, more, force=force, verbose=verbose)
         return target(*args, *([out_path] if out is not None else []), options=options, force=force, verbose=verbose, **more)

@@ -9,9 +9,8 @@ resumes from its checkpoint when started again. Data-parallel with no change:
 from __future__ import annotations
 
 from bertopt.cli.options import command_from
-from bertopt.qat.options import QatOptions
 
 command = command_from(
-    QatOptions, "bertopt.qat.stage:run_qat",
+    "qat",
     arguments={"model_dir": "Hugging Face model folder (the FP32 teacher), pkg:<package>, or its export artifact."},
 )

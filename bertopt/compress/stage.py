@@ -178,7 +178,7 @@ def _student(job: _Job, env, data):
     import torch
 
     from bertopt.compress import prune
-    from bertopt.export import load_torch_model
+    from bertopt.export.torch_model import load_torch_model
     from bertopt.qat import batches
 
     o = job.o

@@ -10,7 +10,6 @@ so the attention pass matches the structure loosely and then checks the numbers.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from bertopt.graph import MS_DOMAIN
+from bertopt.graph import MS_DOMAIN, ort_session
 
 # Probe shapes: symbolic dims on axis 0 get PROBE_BATCH, on axis 1 PROBE_SEQ, elsewhere 3.
 PROBE_BATCH = 2
@@ -185,7 +184,7 @@ class PassContext:
         self.probe_runs += 1
         tensors = list(tensors)
         try:
-            return evaluate(graph, tensors, self.feeds, self.ir_version)
+            return tensor_values(graph, tensors, self.feeds, self.ir_version)
         except Exception as e:  # noqa: BLE001 - ORT's reasons vary; the miss carries its message
             msg = str(e).split("Status Message:")[-1].strip().splitlines()[0][-160:] if str(e) else ""
             self.miss(f"probe run failed ({type(e).__name__}: {msg})")
@@ -252,23 +251,10 @@ def to_model(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
 
 def session(model: onnx.ModelProto | str | Path, optimize: bool = False, threads: int | None = None):
     """An ORT CPU session; by default with ORT's graph optimizations disabled (ours must stand alone)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() < 1_800_000_000:
-            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        tmp = Path(tempfile.mkdtemp(prefix="bertopt-probe-"))
-        onnx.save_model(model, str(tmp / "m.onnx"), save_as_external_data=True, location="m.onnx.data")
-        return ort.InferenceSession(str(tmp / "m.onnx"), so, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    return ort_session(model, "ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL", threads)
 
 
-def evaluate(graph: gs.Graph, tensors: list[gs.Tensor], feeds: dict[str, np.ndarray], ir_version: int = 8) -> dict[str, np.ndarray]:
+def tensor_values(graph: gs.Graph, tensors: list[gs.Tensor], feeds: dict[str, np.ndarray], ir_version: int = 8) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     wanted = []
     for t in tensors:

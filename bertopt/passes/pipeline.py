@@ -32,6 +32,7 @@ import numpy as np
 
 from bertopt.errors import BertoptError, QualityGateError
 from bertopt.graph import op_counts, opset_version
+from bertopt.outputs import row_cosines
 from bertopt.passes.options import ORT_FUSIONS, TARGETS, FuseOptions
 
 STAGE = "fuse"
@@ -259,7 +260,7 @@ def parity_feeds(model_path: Path, tokenizer_dir: Path | None, input_names: list
     return probe_feeds(graph, batch=3, seq=13, seed=1), f"synthetic ids ({why})"
 
 
-def parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
+def fuse_parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
     """Run both models (ORT optimizations off) and compare every output."""
     from bertopt.passes.common import session
 
@@ -286,10 +287,7 @@ def _row_cosines(x: np.ndarray, y: np.ndarray) -> dict:
     logits) between reference and fused: min and mean. Rows that are zero in both count as equal."""
     if x.ndim == 0 or x.size == 0:
         return {}
-    a, b = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    both_zero = (na == 0) & (nb == 0)
-    cos = np.where(both_zero, 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, 1e-30))
+    cos = row_cosines(x, y)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
 
 
@@ -403,7 +401,7 @@ def _fuse_into(w, model, src: Path, art, target: str, ort_fusions: str, options:
         bar.update(task, status="parity check")
         with w.timed("parity"):
             feeds, how = parity_feeds(src, art.tokenizer_dir, [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}])
-            par = parity(src, model_file, feeds)
+            par = fuse_parity(src, model_file, feeds)
             par["inputs"] = how
             if choice is not None:
                 par["compared_output"] = choice.as_dict() | par["outputs"].get(choice.name, {})

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bertopt.graph import op_counts as _op_counts
+from bertopt.graph import op_counts
 from bertopt.passes.common import MS_DOMAIN, PassContext, probe_feeds, session, to_model
 
 
@@ -29,10 +29,6 @@ def make_model(nodes, inputs: dict, outputs: list, inits: dict | None = None, op
     init = [onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in (inits or {}).items()]
     graph = helper.make_graph(nodes, "test", vi, outs, init)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)], ir_version=8)
-
-
-def op_counts(model: onnx.ModelProto) -> Counter:
-    return Counter(_op_counts(model))
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -98,7 +98,7 @@ def eval_batches(data: Encoded, batch_size: int, world: int = 1, rank: int = 0) 
     return batches[rank::world]
 
 
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train rows, held-out rows): a seeded random ``fraction`` of the rows is held out."""
     rng = random.Random(seed)
     order = list(range(n))
@@ -148,7 +148,7 @@ def load_training_data(model_dir, cfg: dict, o, path, limit: int | None, min_tex
     if len(enc) < 10:
         raise BertoptError(f"{path}: {len(enc)} texts are too few to hold some out for early stopping",
                            hint="use more texts, or pass --val-data with a held-out file")
-    tr_rows, held_rows = split_holdout(len(enc), o.val_fraction, o.seed)
+    tr_rows, held_rows = split_rows(len(enc), o.val_fraction, o.seed)
     return TrainingData(tokenizer, max_len, enc.subset(tr_rows), enc.subset(held_rows), [train_td.texts[i] for i in held_rows],
                         None if labels is None else [int(labels[i]) for i in held_rows])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bertopt.graph import attr, constant_values, set_attr
+from bertopt.outputs import row_cosines
 
 
 def export_qdq(wrapper, args: tuple, path: Path, input_names, outs, axes: dict, opset: int) -> None:
@@ -217,7 +218,7 @@ def _prune(model) -> None:
 # The op and kernel counts come from bertopt.graph (op_counts, ort_kernel_counts, int8_gemms).
 
 
-def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str, output: str | None = None) -> dict:
+def torch_onnx_parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], task: str, output: str | None = None) -> dict:
     """The exported Q/DQ model on ONNX Runtime (int8 kernels) against the fake-quant torch model.
 
     Quantization turns float rounding noise into whole quantization steps wherever a value sits on a
@@ -244,7 +245,7 @@ def parity(wrapper, onnx_path: Path, feeds_list: list[dict], outs: list[str], ta
         else:
             r = np.concatenate([x[k] for x in refs])
             o = np.concatenate([x[k] for x in gots])
-        cos = np.sum(r * o, -1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(o, axis=-1), 1e-12)
+        cos = row_cosines(r, o)
         d = float(np.max(np.abs(r - o)))
         entry = {"max_abs_diff": d, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
         if name == "logits":

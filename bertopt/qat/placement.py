@@ -19,7 +19,7 @@ from bertopt.errors import BertoptError
 
 # Modules left in float unless the user says otherwise: the pooler and the classification head are
 # tiny GEMMs at the very end whose error goes straight into the output, for no measurable speed.
-DEFAULT_EXCLUDE: tuple[str, ...] = ("pooler", "classifier")
+DEFAULT_EXCLUDE_MODULES: tuple[str, ...] = ("pooler", "classifier")
 
 # per output channel of nn.Linear.weight [out, in], narrow range [-127, 127] like calibrate's int8
 # weights (TensorRT's rule); the export folds them into int8 initializers with that range.
@@ -27,7 +27,7 @@ INT8_WEIGHT = {"num_bits": 8, "axis": 0, "narrow_range": True}
 INT8_ACT = {"num_bits": 8, "axis": None}  # per tensor
 
 
-def quant_config(exclude: list[str] | tuple[str, ...] = DEFAULT_EXCLUDE, quantize_bmm: bool = False, algorithm: str = "max") -> dict:
+def quant_config(exclude: list[str] | tuple[str, ...] = DEFAULT_EXCLUDE_MODULES, quantize_bmm: bool = False, algorithm: str = "max") -> dict:
     """The ``mtq.quantize`` config: Linear inputs per-tensor, Linear weights per-channel, the rest off."""
     cfg: list[dict] = [
         {"quantizer_name": "*", "enable": False},
@@ -58,7 +58,7 @@ def is_excluded(module_name: str, exclude: list[str] | tuple[str, ...]) -> bool:
                for pat in exclude for p in module_patterns(pat))
 
 
-def check_exclude(model, exclude: list[str] | tuple[str, ...], defaults: tuple[str, ...] = DEFAULT_EXCLUDE) -> None:
+def check_exclude(model, exclude: list[str] | tuple[str, ...], defaults: tuple[str, ...] = DEFAULT_EXCLUDE_MODULES) -> None:
     """A user's exclude name that matches no module is a typo: say so (the defaults may not exist)."""
     names = [n for n, _ in model.named_modules() if n]
     for pat in exclude:

@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from bertopt.errors import BertoptError
-from bertopt.graph import attr, constant_values
+from bertopt.graph import QMAX, attr, constant_values
 
-GEMM_OPS = {"MatMul": 1, "Gemm": 1}  # op -> index of the weight input
-QMAX = 127.0
+GEMM_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1}  # op -> index of the weight input
 EQ_MUL, EQ_ADD = "_bertopt_eq_mul", "_bertopt_eq_add"
 
 
@@ -67,7 +66,7 @@ def read_qdq_gemms(onnx_path: Path) -> list[GemmRange]:
     model = onnx.load(str(onnx_path))
     model, _ = split_qkv_bias(model)  # a fused MultiHeadAttention holds the Q/K/V biases
     reader = _QdqReader(model.graph, onnx_path)
-    return [gr for node in model.graph.node if node.op_type in GEMM_OPS and (gr := reader.gemm(node)) is not None]
+    return [gr for node in model.graph.node if node.op_type in GEMM_WEIGHT_INPUT and (gr := reader.gemm(node)) is not None]
 
 
 class _QdqReader:
@@ -110,7 +109,7 @@ class _QdqReader:
 
     def weight(self, node) -> tuple[np.ndarray, np.ndarray] | None:
         """(dequantized weight [in, N], per-output-channel scales [N]), None for a GEMM without a quantized weight."""
-        wname = node.input[GEMM_OPS[node.op_type]]
+        wname = node.input[GEMM_WEIGHT_INPUT[node.op_type]]
         transposed = bool(node.op_type == "Gemm" and attr(node, "transB", 0))
         p = self.producer.get(wname)
         if p is not None and p.op_type == "Transpose" and list(attr(p, "perm", [1, 0])) == [1, 0]:

@@ -30,10 +30,10 @@ from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names,
 from bertopt.paths import resolve_path
 from bertopt.qat.batches import TrainingData
 from bertopt.qat.options import QatOptions
-from bertopt.qat.placement import DEFAULT_EXCLUDE
+from bertopt.qat.placement import DEFAULT_EXCLUDE_MODULES
 from bertopt.ui import console, note, skipped
 
-PARITY_TEXTS = 64
+PARITY_SAMPLES = 64
 
 
 def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = None, *, force: bool = False, verbose: bool = False,
@@ -148,7 +148,7 @@ def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
     if o.init_from or o.start == "calibrate":
         exclude = list(o.exclude or [])
     else:
-        exclude = list(DEFAULT_EXCLUDE if o.exclude is None else o.exclude)
+        exclude = list(DEFAULT_EXCLUDE_MODULES if o.exclude is None else o.exclude)
     data_path = resolve_path(o.data)
     inputs = {"model": describe_input(model_dir), "data": describe_data(data_path)}
     if o.val_data:
@@ -235,7 +235,7 @@ def _student(job: _Job, env, data: TrainingData):
     import modelopt.torch.quantization as mtq
     import torch
 
-    from bertopt.export import load_torch_model
+    from bertopt.export.torch_model import load_torch_model
     from bertopt.qat import batches, placement
 
     o = job.o
@@ -331,7 +331,7 @@ def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict,
     """Export the student as Q/DQ ONNX, check it against the fake-quant model, choose what to write, write the artifact."""
     import torch
 
-    from bertopt.export import make_wrapper
+    from bertopt.export.torch_model import make_wrapper
     from bertopt.qat import onnx_qdq
 
     o, task, model_dir = job.o, job.task, job.model_dir
@@ -350,9 +350,9 @@ def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict,
                                    hint="report the model architecture; modelopt's Q/DQ export needs the legacy exporter") from None
             post = onnx_qdq.postprocess(onnx_path)
         with console.status("qat: parity check (ONNX Runtime int8 kernels vs the fake-quant torch model)"), w.timed("parity"):
-            texts = data.held_texts[:PARITY_TEXTS]
+            texts = data.held_texts[:PARITY_SAMPLES]
             feeds = [_feeds(data.tokenizer, texts[i : i + 16], input_names, max_length=data.max_len) for i in range(0, len(texts), 16)]
-            parity = onnx_qdq.parity(wrapper, onnx_path, feeds, outs, task, output=o.output)
+            parity = onnx_qdq.torch_onnx_parity(wrapper, onnx_path, feeds, outs, task, output=o.output)
         note(f"qat: parity compared on output {parity['compared_output']}")
         if parity["cosine_mean"] < o.parity_min_mean_cosine:
             raise BertoptError(
@@ -411,7 +411,7 @@ def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history:
 def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
     """Which model to write: the QAT export, its start, or (budget missed) calibrate's budget search."""
     from bertopt.artifacts import forget_outputs_under
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
     from bertopt.qat.budget import CHECK_TEXTS, Chooser, fallback_calibrate, render
 
     o, tmp = job.o, job.tmp

@@ -20,7 +20,7 @@ def calibrated_start(model_dir: Path, base: Path, *, data: str, text_column: str
                      max_length: int, opset: int, force: bool = False) -> Path:
     """Export + calibrate ``model_dir`` into ``base``; returns the calibrate artifact folder."""
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.export import run_export
+    from bertopt.export.stage import run_export
 
     exp = base / "export"
     cal = base / "calibrate"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from typing import Any, ClassVar, Literal
 
 from bertopt.models import TASKS
@@ -10,7 +9,6 @@ from bertopt.options import POOLING, StageOptions, opt
 from bertopt.params import Opset, PositiveFloat
 
 Exporter = Literal["legacy", "dynamo"]
-EXPORTERS = typing.get_args(Exporter)
 
 
 class ExportOptions(StageOptions):
