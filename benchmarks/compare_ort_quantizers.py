@@ -86,7 +86,7 @@ def build_variants(model_dir: Path, work: Path, samples: int, force: bool) -> tu
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.data import load_texts
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     info: dict = {}
     t = time.perf_counter()

@@ -75,7 +75,7 @@ def int8_pipeline(hf_dir: Path, work: Path, task: str, samples: int, force: bool
     from bertopt.backends.stage import run_build
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     exp = run_export(hf_dir, work / "export", task=task, force=force)
     fused = run_fuse(exp.path, work / "fuse", target="onnxruntime", force=force)

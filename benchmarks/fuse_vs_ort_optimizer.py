@@ -132,7 +132,7 @@ def main(args) -> int:
 
     from bertopt.bench.stage import run_bench
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def cpu_half(work: Path, *, samples: int, export: Path | None = None, verbose: b
     from bertopt.backends.tensorrt import prepare_onnx
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     t = time.perf_counter()
     exp = export or run_export(MODEL, work / "export", task="feature-extraction").path

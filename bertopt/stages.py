@@ -21,7 +21,7 @@ from typing import Callable
 STAGES: dict[str, str] = {
     "compress": "bertopt.compress.stage:run_compress",
     "export": "bertopt.export.stage:run_export",
-    "fuse": "bertopt.passes.pipeline:run_fuse",
+    "fuse": "bertopt.passes.stage:run_fuse",
     "calibrate": "bertopt.calibrators.stage:run_calibrate",
     "qat": "bertopt.qat.stage:run_qat",
     "build": "bertopt.backends.stage:run_build",

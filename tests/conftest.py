@@ -98,7 +98,7 @@ def minilm_chain(exported_minilm, slabs_dir, tmp_path_factory) -> dict[str, Path
     from bertopt.backends.stage import run_build
     from bertopt.bench.stage import run_bench
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     wd = tmp_path_factory.mktemp("chain")
     run_fuse(exported_minilm, wd / "fuse")

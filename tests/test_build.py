@@ -226,7 +226,7 @@ def test_int8_gemm_biases_go_into_the_kernels(exported_minilm, slabs_dir, feeds,
     import onnx
 
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     fused = run_fuse(exported_minilm, tmp_path / "fused")
     cal = run_calibrate(fused.path, tmp_path / "int8", data=str(slabs_dir / "train.csv"), text_column="text", samples=16,

@@ -149,7 +149,7 @@ def test_tensorrt_calibration_cache_covers_the_fp32_graph(calibrated_minilm, exp
 
 def test_calibrate_composes_with_fuse(exported_minilm, train_csv, slabs_texts, tmp_path):
     from bertopt.calibrators.stage import run_calibrate
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     fused = tmp_path / "fused"
     run_fuse(exported_minilm, fused, target="onnxruntime")

@@ -54,7 +54,7 @@ def test_pruned_student_exports_fuses_calibrates_and_matches_pytorch(student, sl
     from bertopt.data import load_tokenizer, tokenize
     from bertopt.export.torch_model import load_torch_model, make_wrapper
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     exp = run_export(student, tmp_path / "export")
     assert exp.model_info["num_layers"] == 2 and exp.model_info["pooling"] == "mean"
@@ -84,7 +84,7 @@ def test_classifier_student_keeps_its_head_and_exports_logits(classifier_dir, tm
     sequence classifier whose export gives logits, fuses to one attention, and whose held-out metric is accuracy."""
     from bertopt.compress.stage import run_compress
     from bertopt.export.stage import run_export
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     art = run_compress(classifier_dir, tmp_path / "s", data=TRAIN, text_column="text", label_column="label", limit=160, layers=1,
                        ffn_size=384, steps=4, batch_size=16, importance_batches=2, max_length=64)

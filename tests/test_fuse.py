@@ -14,7 +14,8 @@ import pytest
 
 from bertopt.errors import BertoptError
 from bertopt.passes.common import session
-from bertopt.passes.pipeline import fuse_model, run_fuse
+from bertopt.passes.pipeline import fuse_model
+from bertopt.passes.stage import run_fuse
 
 from conftest import ROOT, run_cli
 
@@ -243,7 +244,7 @@ def test_other_bert_family_architectures(arch, minilm_dir, tmp_path):
 def test_run_fuse_ort_fusions_all_and_bad_values(exported_minilm, tmp_path):
     """The stage (CLI/recipe) exposes every com.microsoft fusion the issue lists, and validates options."""
     from bertopt.errors import BertoptError
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     art = run_fuse(str(exported_minilm), tmp_path / "all", ort_fusions="all")
     passes = art.manifest["metrics"]["passes"]
@@ -286,7 +287,7 @@ def test_parity_rule_for_qdq_inputs_allows_rounding_flips_not_bugs():
     """A Q/DQ input's fused twin may move single rows by a quantization step (a value on a rounding
     boundary); the FP32 rule (max |diff|) would call that a bug, the Q/DQ rule (mean row cosine) must
     not. A change that moves every row (a real fusion bug) fails both."""
-    from bertopt.passes.pipeline import _row_cosines, parity_failure
+    from bertopt.passes.stage import _row_cosines, parity_failure
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(4, 19, 384))

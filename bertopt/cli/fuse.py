@@ -13,7 +13,7 @@ from bertopt.cli.options import command_from
 
 
 def _fuse_and_print(run, args, out, options, extra, *, force, verbose) -> None:
-    from bertopt.passes.pipeline import summary_table
+    from bertopt.passes.stage import summary_table
     from bertopt.ui import stdout
 
     stdout.print(summary_table(run(*args, out, options=options, force=force, verbose=verbose)))

@@ -1,4 +1,4 @@
-"""Graph-surgeon fusion passes: one pass per file, the order per target in ``pipeline.py``.
+"""Graph-surgeon fusion passes: one pass per file, the order per target in ``pipeline.py``, the stage in ``stage.py``.
 
 A pass is a function ``run(graph, ctx) -> int`` that rewrites an ``onnx_graphsurgeon.Graph`` in
 place and returns how many times it fired; when a candidate fails a guard it calls
