@@ -156,57 +156,78 @@ def _scores(t: gs.Tensor) -> tuple[gs.Node, float] | None:
     return None
 
 
+def _scores_and_mask(graph: gs.Graph, sm: gs.Node) -> tuple[tuple[gs.Node, float] | None, gs.Tensor | None]:
+    """The Softmax's input side: ((score MatMul, scale after it), additive mask or None), or (None, None)."""
+    x = sm.inputs[0]
+    p = producer(x)
+    if p is not None and p.op == "Add":
+        for cand, other in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
+            sc = _scores(cand)
+            if sc is not None:
+                return sc, other
+        return None, None
+    if p is not None and p.op == "Where":
+        # masked_fill: Where(cond, -big, scores) -> additive mask Where(cond, -big, 0)
+        cond, fill, scores = p.inputs
+        fv = scalar_value(fill)
+        sc = _scores(scores)
+        if sc is None or fv is None or fv > MASK_MIN:
+            return None, None
+        dtype = const_value(fill).dtype
+        zero = gs.Constant(f"{p.name}_zero", np.zeros((), dtype=dtype))
+        mask = gs.Variable(f"{p.name}_additive_mask", dtype=dtype)
+        graph.nodes.append(gs.Node("Where", name=f"{p.name}_additive", inputs=[cond, fill, zero], outputs=[mask]))
+        return sc, mask
+    return _scores(x), None
+
+
+def _context_matmul(sm: gs.Node) -> gs.Node | None:
+    """The one MatMul(probabilities, V) after the Softmax (through sdpa's optional NaN guard)."""
+    y = sm.outputs[0]
+    users = list(y.outputs)
+    if len(users) == 2 and {u.op for u in users} == {"IsNaN", "Where"}:
+        isnan = next(u for u in users if u.op == "IsNaN")
+        where = next(u for u in users if u.op == "Where")
+        if where.inputs[0] is isnan.outputs[0] and where.inputs[2] is y and scalar_value(where.inputs[1]) == 0.0:
+            y = where.outputs[0]
+            users = list(y.outputs)
+    if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] is not y:
+        return None
+    return users[0]
+
+
+def _out_chain(graph: gs.Graph, ctx_mm: gs.Node) -> list[gs.Tensor]:
+    """The layout ops after the context MatMul (back to [batch, seq, hidden]), their outputs in order."""
+    chain = []
+    t = ctx_mm.outputs[0]
+    for _ in range(4):
+        # Shape consumers only feed the chain's own reshape targets: they die with it
+        users = [c for c in t.outputs if c.op != "Shape"]
+        if t in graph.outputs or len(users) != 1 or users[0].op not in LAYOUT_OPS or users[0].inputs[0] is not t:
+            break
+        t = users[0].outputs[0]
+        chain.append(t)
+    return chain
+
+
 def candidates(graph: gs.Graph, ctx: PassContext) -> list[AttentionMatch]:
-    """Structural matches (not yet checked numerically); failures are recorded as misses."""
+    """Structural matches (checked numerically by :func:`verify`); failures are recorded as misses."""
     found = []
     for sm in [n for n in graph.nodes if n.op == "Softmax"]:
         if not sm.outputs:
             continue
-        axis = int(sm.attrs.get("axis", -1))
-        if axis not in (-1, 3):
+        if int(sm.attrs.get("axis", -1)) not in (-1, 3):
             ctx.miss("Softmax is not over the last axis")
             continue
-        x = sm.inputs[0]
-        p = producer(x)
-        mask = None
-        sc = None
-        if p is not None and p.op == "Add":
-            for cand, other in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
-                sc = _scores(cand)
-                if sc is not None:
-                    mask = other
-                    break
-        elif p is not None and p.op == "Where":
-            # masked_fill: Where(cond, -big, scores) -> additive mask Where(cond, -big, 0)
-            cond, fill, scores = p.inputs
-            fv = scalar_value(fill)
-            sc = _scores(scores)
-            if sc is not None and fv is not None and fv <= MASK_MIN:
-                dtype = const_value(fill).dtype
-                zero = gs.Constant(f"{p.name}_zero", np.zeros((), dtype=dtype))
-                mask = gs.Variable(f"{p.name}_additive_mask", dtype=dtype)
-                graph.nodes.append(gs.Node("Where", name=f"{p.name}_additive", inputs=[cond, fill, zero], outputs=[mask]))
-            else:
-                sc = None
-        else:
-            sc = _scores(x)
+        sc, mask = _scores_and_mask(graph, sm)
         if sc is None:
             ctx.miss("Softmax input is not [scaled] MatMul(q, k) [+ mask]")
             continue
         score_mm, post_scale = sc
-        # after the softmax: optional sdpa NaN guard, then the context MatMul
-        y = sm.outputs[0]
-        users = list(y.outputs)
-        if len(users) == 2 and {u.op for u in users} == {"IsNaN", "Where"}:
-            isnan = next(u for u in users if u.op == "IsNaN")
-            where = next(u for u in users if u.op == "Where")
-            if where.inputs[0] is isnan.outputs[0] and where.inputs[2] is y and scalar_value(where.inputs[1]) == 0.0:
-                y = where.outputs[0]
-                users = list(y.outputs)
-        if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] is not y:
+        ctx_mm = _context_matmul(sm)
+        if ctx_mm is None:
             ctx.miss("Softmax output does not feed one MatMul with V (as its first input)")
             continue
-        ctx_mm = users[0]
         traces = [trace_to_projection(t) for t in (score_mm.inputs[0], score_mm.inputs[1], ctx_mm.inputs[1])]
         bad = [(name, tr) for name, tr in zip(("query", "key", "value"), traces) if isinstance(tr, str)]
         if bad:
@@ -216,15 +237,7 @@ def candidates(graph: gs.Graph, ctx: PassContext) -> list[AttentionMatch]:
         if vs != 1.0:
             ctx.miss("value side is scaled")
             continue
-        chain = []
-        t = ctx_mm.outputs[0]
-        for _ in range(4):
-            # Shape consumers only feed the chain's own reshape targets: they die with it
-            users = [c for c in t.outputs if c.op != "Shape"]
-            if t in graph.outputs or len(users) != 1 or users[0].op not in LAYOUT_OPS or users[0].inputs[0] is not t:
-                break
-            t = users[0].outputs[0]
-            chain.append(t)
+        chain = _out_chain(graph, ctx_mm)
         if not chain:
             ctx.miss("context MatMul output is not reshaped back to [batch, seq, hidden]")
             continue
