@@ -31,7 +31,8 @@ Sizes = Annotated[list[PositiveInt], Field(min_length=1)]  # e.g. bench's batch 
 # ``--old-name``, recipe key ``old_name``, Python keyword) and prints a deprecation note once.
 # README "Option names" lists them; tests/test_vocabulary.py checks every alias still works.
 RENAMED: dict[str, dict[str, str]] = {
-    "calibrate": {"include_bmm": "quantize_bmm"},          # as qat's --quantize-bmm and calibrate's --quantize-head
+    "calibrate": {"include_bmm": "quantize_bmm",          # as qat's --quantize-bmm and calibrate's --quantize-head
+                  "report": "sensitivity_report"},        # --report is bench's HTML folder
     "qat": {"labels_column": "label_column",                # as every other command's --label-column
             "limit": "samples",                             # --samples = how many texts of --data are used
             "warmup": "warmup_ratio"},                      # --warmup is bench's untimed calls; this is a fraction of the steps

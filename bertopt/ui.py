@@ -188,3 +188,25 @@ def note(msg: str) -> None:
 
 def skipped(stage: str, out) -> None:
     console.print(f"{stage}: {out} is up to date (inputs and parameters unchanged); --force redoes it", markup=False, style="dim")
+
+
+def write_json(obj, path, *, stale: bool = False) -> None:
+    """``--json PATH``, the same on every command: ``-`` prints to stdout, else the file is written
+    atomically (a temporary sibling, then renamed). ``stale``: dated 1970, so the file does not
+    satisfy a Makefile target (a failed gate's verdict: the next ``make`` reruns the step)."""
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    if str(path) == "-":
+        print(text, end="")
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    if stale:
+        os.utime(tmp, (0, 0))
+    os.replace(tmp, p)

@@ -176,7 +176,7 @@ def test_sensitivity_report_and_skipping_the_worst_gemm(exported_minilm, train_c
 
     out = tmp_path / "sens"
     art = run_calibrate(exported_minilm, out, data=str(train_csv), text_column="text", samples=64, eval_samples=16,
-                        exclude=["*/layer.[1-5]/*"], report=True, skip_sensitive=1, trt_cache=False)
+                        exclude=["*/layer.[1-5]/*"], sensitivity_report=True, skip_sensitive=1, trt_cache=False)
     rep = json.loads((out / "report.json").read_text())
     rows = rep["layers"]
     assert [r["rank"] for r in rows] == list(range(1, 7))  # the 6 GEMMs of layer 0

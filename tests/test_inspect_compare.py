@@ -24,7 +24,7 @@ def _cli(*args):
 
 
 def _inspect(path) -> dict:
-    code, out, err = _cli("inspect", path, "--json")
+    code, out, err = _cli("inspect", path, "--json", "-")
     assert code == 0, err
     return json.loads(out)
 

@@ -255,21 +255,10 @@ def _resolve(p) -> Path:
 
 
 def _write_json(report: dict, json_path) -> None:
-    if json_path is None:
-        return
-    text = json.dumps(report, indent=2) + "\n"
-    if str(json_path) == "-":
-        print(text, end="")
-        return
-    p = Path(json_path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    if (report.get("gates") or {}).get("passed") is False:
-        # the verdict is in the file, but the file must not satisfy a Makefile target: dated 1970, it is
-        # older than any prerequisite, so the next `make` reruns bench (and fails again)
-        os.utime(tmp, (0, 0))
-    os.replace(tmp, p)
+    from bertopt.ui import write_json
+
+    # a failed gate's verdict is in the file, but the file must not satisfy a Makefile target
+    write_json(report, json_path, stale=(report.get("gates") or {}).get("passed") is False)
 
 
 def gate_verdict(report: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> dict | None:

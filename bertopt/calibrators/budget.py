@@ -3,7 +3,7 @@
 ``--min-cosine X`` (min over held-out texts of the primary output's cosine vs the FP32 input model)
 and/or ``--max-accuracy-drop P`` (classifier accuracy on labeled held-out text, in points below
 FP32). The calibrated model is measured first; when it misses the budget, GEMMs go back to float
-one at a time, most sensitive first (the ``--report`` ranking: output error with only that GEMM
+one at a time, most sensitive first (the ``--sensitivity-report`` ranking: output error with only that GEMM
 quantized, on the held-out text), each candidate re-measured, until the budget holds. Then the
 walk is pruned backwards: each GEMM it put in float is tried in INT8 again, latest first, and stays
 INT8 when the budget still holds (on MiniLM the min cosine hangs on one GEMM, layer 5's FFN output,

@@ -40,10 +40,10 @@ class CalibrateOptions(BudgetOptions):
     ranges: str | None = opt(None, "Regenerate from this ranges.json instead of calibrating (no --data needed).", panel="Quantization")
     trt_cache: bool = opt(True, "Also write TensorRT's calibration cache.", panel="Quantization")
     label_column: str | None = opt(None, "Label column of --eval (for --max-accuracy-drop).", panel="Checks and budget")
-    eval_samples: PositiveInt = opt(64, "Held-out texts from --data after the --samples ones: fidelity check, --report, budget without "
+    eval_samples: PositiveInt = opt(64, "Held-out texts from --data after the --samples ones: fidelity check, --sensitivity-report, budget without "
                                         "--eval.", panel="Checks and budget")
     output: str | None = opt(None, "Model output the fidelity check compares (default: chosen by shape; see README).", panel="Checks and budget")
-    report: bool = opt(False, "Per-GEMM sensitivity report (report.json + table).", panel="Checks and budget", flag="--report")
+    sensitivity_report: bool = opt(False, "Per-GEMM sensitivity report (report.json + table).", panel="Checks and budget")
 
     @model_validator(mode="after")
     def _text_or_ranges(self):
@@ -69,7 +69,7 @@ class CalibrateOptions(BudgetOptions):
         p = dict(data=str(self.data) if self.data else None, text_column=self.text_column, method=self.method, percentile=self.percentile,
                  samples=self.samples, max_length=self.max_length, batch_size=self.batch_size, smooth=self.smooth, shift=self.shift,
                  bias_correction=self.bias_correction, quantize_bmm=self.quantize_bmm, exclude=self.excluded(),
-                 skip_sensitive=self.skip_sensitive, report=self.report, eval_samples=self.eval_samples,
+                 skip_sensitive=self.skip_sensitive, sensitivity_report=self.sensitivity_report, eval_samples=self.eval_samples,
                  ranges=str(self.ranges) if self.ranges else None, trt_cache=self.trt_cache)
         if self.output:
             p["output"] = self.output

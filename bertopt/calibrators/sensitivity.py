@@ -4,7 +4,7 @@ The compared vector is the one a user consumes, chosen by :func:`bertopt.outputs
 (``sentence_embedding``, ``logits``, a mean-pooled hidden state, a pooled vector; ``--output NAME``). Candidate
 models run on ONNX Runtime with its optimizations on, i.e. with the INT8 kernels a user gets.
 
-Per-layer sensitivity (``calibrate --report``) is the output error when only that GEMM is quantized
+Per-layer sensitivity (``calibrate --sensitivity-report``) is the output error when only that GEMM is quantized
 (with its equalization and bias correction), everything else in float: the error it adds alone.
 ``calibrate --skip-sensitive N`` leaves the N worst in float.
 """

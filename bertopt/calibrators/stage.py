@@ -11,7 +11,7 @@ What happens, in order:
    float; checked against the input model on held-out text);
 4. pass 2 on the equalized model: a histogram of every quantized GEMM input, reduced to one amax
    by the chosen calibrator (max, percentile, entropy, mse);
-5. optionally, per-GEMM sensitivity (``--report``) and leaving the N worst GEMMs in float
+5. optionally, per-GEMM sensitivity (``--sensitivity-report``) and leaving the N worst GEMMs in float
    (``--skip-sensitive N``);
 6. bias correction, Q/DQ insertion, and checks: the ONNX checker, ONNX Runtime's optimized graph
    must run every quantized GEMM as an INT8 kernel, and fidelity vs FP32 on held-out text.
@@ -55,7 +55,7 @@ def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions 
     With ``ranges`` (a ranges.json from an earlier run on the same input model) no data is read:
     the Q/DQ model is regenerated from the file.
 
-    ``output`` names the model output the fidelity check and ``--report`` compare (default: chosen
+    ``output`` names the model output the fidelity check and ``--sensitivity-report`` compare (default: chosen
     by shape and name, :mod:`bertopt.outputs`).
 
     A budget (``min_cosine`` and/or ``max_accuracy_drop`` with ``eval``/``label_column``) is checked
@@ -349,12 +349,12 @@ class _Job:
             self.eq_tensors = {x0: {"mean": stats[x0].mean.tolist()} for x0 in stats}
 
     def _skip_sensitive(self, quant: list) -> list:
-        """``--report``: rank the GEMMs by sensitivity; ``--skip-sensitive N``: leave the N worst in float."""
+        """``--sensitivity-report``: rank the GEMMs by sensitivity; ``--skip-sensitive N``: leave the N worst in float."""
         from bertopt.calibrators.sensitivity import layer_sensitivity
         from bertopt.ui import progress
 
         p = self.p
-        if p["report"] or p["skip_sensitive"]:
+        if p["sensitivity_report"] or p["skip_sensitive"]:
             with progress() as prog:
                 t = prog.add_task("calibrate: per-GEMM sensitivity", total=len(quant), status="")
                 self.report_rows = layer_sensitivity(quant, self.build, self.evaluator, advance=lambda k: prog.advance(t, k))
@@ -493,7 +493,7 @@ class _Job:
             if low:
                 note(f"calibrate: low INT8 fidelity on held-out text ({fid}); try --method max or percentile (entropy and mse "
                      "can clip the rare, large activations BERT's special tokens carry), more --samples, or --skip-sensitive N "
-                     "(see --report)")
+                     "(see --sensitivity-report)")
 
     def _ranges_doc(self) -> dict:
         """ranges.json: what a later ``--ranges`` run needs to write the same model without data."""

@@ -3,7 +3,7 @@
 Writes model.onnx (Q/DQ), ranges.json (portable ranges + hashes; regenerate with --ranges) and
 calibration.cache (TensorRT's text format, for TensorRT 10 implicit INT8). GEMM inputs are
 equalized first (smoothing + shifting, exact in float), weights are per-channel INT8 with bias
-correction, activations per-tensor. --report prints/saves per-GEMM sensitivity; --skip-sensitive N
+correction, activations per-tensor. --sensitivity-report prints/saves per-GEMM sensitivity; --skip-sensitive N
 leaves the N worst GEMMs in float. --min-cosine / --max-accuracy-drop set a budget on held-out text:
 GEMMs go back to float, most sensitive first, until it holds (exit 3 with the best model found if
 nothing does).

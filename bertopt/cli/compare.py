@@ -24,17 +24,12 @@ def command(
     json_out: JsonOut = None,
     quiet: Quiet = False,
 ) -> None:
-    import json
 
     from bertopt.bench.compare import raise_if_regressed, render, run_compare
+    from bertopt.ui import write_json
 
     result = run_compare(old, new, max_latency_regression=max_latency_regression, max_accuracy_drop=max_accuracy_drop)
-    if json_out is not None:
-        text = json.dumps(result, indent=2) + "\n"
-        if str(json_out) == "-":
-            print(text, end="")
-        else:
-            Path(json_out).write_text(text)
+    write_json(result, json_out)
     if str(json_out) != "-":
         render(result)
     raise_if_regressed(result)

@@ -2,7 +2,7 @@
 
 Each stage back to the base model with its options and input hashes (checked against the disk), the
 op/precision summary (GEMMs in INT8, what stays float), I/O names and shapes, ONNX Runtime session
-options or TensorRT profiles, and the newest bench artifact beside it that measured it. --json for tools.
+options or TensorRT profiles, and the newest bench artifact beside it that measured it. --json PATH (- for stdout) for tools.
 """
 
 from __future__ import annotations
@@ -11,20 +11,18 @@ from typing import Annotated
 
 import typer
 
-from bertopt.cli.options import Quiet
+from bertopt.cli.options import JsonOut, Quiet
 
 
 def command(
     artifact: Annotated[str, typer.Argument(help="An artifact folder, a .onnx file, or a Hugging Face folder.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: JsonOut = None,
     quiet: Quiet = False,
 ) -> None:
-    import json
-
     from bertopt.inspection import inspect_artifact, render
+    from bertopt.ui import write_json
 
     res = inspect_artifact(artifact)
-    if json_out:
-        print(json.dumps(res, indent=2, default=str))
-    else:
+    write_json(res, json_out)
+    if str(json_out) != "-":
         render(res)

@@ -22,12 +22,11 @@ def command(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    import json
 
     from rich.table import Table
 
     from bertopt.recipe import load_recipe, run_recipe, summary_line
-    from bertopt.ui import stdout
+    from bertopt.ui import stdout, write_json
 
     if check:
         r = load_recipe(recipe, workdir)
@@ -53,8 +52,4 @@ def command(
         t.add_row(row["step"], row["stage"], row["status"], f"{row['seconds']:.1f}", row["out"], summary_line(row))
     stdout.print(t)
     if json_out is not None:
-        text = json.dumps({"schema": "bertopt.run/1", "recipe": str(recipe), "steps": rows}, indent=2, default=str) + "\n"
-        if str(json_out) == "-":
-            print(text, end="")
-        else:
-            Path(json_out).write_text(text)
+        write_json({"schema": "bertopt.run/1", "recipe": str(recipe), "steps": rows}, json_out)
