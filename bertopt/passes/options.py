@@ -12,7 +12,6 @@ OrtFusions = Literal["measured", "all"]
 AttentionOp = Literal["MultiHeadAttention", "Attention"]
 TARGETS = typing.get_args(Target)
 ORT_FUSIONS = typing.get_args(OrtFusions)
-ATTENTION_OPS = typing.get_args(AttentionOp)
 
 
 class FuseOptions(StageOptions):
