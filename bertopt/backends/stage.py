@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.backends.hf_folder import write_hf_folder
 from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
 from bertopt.ui import note, skipped
@@ -103,6 +104,7 @@ def _build_ort(art: Artifact, src: Path, out: Path, *, precision, data_path, tex
             w.add_output("model_data", MODEL_FILE + ".data")
         w.copy_tokenizer(art.tokenizer_dir)
         w.model = dict(art.model_info)
+        write_hf_folder(w, w.model)  # sentence-transformers / Optimum / pipelines load the folder as it is
         w.extra["build"] = {
             "backend": "onnxruntime",
             "precision": detected,
