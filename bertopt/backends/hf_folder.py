@@ -25,11 +25,8 @@ the integrity check on load covers them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
-from bertopt.artifacts import TOKENIZER_DIR, TOKENIZER_FILES, ArtifactWriter
+from bertopt.artifacts import TOKENIZER_DIR, TOKENIZER_FILES, ArtifactWriter, link_or_copy
 
 CONFIG = "config.json"
 
@@ -45,7 +42,7 @@ def write_hf_folder(w: ArtifactWriter, model: dict) -> list[str]:
     added = []
     for name in (CONFIG, *TOKENIZER_FILES):
         if (tok / name).is_file():
-            _link(tok / name, w.dir / name)
+            link_or_copy(tok / name, w.dir / name)
             added.append(name)
     if model.get("task", "feature-extraction") == "feature-extraction":
         for rel, obj in sentence_transformers_files(model).items():
@@ -80,9 +77,3 @@ def sentence_transformers_files(model: dict) -> dict[str, object]:
         },
     }
 
-
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # a file system without hard links: a copy (small files)
-        shutil.copy2(src, dst)
