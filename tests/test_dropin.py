@@ -185,6 +185,7 @@ def test_triton_bad_repositories(minilm_chain, triton_repo, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     cases = [({"triton": str(afile)}, "is a file, not a model repository"),
+             ({"triton": str(afile / "repo")}, "afile is a file, not a folder"),
              ({"triton": str(triton_repo), "triton_name": "injection"}, "already in the Triton repository"),
              ({"triton": str(triton_repo), "triton_name": "../up"}, "not a usable Triton model name"),
              ({"triton_name": "x"}, "no --triton was given")]

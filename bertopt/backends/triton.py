@@ -194,12 +194,13 @@ def check_repository(repo: str | Path, name: str | None, out: str | Path, force:
     """Checks before any build work: ``repo`` is (or can be) a folder, and ``repo/<name>`` is not a file
     nor a model folder that was not written from ``out`` (one that was follows ``out``'s rebuilds).
     Returns ``repo/<name>``."""
-    from bertopt.artifacts import check_out
-
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise BertoptError(f"{repo}: --triton is a file, not a model repository folder", hint="pass a folder (created if missing)")
-    check_out(repo)  # no file on the way to it
+    parent = next((p for p in repo.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BertoptError(f"{repo}: --triton cannot be created: {parent} is a file, not a folder",
+                           hint="pass a repository folder whose parents are folders")
     target = repo / model_name(out, name)
     if target.exists() and not target.is_dir():
         raise BertoptError(f"{target}: is a file, not a Triton model folder; refusing to replace it",
