@@ -228,6 +228,14 @@ def describe_data(path: Path) -> dict:
     return describe_input(path)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no bytes stored twice), a copy where the file system has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _portable(entry: dict, out: Path) -> dict:
     """An input inside the artifact's own workdir (a sibling step of a recipe) is recorded relative to
     the artifact (``../export``), so a copied ``runs/`` folder still resolves its lineage; anything

@@ -41,7 +41,7 @@ from bertopt.errors import BertoptError
 
 RESERVED = {"stage", "name", "input", "inputs"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
-PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges", "checkpoint_dir"}
+PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges", "checkpoint_dir", "triton"}
 # Of those, the ones that must exist before the run (the others are written by the stage).
 INPUT_FILE_OPTIONS = {"data", "eval", "val_data", "init_from", "ranges"}
 STEP_NAME = re.compile(r"[A-Za-z0-9._-]+")

@@ -533,3 +533,24 @@ def test_gpu_foreign_timing_cache_is_replaced_not_merged(exported_minilm, tmp_pa
     tc = art.manifest["build"]["timing_cache"]
     assert tc["state"] == "foreign" and "started a new one" in tc["note"] and tc["loaded_bytes"] == 0
     assert cache.read_bytes() != b"not a timing cache of this GPU" and tc["saved_bytes"] > 0
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_engine_triton_repository(engine_int8, tmp_path):
+    """--triton for a real engine: the config names the engine file, its profiles and the engine's own I/O."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from bertopt.backends import triton
+
+    target = triton.check_repository(tmp_path / "repo", "minilm-trt", engine_int8.path, False)
+    triton.write_repository(engine_int8, target)
+    c = text_format.Parse((target / "config.pbtxt").read_text(), mc.ModelConfig())
+    build = engine_int8.manifest["build"]
+    assert c.platform == "tensorrt_plan" and c.default_model_filename == trtb.ENGINE_FILE
+    assert (target / "1" / trtb.ENGINE_FILE).read_bytes() == (engine_int8.path / trtb.ENGINE_FILE).read_bytes()
+    assert c.max_batch_size == build["max_batch"] and list(c.instance_group[0].profile) == [str(i) for i in range(len(build["profiles"]))]
+    runner = trtb.TensorRTRunner(engine_int8)
+    assert [t.name for t in c.input] == list(runner.input_names) and sorted(t.name for t in c.output) == sorted(runner.output_names)
+    runner.close()

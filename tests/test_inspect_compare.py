@@ -142,16 +142,20 @@ def test_compare_bad_inputs_name_the_file(bench_json, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- report
-def test_report_has_a_plot_per_artifact(minilm_chain, tmp_path):
+def test_report_has_one_plot_per_measure_with_every_artifact(minilm_chain, tmp_path):
+    import re
+
     rep = json.loads((minilm_chain["bench"] / "report.json").read_text())
     html = (minilm_chain["bench"] / "report.html").read_text()  # the bench artifact carries the page
     code, out, err = _cli("report", minilm_chain["bench"] / "report.json", "-o", tmp_path / "rep")
     assert code == 0, err
     assert (tmp_path / "rep" / "index.html").read_text() == html
-    for run in rep["runs"]:
-        assert html.count(f'data-plot="artifact" data-artifact="{run["name"]}"') == 1
-    assert html.count('data-plot="artifact"') == len(rep["runs"])
-    assert html.count('data-plot="tradeoff"') == 1 and html.count("<svg") == len(rep["runs"]) + 1
+    plots = dict(re.findall(r'<figure class="plot" data-plot="(\w+)">(<svg.*?</svg>)', html, re.S))
+    expected = {"latency", "throughput", "tradeoff"} | ({"real"} if any(r.get("real") for r in rep["runs"]) else set())
+    assert set(plots) == expected and html.count("<svg") == len(expected)
+    for measure in ("latency", "throughput"):  # the same measure of every artifact on one set of axes
+        for run in rep["runs"]:
+            assert f">{run['name']}</text>" in plots[measure], (measure, run["name"])
     # self-contained: nothing fetched at view time
     assert "<script" not in html and "src=\"http" not in html and "<link" not in html
     code, _, err = _cli("report", tmp_path / "missing.json", "-o", tmp_path / "x")

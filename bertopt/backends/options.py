@@ -20,7 +20,7 @@ DEFAULT_KEEP_FP32 = "LayerNormalization,Softmax"
 
 class BuildOptions(StageOptions):
     STAGE: ClassVar[str] = "build"
-    PANELS: ClassVar[tuple[str, ...]] = ("Build", "Data", "Checks")
+    PANELS: ClassVar[tuple[str, ...]] = ("Build", "Data", "Checks", "Triton")
 
     backend: Backend = opt("onnxruntime", "onnxruntime (CPU) or tensorrt (NVIDIA GPU with TensorRT 10/11).", panel="Build")
     precision: Precision | None = opt(None, "int8, fp16 or fp32 (default: int8 for Q/DQ graphs; ORT: the graph's own; TensorRT: fp16 "
@@ -34,6 +34,10 @@ class BuildOptions(StageOptions):
     data: str | None = opt(None, "Real texts: TensorRT plans profiles from their token lengths; ORT --tune times on them.", panel="Data")
     text_column: str | None = opt(None, "Text column of --data (csv/tsv/jsonl).", panel="Data")
     strict: bool = opt(False, "Fail (exit 1) when the graph holds no BERT encoder layer.", panel="Checks", flag="--strict")
+    triton: str | None = opt(None, "Also write a Triton Inference Server model repository here: REPO/<name>/config.pbtxt + "
+                                   "REPO/<name>/1/<model file>.", panel="Triton")
+    triton_name: str | None = opt(None, "The model's name in --triton (default: the --out folder's name; its parent's for an --out "
+                                        "named 'build').", panel="Triton")
 
     @model_validator(mode="after")
     def _backend_options(self):
@@ -46,4 +50,7 @@ class BuildOptions(StageOptions):
                     )
         elif self.tune:
             raise BertoptError("--tune applies to --backend onnxruntime only", hint="TensorRT times its own tactics while building")
+        if self.triton_name and not self.triton:
+            raise BertoptError("--triton-name names the model in a --triton repository, but no --triton was given",
+                               hint="add --triton REPO, or drop --triton-name")
         return self

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.backends.hf_folder import write_hf_folder
 from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
 from bertopt.ui import note, skipped
@@ -58,11 +59,18 @@ def run_build(input: str | Path, out: str | Path, options: BuildOptions | None =
     if data_path is not None and not data_path.is_file():
         raise BertoptError(f"{data_path}: no such data file", hint="pass a .txt/.csv/.tsv/.jsonl file of real texts")
 
+    from bertopt.backends import triton
+
+    repo_model = triton.check_repository(resolve_path(o.triton), o.triton_name, out, force) if o.triton else None  # before any work
     if o.backend == "onnxruntime":
-        return _build_ort(art, src, out, precision=o.precision, data_path=data_path, text_column=o.text_column,
-                          threads=o.threads, tune=o.tune, force=force, verbose=verbose)
-    return _build_trt(art, src, out, precision=o.precision, profile=o.profile, data_path=data_path, text_column=o.text_column,
-                      timing_cache=o.timing_cache, keep_fp32=o.keep_fp32, force=force, verbose=verbose)
+        built = _build_ort(art, src, out, precision=o.precision, data_path=data_path, text_column=o.text_column,
+                           threads=o.threads, tune=o.tune, force=force, verbose=verbose)
+    else:
+        built = _build_trt(art, src, out, precision=o.precision, profile=o.profile, data_path=data_path, text_column=o.text_column,
+                           timing_cache=o.timing_cache, keep_fp32=o.keep_fp32, force=force, verbose=verbose)
+    if repo_model is not None:
+        triton.write_repository(built, repo_model, force=force)
+    return built
 
 
 # ------------------------------------------------------------------------------------- ONNX Runtime
@@ -103,6 +111,7 @@ def _build_ort(art: Artifact, src: Path, out: Path, *, precision, data_path, tex
             w.add_output("model_data", MODEL_FILE + ".data")
         w.copy_tokenizer(art.tokenizer_dir)
         w.model = dict(art.model_info)
+        write_hf_folder(w, w.model)  # sentence-transformers / Optimum / pipelines load the folder as it is
         w.extra["build"] = {
             "backend": "onnxruntime",
             "precision": detected,

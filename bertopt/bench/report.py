@@ -4,9 +4,10 @@ No scripts, no fonts, no network at view time: the page opens from a CI artifact
 ``bench --report DIR`` and ``bertopt report BENCH.json -o DIR`` write ``DIR/index.html``; a bench
 artifact folder (``bench --out``, recipe bench steps) carries the same page as ``report.html``.
 
-Plots: per artifact, latency (p50) and throughput vs batch, one line per sequence length (plus the
-real-length batches of ``--lengths real``); across artifacts, quality (accuracy, else fidelity cosine)
-vs latency: the trade-off.
+Plots, one per measure with every artifact on the same axes (a report exists to compare them): latency
+(p50) vs batch and throughput vs batch (a line per artifact and sequence length), the real-length
+batches of ``--lengths real`` (sequences/s vs batch), and quality (accuracy, else fidelity cosine) vs
+latency: the trade-off.
 """
 
 from __future__ import annotations
@@ -47,38 +48,68 @@ def _figure():
     return Figure
 
 
-def artifact_plot(run: dict) -> str:
-    Figure = _figure()
-    fig = Figure(figsize=(8.4, 3.0))
-    ax_l, ax_t = fig.subplots(1, 2)
+# measure -> (title, y label, the points of one run: [(series label, [(batch, value)])])
+def _latency(run: dict) -> list:
+    return _per_seq(run, lambda r: r["latency_ms"]["p50"])
+
+
+def _throughput(run: dict) -> list:
+    return _per_seq(run, lambda r: r["throughput"])
+
+
+def _per_seq(run: dict, value) -> list:
     seqs = sorted({r["seq"] for r in run["results"] if "latency_ms" in r})
-    for s in seqs:
-        pts = sorted((r["batch"], r["latency_ms"]["p50"], r["throughput"]) for r in run["results"] if r["seq"] == s and "latency_ms" in r)
-        if not pts:
-            continue
-        b, lat, thr = zip(*pts)
-        ax_l.plot(b, lat, marker="o", label=f"seq {s}")
-        ax_t.plot(b, thr, marker="o", label=f"seq {s}")
-    real = sorted((x["batch"], x["batch_latency_ms"]["p50"], x["sequences_per_s"]) for x in run.get("real") or [] if "skipped" not in x)
-    if real:
-        b, lat, thr = zip(*real)
-        ax_l.plot(b, lat, marker="s", linestyle="--", color="black", label="real lengths (p50/batch)")
-        ax_t.plot(b, thr, marker="s", linestyle="--", color="black", label="real lengths")
+    return [(f"seq {s}", sorted((r["batch"], value(r)) for r in run["results"] if r["seq"] == s and "latency_ms" in r)) for s in seqs]
+
+
+def _real(run: dict) -> list:
+    pts = sorted((x["batch"], x["sequences_per_s"]) for x in run.get("real") or [] if "skipped" not in x)
+    return [("real lengths", pts)] if pts else []
+
+
+MEASURES = {
+    "latency": ("latency vs batch", "latency p50 (ms / batch)", _latency),
+    "throughput": ("throughput vs batch", "throughput (sequences/s)", _throughput),
+    "real": ("real-length batches: throughput vs batch", "sequences/s (real token lengths)", _real),
+}
+MARKERS = ("o", "^", "s", "D", "v")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def measure_plot(report: dict, measure: str) -> str | None:
+    """One measure of every artifact on one set of axes (a colour per artifact, a marker and line style
+    per sequence length); None when no artifact has that measure."""
+    title, ylabel, points = MEASURES[measure]
+    series = [(run["name"], points(run)) for run in report["runs"]]
+    if not any(pts for _, lines in series for _, pts in lines):
+        return None
+    Figure = _figure()
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.subplots()
+    several = len({label for _, lines in series for label, pts in lines if pts}) > 1
+    labels = sorted({label for _, lines in series for label, _ in lines}, key=lambda x: (len(x), x))
+    for i, (name, lines) in enumerate(series):
+        for label, pts in lines:
+            if not pts:
+                continue
+            k = labels.index(label)
+            b, v = zip(*pts)
+            ax.plot(b, v, color=f"C{i % 10}", marker=MARKERS[k % len(MARKERS)], linestyle=LINESTYLES[k % len(LINESTYLES)],
+                    label=f"{name} ({label})" if several else name)
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    batches = sorted({r["batch"] for r in run["results"]} | {x["batch"] for x in run.get("real") or []})
-    for ax, ylabel in ((ax_l, "latency p50 (ms / batch)"), (ax_t, "throughput (sequences/s)")):
-        ax.set_xlabel("batch")
-        ax.set_ylabel(ylabel)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batches)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    ax_l.set_title("latency vs batch", fontsize=10)
-    ax_t.set_title("throughput vs batch", fontsize=10)
+    ax.set_xlabel("batch")
+    ax.set_ylabel(ylabel)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({b for _, lines in series for _, pts in lines for b, _ in pts}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    values = [v for _, lines in series for _, pts in lines for _, v in pts]
+    if min(values) > 0 and max(values) / min(values) > 20:  # PyTorch eager next to INT8: a linear axis flattens the fast ones
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no line hidden behind it
+    ax.set_title(title, fontsize=10)
     return _svg(fig)
 
 
@@ -109,8 +140,9 @@ def tradeoff_plot(report: dict) -> str | None:
     Figure = _figure()
     fig = Figure(figsize=(6.0, 3.6))
     ax = fig.subplots()
+    color = {run["name"]: f"C{i % 10}" for i, run in enumerate(report["runs"])}  # each artifact's colour in the other plots
     for name, lat, q in pts:
-        ax.scatter([lat], [q], s=40)
+        ax.scatter([lat], [q], s=40, color=color[name])
         ax.annotate(name, (lat, q), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"latency p50 (ms, {shape})")
     ax.set_ylabel(metric)
@@ -152,15 +184,11 @@ def render_html(report: dict) -> str:
                             [[c["artifact"], c["metric"], c["value"], c["threshold"], "yes" if c["passed"] else "NO"] for c in g["checks"]], left=2))
         for f in g["failures"] if not g["checks"] else []:
             parts.append(f'<p class="fail">{e(f)}</p>')
-    parts.append("<h2>Latency and throughput vs batch</h2><div class='plots'>")
-    for run in runs:
-        parts.append(f'<figure class="plot" data-plot="artifact" data-artifact="{e(run["name"])}"><figcaption>{e(run["name"])} '
-                     f'({e(run.get("backend", ""))}, {e(run.get("precision", ""))})</figcaption>{artifact_plot(run)}</figure>')
+    parts.append("<h2>Latency, throughput and quality: every artifact on the same axes</h2><div class='plots'>")
+    for measure, svg in [(m, measure_plot(report, m)) for m in MEASURES] + [("tradeoff", tradeoff_plot(report))]:
+        if svg:
+            parts.append(f'<figure class="plot" data-plot="{measure}">{svg}</figure>')
     parts.append("</div>")
-    trade = tradeoff_plot(report)
-    if trade:
-        parts.append("<h2>Quality vs latency</h2>")
-        parts.append(f'<figure class="plot" data-plot="tradeoff">{trade}</figure>')
     parts.append("<h2>Latency</h2>")
     rows = []
     for run in runs:

@@ -1,7 +1,7 @@
 """Write a self-contained HTML report with plots and tables from a bench JSON.
 
-Plots: latency and throughput vs batch per artifact, quality vs latency across artifacts (inline SVG,
-no network needed to view it). DIR/index.html; `bench --report DIR` writes the same page.
+Plots: one per measure with every artifact on the same axes (latency vs batch, throughput vs batch,
+real-length batches) and quality vs latency (inline SVG, no network needed to view it). DIR/index.html; `bench --report DIR` writes the same page.
 """
 
 from __future__ import annotations
