@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
+import glob
 import subprocess
 from pathlib import Path
 
@@ -51,6 +54,15 @@ def built(exported_minilm, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("build") / "build"
     run_build(exported_minilm, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fused(exported_minilm, tmp_path_factory) -> Path:
+    from bertopt.passes.pipeline import run_fuse
+
+    out = tmp_path_factory.mktemp("fuse") / "fuse"
+    run_fuse(exported_minilm, out)
     return out
 
 
@@ -111,3 +123,50 @@ def test_forged_thread_count_is_capped_at_the_cores(built, tmp_path):
     # ORT starts intra_op_num_threads - 1 pool threads: 3,000 asked, at most the host's cores started
     assert len(os.listdir("/proc/self/task")) - before <= 2 * (os.cpu_count() or 1), len(os.listdir("/proc/self/task"))
     del m
+
+
+# --------------------------------------------------------------------------------------- 2: a kill mid-swap
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _killed_mid_swap(art: Path, out: Path) -> Path:
+    """The disk as a writer killed between its two renames leaves it: ``out`` moved to ``.out.old-*``, nothing at ``out``."""
+    shutil.copytree(art, out)
+    old = out.parent / f".{out.name}.old-{_dead_pid()}-deadbeef"
+    os.replace(out, old)
+    return old
+
+
+def test_kill_mid_swap_then_kill_again_loses_nothing(exported_minilm, tmp_path):
+    """The next write to ``out`` restores the old artifact before it does any work: killing that run too
+    (SIGKILL while it writes its temporary folder) still leaves the old artifact, complete and verified."""
+    from bertopt.artifacts import load_artifact
+
+    out = tmp_path / "fused"
+    old = _killed_mid_swap(exported_minilm, out)
+    p = subprocess.Popen([sys.executable, "-m", "bertopt", "fuse", str(exported_minilm), "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(tmp_path / ".fused.tmp-*")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    p.kill()
+    p.wait(timeout=60)
+    assert not old.exists()
+    art = load_artifact(out)  # verifies every output's sha256
+    assert art.stage == "export" and art.manifest["fingerprint"] == json.loads((exported_minilm / "manifest.json").read_text())["fingerprint"]
+
+
+def test_restored_artifact_that_is_up_to_date_is_kept(exported_minilm, fused, tmp_path):
+    """A restored artifact is what the next run finds: up to date -> skipped, nothing rebuilt, no temp folder left."""
+    out = tmp_path / "fuse"
+    _killed_mid_swap(fused, out)
+    r = run_cli("fuse", str(exported_minilm), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = " ".join(r.stderr.split())
+    assert f"restored {out}" in err and "up to date" in err, err[-2000:]
+    assert (out / "manifest.json").read_bytes() == (fused / "manifest.json").read_bytes()
+    assert _hidden(tmp_path) == []
