@@ -280,6 +280,7 @@ def up_to_date(out: str | Path, stage: str, inputs: dict[str, dict], params: dic
     check_out(out)
     begin(out)
     with output_lock(Path(out)):  # another process writing `out` now: fail before the work, not after it
+        restore_swapped(Path(out))
         if force or not is_up_to_date(Path(out), stage, inputs, params):
             return None
         art = load_artifact(out)
@@ -517,6 +518,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale(out: Path, kind: str, legacy_age: float) -> list[Path]:
+    """The ``.<name>.<kind>-*`` entries beside ``out`` whose writer is gone (see :func:`remove_stale_temps`)."""
+    found = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+        pid_s, sep, _ = p.name[len(f".{out.name}.{kind}-"):].partition("-")
+        if sep and pid_s.isdigit():
+            stale = not _pid_alive(int(pid_s))
+        else:
+            try:
+                stale = time.time() - p.stat().st_mtime > legacy_age
+            except OSError:
+                continue
+        if stale:
+            found.append(p)
+    return found
+
+
+def restore_swapped(out: Path, legacy_age: float = 3600.0) -> Path | None:
+    """A writer killed between the two renames of its swap left ``out`` missing and the complete old
+    artifact in ``.<name>.old-*``: move that back to ``out`` (the newest, if several) before any other
+    work, so that a second interrupted run cannot lose it. Call it while holding ``output_lock(out)``."""
+    out = Path(out)
+    if os.path.lexists(out):
+        return None
+    olds = [p for p in _stale(out, "old", legacy_age) if p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file()]
+    if not olds:
+        return None
+    old = max(olds, key=lambda p: p.stat().st_mtime)
+    os.replace(old, out)
+    from bertopt.ui import note
+
+    note(f"restored {out} from {old.name}, where a run killed while replacing it had left it")
+    return old
+
+
 def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
     """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` folders beside ``out`` whose writer is gone.
 
@@ -525,21 +561,12 @@ def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
     ``legacy_age`` seconds. Call it while holding ``output_lock(out)``.
     """
     out = Path(out)
+    restore_swapped(out, legacy_age)
     removed = []
     for kind in ("tmp", "old"):
-        for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            tail = p.name[len(f".{out.name}.{kind}-"):]
-            pid_s, sep, _ = tail.partition("-")
-            if sep and pid_s.isdigit():
-                stale = not _pid_alive(int(pid_s))
-            else:
-                try:
-                    stale = time.time() - p.stat().st_mtime > legacy_age
-                except OSError:
-                    continue
-            if stale:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                removed.append(p)
+        for p in _stale(out, kind, legacy_age):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
     if removed:
         from bertopt.ui import note
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from bertopt.backends.session_config import check_session_config
+from bertopt.errors import BertoptError
 from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, opset_version, ort_optimize  # noqa: F401 - detect_precision: backends read it here
 
 SESSION_FILE = "session.json"
@@ -29,11 +31,12 @@ def make_session(model_path: str | Path, session_config: dict | None = None, thr
     ``session_config`` is the dict saved as ``session.json`` by ``bertopt build --backend onnxruntime``
     (graph optimization level, thread counts, session config entries); ``threads`` overrides its
     intra-op thread count; ``optimize=False`` disables ORT's graph optimizations (for tests that
-    must see our own fusions, not ORT's).
+    must see our own fusions, not ORT's). Only the options bertopt writes are taken (thread counts
+    capped at the host's cores): see :mod:`bertopt.backends.session_config`.
     """
     import onnxruntime as ort
 
-    cfg = dict(session_config or {})
+    cfg = check_session_config(session_config or {})
     so = ort.SessionOptions()
     level = cfg.get("graph_optimization_level", "ORT_ENABLE_ALL") if optimize else "ORT_DISABLE_ALL"
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
@@ -52,8 +55,15 @@ def make_session(model_path: str | Path, session_config: dict | None = None, thr
 
 
 def load_session_config(artifact_dir: str | Path) -> dict | None:
+    """An artifact's ``session.json``, checked: a key bertopt does not write is an error naming it."""
     p = Path(artifact_dir) / SESSION_FILE
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise BertoptError(f"{p}: unreadable session config ({e})", hint="rebuild the artifact with `bertopt build`") from None
+    return check_session_config(cfg, str(p))
 
 
 # ------------------------------------------------------------------------------------- machine facts

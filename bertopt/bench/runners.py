@@ -83,10 +83,10 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
     from bertopt.backends.onnxruntime import load_session_config, make_session
 
     model_path = art.model_path
+    cfg = dict(load_session_config(art.path) or {})  # outside the try: a refused session.json names its key
+    if not spinning:
+        cfg["session_config_entries"] = {"session.intra_op.allow_spinning": "0", **cfg.get("session_config_entries", {})}
     try:
-        cfg = dict(load_session_config(art.path) or {})
-        if not spinning:
-            cfg["session_config_entries"] = {"session.intra_op.allow_spinning": "0", **cfg.get("session_config_entries", {})}
         sess = make_session(model_path, cfg, threads)
     except Exception as e:  # noqa: BLE001 - ORT's load errors are about the user's file
         raise BertoptError(f"{model_path}: ONNX Runtime cannot load it ({str(e)[:300]})", hint="re-run the stage that wrote it") from None

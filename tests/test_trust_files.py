@@ -1,0 +1,172 @@
+"""Trust, second round: a forged artifact cannot make the runtime write files or start thousands of
+threads, a kill during the folder swap loses nothing, paths resolve against the artifact, SIGTERM is
+handled like Ctrl-C, external data stays inside the model folder, ``-o LINK`` writes through the link,
+and two recipes on one workdir do not overwrite each other.
+
+Each case runs the real CLI (a subprocess) or ``bertopt.load`` and checks the exit code, the ``error:``
+line, that there is no traceback, and the disk (the user's files untouched, no stray temporary folders).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import glob
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bertopt.artifacts import sha256_file
+from conftest import run_cli
+
+
+def _user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert err, r.stderr[-2000:]
+    assert "hint:" in r.stderr
+    for n in needles:
+        assert n in err[0], (n, err[0])
+
+
+def _hidden(folder: Path) -> list[str]:
+    """Temporary/lock files bertopt would leave beside its outputs."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))
+
+
+def _resign(art: Path, key: str) -> None:
+    """What a forger does after editing output ``key``: write its new sha256 into the manifest."""
+    mpath = art / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["outputs"][key]["sha256"] = sha256_file(art / m["outputs"][key]["path"])
+    mpath.write_text(json.dumps(m, indent=2))
+
+
+@pytest.fixture(scope="module")
+def built(exported_minilm, tmp_path_factory) -> Path:
+    """The exported MiniLM built for ONNX Runtime (model.onnx + session.json)."""
+    from bertopt.backends.stage import run_build
+
+    out = tmp_path_factory.mktemp("build") / "build"
+    run_build(exported_minilm, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fused(exported_minilm, tmp_path_factory) -> Path:
+    from bertopt.passes.pipeline import run_fuse
+
+    out = tmp_path_factory.mktemp("fuse") / "fuse"
+    run_fuse(exported_minilm, out)
+    return out
+
+
+def _forge_session(built: Path, dst: Path, **changes) -> Path:
+    art = dst / "forged"
+    shutil.copytree(built, art)
+    cfg = json.loads((art / "session.json").read_text())
+    entries = changes.pop("entries", {})
+    cfg.update(changes)
+    cfg["session_config_entries"] = {**cfg.get("session_config_entries", {}), **entries}
+    (art / "session.json").write_text(json.dumps(cfg))
+    _resign(art, "session")
+    return art
+
+
+# --------------------------------------------------------------------------------------- 1: session.json
+def test_forged_session_entry_cannot_write_a_user_file(built, tmp_path):
+    import bertopt
+    from bertopt.errors import BertoptError
+
+    user = tmp_path / "user.txt"
+    user.write_text("the user's own file\n")
+    art = _forge_session(built, tmp_path, entries={"session.collect_node_memory_stats_to_file": str(user)})
+    with pytest.raises(BertoptError) as e:
+        bertopt.load(art).encode(["a text that would make ONNX Runtime write the stats file"])
+    assert "session.collect_node_memory_stats_to_file" in e.value.message and str(art / "session.json") in e.value.message
+    assert user.read_text() == "the user's own file\n"
+    r = run_cli("bench", str(art), "--batch", "1", "--seq", "8", "--warmup", "0", "--iters", "1", "--repeats", "1")
+    _user_error(r, str(art / "session.json"), "session.collect_node_memory_stats_to_file")
+    assert user.read_text() == "the user's own file\n"
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"optimized_model_filepath": "/tmp/x.onnx"}, "optimized_model_filepath"),
+    ({"graph_optimization_level": "__class__"}, "graph_optimization_level"),
+    ({"intra_op_num_threads": -4}, "intra_op_num_threads"),
+    ({"intra_op_num_threads": "many"}, "intra_op_num_threads"),
+    ({"entries": {"session.dynamic_block_base": "1e9"}}, "session.dynamic_block_base"),
+])
+def test_forged_session_options_are_refused(built, tmp_path, changes, needle):
+    import bertopt
+    from bertopt.errors import BertoptError
+
+    art = _forge_session(built, tmp_path, **changes)
+    with pytest.raises(BertoptError) as e:
+        bertopt.load(art)
+    assert needle in e.value.message and str(art / "session.json") in e.value.message
+
+
+def test_forged_thread_count_is_capped_at_the_cores(built, tmp_path):
+    import bertopt
+
+    art = _forge_session(built, tmp_path, intra_op_num_threads=3000, inter_op_num_threads=3000)
+    before = len(os.listdir("/proc/self/task"))
+    m = bertopt.load(art)
+    v = m.encode(["a short text"])
+    assert v.shape[0] == 1
+    # ORT starts intra_op_num_threads - 1 pool threads: 3,000 asked, at most the host's cores started
+    assert len(os.listdir("/proc/self/task")) - before <= 2 * (os.cpu_count() or 1), len(os.listdir("/proc/self/task"))
+    del m
+
+
+# --------------------------------------------------------------------------------------- 2: a kill mid-swap
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _killed_mid_swap(art: Path, out: Path) -> Path:
+    """The disk as a writer killed between its two renames leaves it: ``out`` moved to ``.out.old-*``, nothing at ``out``."""
+    shutil.copytree(art, out)
+    old = out.parent / f".{out.name}.old-{_dead_pid()}-deadbeef"
+    os.replace(out, old)
+    return old
+
+
+def test_kill_mid_swap_then_kill_again_loses_nothing(exported_minilm, tmp_path):
+    """The next write to ``out`` restores the old artifact before it does any work: killing that run too
+    (SIGKILL while it writes its temporary folder) still leaves the old artifact, complete and verified."""
+    from bertopt.artifacts import load_artifact
+
+    out = tmp_path / "fused"
+    old = _killed_mid_swap(exported_minilm, out)
+    p = subprocess.Popen([sys.executable, "-m", "bertopt", "fuse", str(exported_minilm), "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(tmp_path / ".fused.tmp-*")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    p.kill()
+    p.wait(timeout=60)
+    assert not old.exists()
+    art = load_artifact(out)  # verifies every output's sha256
+    assert art.stage == "export" and art.manifest["fingerprint"] == json.loads((exported_minilm / "manifest.json").read_text())["fingerprint"]
+
+
+def test_restored_artifact_that_is_up_to_date_is_kept(exported_minilm, fused, tmp_path):
+    """A restored artifact is what the next run finds: up to date -> skipped, nothing rebuilt, no temp folder left."""
+    out = tmp_path / "fuse"
+    _killed_mid_swap(fused, out)
+    r = run_cli("fuse", str(exported_minilm), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = " ".join(r.stderr.split())
+    assert f"restored {out}" in err and "up to date" in err, err[-2000:]
+    assert (out / "manifest.json").read_bytes() == (fused / "manifest.json").read_bytes()
+    assert _hidden(tmp_path) == []
