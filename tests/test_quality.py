@@ -74,3 +74,43 @@ def test_k_larger_than_the_set_is_a_user_error():
 
 def test_relative():
     assert relative(0.7, 0.72) == 0.9722 and relative(None, 0.5) is None and relative(0.5, 0.0) is None
+
+
+# ------------------------------------------------------------------------------------- bench
+FAST = dict(batch=[1], seq=[16], warmup=0, iters=1, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def quality_report(minilm_dir, exported_minilm, slabs_dir, bbc_split):
+    """PyTorch MiniLM vs its ONNX export: neighbours on 40 S-Labs texts, k-NN on them (labels), 40 BBC title -> body pairs."""
+    from bertopt.bench.stage import run_bench
+
+    return run_bench([str(minilm_dir), str(exported_minilm)], None, data=str(slabs_dir / "validation.csv"), text_column="text",
+                     label_column="label", samples=40, pairs=str(bbc_split / "test_pairs.csv"), query_column="title", doc_column="body",
+                     pairs_samples=40, max_length=64, **FAST)
+
+
+def test_bench_reports_embedding_tasks_against_the_reference(quality_report):
+    ref, ort = (r["quality"] for r in quality_report["runs"])
+    assert ref["k"] == 10 and ref["neighbours"] == {"agreement": 1.0, "n": 40}
+    # the same model on another runtime keeps every neighbour and every score
+    assert ort["neighbours"]["agreement"] == 1.0
+    assert ort["knn"]["n"] == 40 and ort["knn"]["relative"] == 1.0 and ref["knn"]["relative"] == 1.0
+    r = ref["retrieval"]
+    assert r["n"] == 40 and 0 < r["recall@1"] <= r["recall@10"] <= 1 and r["recall@1"] <= r["mrr"] <= r["recall@10"]
+    assert r["recall@10"] > 0.8  # MiniLM finds a BBC article from its headline among 40, even from 64 tokens of it
+    assert ort["retrieval"]["relative"] == {"recall@1": 1.0, "recall@10": 1.0, "mrr": 1.0}
+
+
+def test_bench_pairs_bad_input_is_a_user_error(exported_minilm, bbc_split, slabs_dir, tmp_path):
+    from conftest import run_cli
+
+    base = ["bench", str(exported_minilm), "--batch", "1", "--seq", "8", "--iters", "1", "--repeats", "1", "--warmup", "0"]
+    r = run_cli(*base, "--pairs", str(bbc_split / "test_pairs.csv"), "--query-column", "headline", "--doc-column", "body",
+                "--out", str(tmp_path / "b1"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "test_pairs.csv: no column 'headline' (--query-column)" in r.stderr and "hint: columns are: title, body" in r.stderr
+    r = run_cli(*base, "--data", str(slabs_dir / "validation.csv"), "--text-column", "text", "--samples", "12", "--k", "12",
+                "--out", str(tmp_path / "b2"))
+    assert r.returncode == 1 and "error: --k 12: neighbour agreement" in r.stderr and "hint:" in r.stderr
+    assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
