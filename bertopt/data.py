@@ -225,3 +225,40 @@ def tokenize(tokenizer, texts: Sequence[str], input_names: Sequence[str], max_le
         else:
             raise BertoptError(f"the tokenizer produces no '{name}'", hint="the model and tokenizer do not match")
     return feeds
+
+
+@dataclass
+class Pairs:
+    path: Path
+    queries: list[str]
+    docs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def load_pairs(path: str | Path, query_column: str, doc_column: str, limit: int | None = None) -> Pairs:
+    """Query/document pairs from a .csv/.tsv/.jsonl file (row i: query i and its relevant document);
+    rows with an empty query or document are dropped with a note."""
+    p, raw = _read_data_file(path)
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        raise BertoptError(f"{p}: a .txt file has no columns, so no query/document pairs", hint="use a .csv/.tsv/.jsonl file with two text columns")
+    if suffix == ".jsonl":
+        queries, docs, _ = _read_jsonl(p, raw, query_column, doc_column)
+    else:
+        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        cols, rows = reader.fieldnames or [], list(reader)
+        for flag, col in (("--query-column", query_column), ("--doc-column", doc_column)):
+            if col not in cols:
+                raise BertoptError(f"{p}: no column '{col}' ({flag})", hint="columns are: " + ", ".join(cols))
+        queries, docs = [r[query_column] or "" for r in rows], [r[doc_column] or "" for r in rows]
+    keep = [i for i, (q, d) in enumerate(zip(queries, docs)) if not (is_empty_text(q) or is_empty_text(d))]
+    if len(keep) < len(queries):
+        from bertopt.ui import note
+
+        note(f"dropped {len(queries) - len(keep)} pairs with an empty query or document from {p}; {len(keep)} left")
+    keep = keep[:limit] if limit is not None else keep
+    if not keep:
+        raise BertoptError(f"{p}: no query/document pairs in columns '{query_column}', '{doc_column}'", hint="check --query-column and --doc-column")
+    return Pairs(p, [str(queries[i]) for i in keep], [str(docs[i]) for i in keep])

@@ -107,3 +107,11 @@ def minilm_chain(exported_minilm, slabs_dir, tmp_path_factory) -> dict[str, Path
     run_bench([str(exported_minilm), str(wd / "build")], wd / "bench", batch=[1, 2], seq=[16], warmup=0, iters=2, repeats=1,
               data=str(slabs_dir / "validation.csv"), text_column="text", samples=16)
     return {"export": exported_minilm, **{k: wd / k for k in ("fuse", "calibrate", "build", "bench")}}
+
+
+@pytest.fixture(scope="session")
+def bbc_split(tmp_path_factory) -> Path:
+    """examples/bbc_news_split.py's files (train/validation/test.csv, test_pairs.csv, *_passages.csv); ~1 s."""
+    out = tmp_path_factory.mktemp("bbc")
+    subprocess.run([sys.executable, str(ROOT / "examples" / "bbc_news_split.py"), "--out", str(out)], check=True, capture_output=True)
+    return out

@@ -15,7 +15,7 @@ Lengths = Literal["fixed", "real"]
 
 class BenchOptions(StageOptions):
     STAGE: ClassVar[str] = "bench"
-    PANELS: ClassVar[tuple[str, ...]] = ("Shapes and timing", "Data", "Quality gates")
+    PANELS: ClassVar[tuple[str, ...]] = ("Shapes and timing", "Data", "Embedding quality", "Quality gates")
 
     batch: Sizes = opt([1, 8], "Batch sizes, comma-separated.", panel="Shapes and timing", split=True)
     seq: Sizes = opt([128], "Sequence lengths, comma-separated.", panel="Shapes and timing", split=True)
@@ -34,6 +34,13 @@ class BenchOptions(StageOptions):
     eval: str | None = opt(None, "Labeled data for task accuracy (with --label-column).", panel="Data")
     label_column: str | None = opt(None, "Label column of --eval.", panel="Data")
     eval_samples: PositiveInt | None = opt(None, "Use only the first N rows of --eval.", panel="Data")
+    pairs: str | None = opt(None, "Query/document pairs for retrieval recall@1/@10 and MRR (.csv/.tsv/.jsonl; default with "
+                                  "--query-column: --data).", panel="Embedding quality")
+    query_column: str | None = opt(None, "Query column of --pairs (default: query).", panel="Embedding quality")
+    doc_column: str | None = opt(None, "Document column of --pairs (default: document).", panel="Embedding quality")
+    pairs_samples: PositiveInt | None = opt(None, "Use only the first N pairs of --pairs.", panel="Embedding quality")
+    k: PositiveInt | None = opt(None, "Neighbours for neighbour agreement and k-NN accuracy (default 10; with fewer texts "
+                                      "neighbour agreement is skipped).", panel="Embedding quality")
     output: str | None = opt(None, "Model output fidelity compares (default: chosen by shape; see README).", panel="Quality gates")
     min_cosine: Cosine | None = opt(None, "Gate: fail (exit 3) if any artifact's min cosine is below this.", panel="Quality gates")
     max_accuracy_drop: NonNegativeFloat | None = opt(None, "Gate: fail (exit 3) if accuracy drops more points than this.",
@@ -45,6 +52,18 @@ class BenchOptions(StageOptions):
             raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
         return self
 
+    @model_validator(mode="after")
+    def _pairs_columns(self):
+        if (self.pairs or self.query_column or self.doc_column) and not (self.pairs or self.data):
+            raise BertoptError("--query-column/--doc-column name columns of --pairs (or --data), and neither is given",
+                               hint="e.g. --pairs pairs.csv --query-column title --doc-column body")
+        return self
+
+    @property
+    def retrieval_file(self) -> str | None:
+        """The file retrieval reads: --pairs, else --data when a pair column is named."""
+        return self.pairs or (self.data if (self.query_column or self.doc_column) else None)
+
     def params(self, *, threads: int) -> dict[str, Any]:
         """The manifest params (the fingerprint of a cached report): ``threads`` as resolved; the
         compared output, ``lengths`` and ``sort`` only when given, so older reports stay valid."""
@@ -53,6 +72,11 @@ class BenchOptions(StageOptions):
                  label_column=self.label_column, eval_samples=self.eval_samples)
         if self.output:
             p["output"] = self.output
+        if self.retrieval_file:
+            p |= {"pairs": self.retrieval_file, "query_column": self.query_column or "query", "doc_column": self.doc_column or "document",
+                  "pairs_samples": self.pairs_samples}
+        if self.k is not None:
+            p["k"] = self.k
         if self.lengths != "fixed":
             p |= {"lengths": self.lengths, "sort": self.sort}
         return p

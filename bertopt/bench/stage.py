@@ -23,6 +23,10 @@ Fields added within /1 (older reports lack them; nothing above changed meaning):
               "real": [{"batch", "sorted", "texts", "tokens", "padded_tokens", "padding", "seconds",
                         "sequences_per_s", "tokens_per_s", "batch_latency_ms": {"p50", "p90", "p99"}, "pass_seconds"}
                        | {"batch", "skipped"}] | null}],          # --lengths real
+    "runs": [{..., "quality": {"k", "neighbours": {"agreement", "n"}, "knn": {"accuracy", "n", "relative"},
+                               "retrieval": {"n", "recall@1", "recall@10", "mrr", "relative": {...}}} | null}],
+              # embedding models (bench.tasks): neighbours kept vs the reference on --data, k-NN accuracy
+              # with --label-column, retrieval with --pairs; "relative" = fraction of the reference's score
     "gates": {"min_cosine", "max_accuracy_drop", "checks": [{"artifact", "metric", "value", "threshold", "passed"}],
               "failures": [...], "passed"} | null                  # null when no gate was set
 
@@ -74,8 +78,8 @@ def run_bench(input: Sequence[str | Path], out: str | Path | None = None, option
     threads = o.threads or default_threads()
     params = o.params(threads=threads)
     inputs = {f"input{i}": describe_input(_resolve(p)) for i, p in enumerate(input)}
-    for extra in ("data", "eval"):
-        if params[extra]:
+    for extra in ("data", "eval", "pairs"):
+        if params.get(extra):
             inputs[extra] = describe_input(_resolve(params[extra]))
     if out is not None and up_to_date(out, "bench", inputs, params, force) is not None:
         skipped("bench", out)
@@ -86,12 +90,15 @@ def run_bench(input: Sequence[str | Path], out: str | Path | None = None, option
         _raise_if_failed(report)
         return report
 
+    from bertopt.bench import tasks
+
     fid_texts, ev = _texts(o.data, o.eval, o.text_column, o.label_column, o.samples, o.eval_samples)
+    pairs = tasks.load_pairs(o)
+    tasks.check_k(o, fid_texts, tasks.labelled_texts(fid_texts, ev))
     runners = _open_runners(input, threads, o.output, o.seq)
     runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
-                           "fidelity": None, "accuracy": None} for i, r in enumerate(runners)]
-    _measure(runners, runs, fid_texts, ev, batch=o.batch, seq=o.seq, warmup=o.warmup, iters=o.iters, repeats=o.repeats,
-             max_length=o.max_length, output=o.output, lengths=o.lengths, sort=o.sort)
+                           "fidelity": None, "accuracy": None, "quality": None} for i, r in enumerate(runners)]
+    _measure(runners, runs, fid_texts, ev, pairs, o)
     for run in runs:
         for res in run["results"]:
             if "skipped" in res:
@@ -112,7 +119,8 @@ def _texts(data, eval, text_column, label_column, samples, eval_samples):  # noq
     from bertopt.data import load_texts
     from bertopt.ui import note
 
-    fid_texts = load_texts(data, text_column=text_column, limit=samples) if data else None
+    # without --eval, --label-column labels --data (k-NN accuracy of embedding models)
+    fid_texts = load_texts(data, text_column=text_column, label_column=None if eval else label_column, limit=samples) if data else None
     ev = load_texts(eval, text_column=text_column, label_column=label_column, limit=eval_samples) if eval else None
     if ev is not None and not label_column:
         raise BertoptError("--eval needs --label-column", hint="name the column that holds the labels")
@@ -142,46 +150,69 @@ def _open_runners(input, threads: int, output: str | None, seq) -> list:  # noqa
     return runners
 
 
-def _measure(runners, runs, fid_texts, ev, *, batch, seq, warmup, iters, repeats, max_length, output, lengths, sort) -> None:
-    """Latency over the grid (and real-length batches), then fidelity and accuracy, into ``runs``."""
-    from bertopt.bench.measure import accuracy, fidelity, latency_sweep, run_texts
-    from bertopt.outputs import choose_for_arrays
-    from bertopt.ui import note, progress
+def _measure(runners, runs, fid_texts, ev, pairs, o: BenchOptions) -> None:
+    """Latency over the grid (and real-length batches), then fidelity, accuracy and the embedding tasks, into ``runs``."""
+    from bertopt.bench.measure import latency_sweep
+    from bertopt.ui import progress
 
-    grid = [(int(b), int(s)) for s in seq for b in batch]
+    grid = [(int(b), int(s)) for s in o.seq for b in o.batch]
     sweep_texts = fid_texts.texts if fid_texts is not None else (ev.texts if ev is not None else None)
-    n_text = (len(fid_texts) if fid_texts else 0) + (len(ev) if ev else 0)
     with progress() as prog:
-        t_lat = prog.add_task("bench: latency", total=len(grid) * repeats * len(runners), status="")
-        lat = latency_sweep(runners, grid, sweep_texts, warmup, iters, repeats, advance=lambda: prog.advance(t_lat))
+        t_lat = prog.add_task("bench: latency", total=len(grid) * o.repeats * len(runners), status="")
+        lat = latency_sweep(runners, grid, sweep_texts, o.warmup, o.iters, o.repeats, advance=lambda: prog.advance(t_lat))
         for run, r in zip(runs, runners):
             run["results"] = lat[r.name]
-        if lengths == "real":
+        if o.lengths == "real":
             from bertopt.bench.traffic import real_traffic
 
             texts = fid_texts.texts if fid_texts is not None else ev.texts
-            t_real = prog.add_task("bench: real-length batches", total=len(batch) * repeats * len(runners), status="")
-            real = real_traffic(runners, texts, [int(b) for b in batch], min([max_length] + [r.max_length for r in runners]),
-                                sort=sort, warmup=min(warmup, 2), repeats=repeats, advance=lambda: prog.advance(t_real))
+            t_real = prog.add_task("bench: real-length batches", total=len(o.batch) * o.repeats * len(runners), status="")
+            real = real_traffic(runners, texts, [int(b) for b in o.batch], min([o.max_length] + [r.max_length for r in runners]),
+                                sort=o.sort, warmup=min(o.warmup, 2), repeats=o.repeats, advance=lambda: prog.advance(t_real))
             for run, r in zip(runs, runners):
                 run["real"] = real[r.name]
-        # every artifact sees the same truncation, so fidelity compares like with like
-        max_length = min([max_length] + [r.max_length for r in runners])
-        if n_text:
-            t_txt = prog.add_task("bench: fidelity/accuracy", total=n_text * len(runners), status="")
-            ref_out = ref_choice = None
-            for run, r in zip(runs, runners):
-                if fid_texts is not None:
-                    o = run_texts(r, fid_texts.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
-                    choice = choose_for_arrays(o, r.task, output, ref_choice, where=str(r.path))
-                    note(f"bench: {r.name}: comparing output {choice.describe()}")
-                    if ref_out is None:
-                        ref_out, ref_choice = o, choice
-                    run["fidelity"] = fidelity(ref_out, o, ref_choice, choice)
-                if ev is not None:
-                    o = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
-                    c = choose_for_arrays(o, r.task, output, ref_choice, where=str(r.path))
-                    run["accuracy"] = accuracy(r, o, ev.labels, c.name) if c.kind == "logits" else None
+        _measure_texts(runners, runs, fid_texts, ev, pairs, o, prog)
+
+
+def _measure_texts(runners, runs, fid_texts, ev, pairs, o: BenchOptions, prog) -> None:
+    """Fidelity and accuracy on the texts, then the held-out embedding tasks (``bench.tasks``)."""
+    from bertopt.bench import tasks
+    from bertopt.bench.measure import accuracy, fidelity, pooled, run_texts
+    from bertopt.outputs import choose_for_arrays
+    from bertopt.ui import note
+
+    # every artifact sees the same truncation, so fidelity compares like with like
+    max_length = min([o.max_length] + [r.max_length for r in runners])
+    n_text = (len(fid_texts) if fid_texts else 0) + (len(ev) if ev else 0) + (2 * len(pairs) if pairs else 0)
+    if not n_text:
+        return
+    t_txt = prog.add_task("bench: fidelity/accuracy", total=n_text * len(runners), status="")
+    ref_out = ref_choice = None
+    vecs = []
+    for run, r in zip(runs, runners):
+        v = {"choice": None}
+        if fid_texts is not None:
+            out = run_texts(r, fid_texts.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
+            choice = choose_for_arrays(out, r.task, o.output, ref_choice, where=str(r.path))
+            note(f"bench: {r.name}: comparing output {choice.describe()}")
+            if ref_out is None:
+                ref_out, ref_choice = out, choice
+            run["fidelity"] = fidelity(ref_out, out, ref_choice, choice)
+            v = {"choice": choice, "data": pooled(out, choice)[1]}
+            if ev is None and fid_texts.labels is not None:
+                v["eval"] = v["data"]
+        if ev is not None:
+            out = run_texts(r, ev.texts, max_length, advance=lambda n: prog.advance(t_txt, n))
+            c = choose_for_arrays(out, r.task, o.output, ref_choice, where=str(r.path))
+            run["accuracy"] = accuracy(r, out, ev.labels, c.name) if c.kind == "logits" else None
+            v = v | {"choice": v["choice"] or c, "eval": pooled(out, c)[1]}
+        vecs.append(v)
+    if vecs[0]["choice"] is None and pairs is not None:  # pairs alone: the reference's output choice from its queries
+        for v, r in zip(vecs, runners):
+            out = run_texts(r, pairs.queries[:2], max_length)
+            v["choice"] = choose_for_arrays(out, r.task, o.output, vecs[0]["choice"], where=str(r.path))
+    tasks.add_quality(runners, runs, vecs, tasks.labelled_texts(fid_texts, ev), pairs, o, max_length,
+                      advance=lambda n: prog.advance(t_txt, n))
 
 
 def _write_report(out, inputs: dict, params: dict, report: dict) -> None:
@@ -327,6 +358,9 @@ def render(report: dict) -> None:
                       _fmt(f.get("cosine_min"), ".5f"), _fmt(f.get("cosine_mean"), ".5f"), _fmt(f.get("max_abs_diff"), ".2e"),
                       _fmt(f.get("top1_agreement"), ".4f"), _fmt(a.get("value"), ".4f"))
         stdout.print(q)
+    from bertopt.bench.tasks import render as render_tasks
+
+    render_tasks(report)
     if any(r.get("real") for r in report["runs"]):
         rt = Table(title="real-length batches (padded per batch" + (", length-sorted)" if report["params"].get("sort") else ")"),
                    title_justify="left")
