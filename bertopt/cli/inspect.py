@@ -23,8 +23,13 @@ def command(
 
     from bertopt.inspection import inspect_artifact, render
 
+    from bertopt.errors import BertoptError
+
     res = inspect_artifact(artifact)
     if json_out:
         print(json.dumps(res, indent=2, default=str))
     else:
         render(res)
+    if res.get("integrity", "ok") != "ok":
+        # shown above; the exit code tells a CI step that the artifact is not the one its manifest describes
+        raise BertoptError(f"integrity check failed: {res['integrity']}", hint="re-run the stage that wrote it (recipes: `bertopt run --force`)")
