@@ -165,10 +165,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
             f"{path}: no {MANIFEST}: not a bertopt artifact folder",
             hint="pass a folder written by a bertopt stage (export, fuse, calibrate, ...), or a bare .onnx file",
         )
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BertoptError(f"{mpath}: unreadable manifest ({e})", hint="re-run the stage that wrote this folder") from None
+    manifest = read_manifest(mpath)
     art = Artifact(path=path, manifest=manifest)
     if verify:
         for key, entry in manifest.get("outputs", {}).items():
@@ -185,13 +182,84 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     return art
 
 
-def _check_onnx_readable(path: Path) -> None:
+# The manifest's fields and the JSON types bertopt writes for them (None where a field may be null);
+# a manifest of another shape is the user's file, refused naming the field, not a traceback later.
+_DICT_FIELDS = ("inputs", "params", "tools", "model", "outputs", "metrics", "timings", "build", "quantization", "compression", "training")
+_STR_FIELDS = ("stage", "created", "fingerprint", "bertopt_version", "bertopt_code")
+_MODEL_FIELDS = {"architecture": (str, type(None)), "task": (str,), "inputs": (list,), "outputs": (list,), "pooling": (str, type(None)),
+                 "hidden_size": (int, type(None)), "num_layers": (int, type(None)), "num_heads": (int, type(None)),
+                 "max_length": (int, type(None)), "num_labels": (int, type(None)), "id2label": (dict, type(None))}
+_JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def manifest_problem(m: Any) -> str | None:
+    """What is wrong with the shape of a parsed manifest (the field, what it holds), or None."""
+    def kind(v: Any) -> str:
+        return _JSON_TYPE.get(type(v), type(v).__name__)
+
+    if not isinstance(m, dict):
+        return f"the manifest is {kind(m)}, not an object"
+    for k in _DICT_FIELDS:
+        if k in m and not isinstance(m[k], dict):
+            return f"field '{k}' is {kind(m[k])}, not an object"
+    for k in _STR_FIELDS:
+        if k in m and not isinstance(m[k], str):
+            return f"field '{k}' is {kind(m[k])}, not a string"
+    for k, types in _MODEL_FIELDS.items():
+        v = m.get("model", {}).get(k)
+        if k in m.get("model", {}) and (not isinstance(v, types) or isinstance(v, bool)):
+            return f"field 'model.{k}' is {kind(v)}"
+        if isinstance(v, list) and not all(isinstance(x, str) for x in v):
+            return f"field 'model.{k}' is not an array of strings"
+    for section in ("outputs", "inputs"):
+        for key, entry in m.get(section, {}).items():
+            if section == "outputs" and isinstance(entry, str):
+                continue
+            if not isinstance(entry, dict):
+                return f"field '{section}.{key}' is {kind(entry)}, not an object"
+            if section == "outputs" and not isinstance(entry.get("path"), str):
+                return f"field 'outputs.{key}.path' is {kind(entry['path']) if 'path' in entry else 'missing'}, not a string"
+            for sub in ("path", "sha256"):
+                if not isinstance(entry.get(sub), (str, type(None))):
+                    return f"field '{section}.{key}.{sub}' is {kind(entry[sub])}, not a string"
+    return None
+
+
+def read_manifest(mpath: Path) -> dict:
+    """The parsed ``manifest.json`` at ``mpath``; unreadable JSON or a manifest of the wrong shape is a user error."""
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BertoptError(f"{mpath}: unreadable manifest ({str(e)[:200]})", hint="re-run the stage that wrote this folder") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BertoptError(f"{mpath}: not a bertopt manifest: {problem}",
+                           hint="the file was edited or written by another tool; re-run the stage that wrote this folder")
+    return manifest
+
+
+def user_path(p: Path) -> Path:
+    """The output folder the user named for a path inside a stage's temporary folder (``.OUT.tmp-PID-HEX/f``
+    -> ``OUT``), for messages; other paths as they are."""
+    for q in (Path(p), *Path(p).parents):
+        if q.name.startswith(".") and ".tmp-" in q.name:
+            return q.parent / q.name[1:q.name.rindex(".tmp-")]
+    return Path(p)
+
+
+def check_onnx_readable(path: Path, where: str = "") -> None:
+    """A model file that does not parse as ONNX (its sha256 may still match: a bad file can be signed
+    as well as a good one) is a user error naming it; ``where`` says which artifact listed it."""
     import onnx
 
     try:
         onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-        raise BertoptError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", hint="re-export the model") from None
+        raise BertoptError(f"{path}: not a readable ONNX model{where} ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                           hint="re-run the stage that wrote it, or re-export the model") from None
+
+
+_check_onnx_readable = check_onnx_readable
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -215,7 +283,7 @@ def describe_input(path: str | Path) -> dict:
     """Path + sha256 of one stage input (a file, a folder, or an artifact folder's model output)."""
     p = Path(path)
     if (p / MANIFEST).is_file():
-        m = json.loads((p / MANIFEST).read_text())
+        m = read_manifest(p / MANIFEST)
         # An artifact is identified by its fingerprint + output hashes, cheaper than rehashing.
         return {"path": str(p.resolve()), "sha256": sha256_json({"fp": m.get("fingerprint"), "out": m.get("outputs")})}
     return {"path": str(p.resolve()), "sha256": sha256_path(p)}

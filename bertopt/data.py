@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -51,7 +53,7 @@ def load_texts(
     if suffix == ".txt":
         if label_column:
             raise BertoptError(f"{p}: a .txt file has no columns, so no label column '{label_column}'", hint="use a .csv/.tsv/.jsonl file for labels")
-        texts, labels, tcol = raw.splitlines(), None, None
+        texts, labels, tcol = _lines(raw), None, None
     elif suffix in (".csv", ".tsv"):
         texts, labels, tcol = _read_table(p, raw, "\t" if suffix == ".tsv" else ",", text_column, label_column)
     else:
@@ -77,7 +79,10 @@ def _read_data_file(path: str | Path) -> tuple[Path, str]:
     if suffix not in FORMATS:
         raise BertoptError(f"{p}: unsupported data format '{suffix}'", hint="use .txt (one text per line), .csv, .tsv or .jsonl")
     try:
-        raw = p.read_text(encoding="utf-8")
+        # utf-8-sig: a BOM (Excel's "CSV UTF-8") is not part of the first column's name;
+        # newline="": line ends stay as written, so quoted CSV cells keep theirs
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            raw = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise BertoptError(f"{p}: unreadable ({e})", hint="data files must be UTF-8 text") from None
     if not raw.strip():
@@ -85,11 +90,22 @@ def _read_data_file(path: str | Path) -> tuple[Path, str]:
     return p, raw
 
 
+def _lines(raw: str) -> list[str]:
+    """Lines split at \\n and \\r\\n only: U+2028, U+0085, form feeds etc. are text inside a line."""
+    return [line[:-1] if line.endswith("\r") else line for line in raw.split("\n")]
+
+
 def _read_table(p: Path, raw: str, delimiter: str, text_column: str | None, label_column: str | None) -> tuple[list, list | None, str]:
     """Texts, labels and the text column's name from a .csv/.tsv file's text."""
-    reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
-    cols = reader.fieldnames or []
-    rows = list(reader)
+    # a long document in one cell is a text, not an error: lift csv's 128 KB field limit
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter)
+    try:
+        cols = reader.fieldnames or []
+        rows = list(reader)
+    except csv.Error as e:
+        raise BertoptError(f"{p}:{reader.line_num}: not a readable {p.suffix.lower()[1:].upper()} file ({e})",
+                           hint="quote cells that hold the delimiter, a quote or a line break") from None
     tcol = _pick_column(p, cols, text_column, "text")
     if label_column and label_column not in cols:
         raise BertoptError(f"{p}: no label column '{label_column}'", hint="columns are: " + ", ".join(cols))
@@ -100,8 +116,8 @@ def _read_table(p: Path, raw: str, delimiter: str, text_column: str | None, labe
 
 def _read_jsonl(p: Path, raw: str, text_column: str | None, label_column: str | None) -> tuple[list, list | None, str]:
     """Texts, labels and the text field's name from a .jsonl file's text (blank lines skipped)."""
-    rows = []
-    for i, line in enumerate(raw.splitlines(), 1):
+    rows, line_of = [], []
+    for i, line in enumerate(_lines(raw), 1):
         if not line.strip():
             continue
         try:
@@ -111,15 +127,24 @@ def _read_jsonl(p: Path, raw: str, text_column: str | None, label_column: str | 
         if not isinstance(obj, dict):
             raise BertoptError(f"{p}:{i}: expected a JSON object", hint="one JSON object per line, e.g. {\"text\": ...}")
         rows.append(obj)
+        line_of.append(i)
     cols = list(rows[0]) if rows else []
     tcol = _pick_column(p, cols, text_column, "text")
-    for i, r in enumerate(rows, 1):
+    for i, r in zip(line_of, rows):
         if tcol not in r or (label_column and label_column not in r):
             missing = tcol if tcol not in r else label_column
-            raise BertoptError(f"{p}: record {i} has no field '{missing}'", hint="every record needs the same fields")
-    texts = [r[tcol] if isinstance(r[tcol], str) else "" if r[tcol] is None else str(r[tcol]) for r in rows]
+            raise BertoptError(f"{p}:{i}: record has no field '{missing}'", hint="every record needs the same fields")
+        if r[tcol] is not None and not isinstance(r[tcol], str):
+            # 5, true or ["a"] as text would be embedded as "5", "True", "['a']": refuse rather than guess
+            raise BertoptError(f"{p}:{i}: field '{tcol}' holds a JSON {_json_kind(r[tcol])}, not a string ({json.dumps(r[tcol])[:60]})",
+                               hint=f"write the text as a JSON string (\"{tcol}\": \"...\"), or null for a missing one")
+    texts = [r[tcol] if r[tcol] is not None else "" for r in rows]
     labels = [r[label_column] for r in rows] if label_column else None
     return texts, labels, tcol
+
+
+def _json_kind(v) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 
 def _drop_empty(p: Path, texts: list, labels: list | None, tcol: str | None, min_texts: int) -> tuple[list, list | None]:

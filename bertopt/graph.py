@@ -8,10 +8,14 @@ ORT turns a Q/DQ graph into.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
+
+from bertopt.errors import BertoptError
 
 MS_DOMAIN = "com.microsoft"
 QMAX = 127  # INT8 narrow symmetric range (TensorRT's): scale = amax / QMAX
@@ -202,6 +206,42 @@ def ort_optimize(src: Path, dst: Path, level: str) -> None:
         config = {"session.optimized_model_external_initializers_file_name": Path(dst).name + ".data",
                   "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
     ort_session(src, level, config=config, optimized_model=dst)
+
+
+@contextlib.contextmanager
+def ort_refusal(path: Path, dst: Path | None = None, what: str = "the input model"):
+    """ONNX Runtime refusing to load ``path`` (an unknown op, a type error, a shape it cannot infer), or
+    failing to save the optimized graph to ``dst`` (a full disk: ORT reports only "Protobuf
+    serialization failed"), as a user error naming the file."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - onnxruntime's pybind exceptions (Fail, InvalidGraph, ...) share no public base
+        if type(e).__module__.split(".")[0] != "onnxruntime":
+            raise
+        msg = " ".join(str(e).split())
+        if dst is not None and "serialization failed" in msg.lower():
+            raise _write_failure(Path(dst), path) from None
+        msg = msg.split("failed:", 1)[-1][:300]
+        raise BertoptError(f"{path}: ONNX Runtime cannot load {what} ({type(e).__name__}: {msg})",
+                           hint="re-run the stage that wrote it, or re-export the model; `bertopt inspect` shows its graph") from None
+
+
+def _write_failure(dst: Path, src: Path) -> BertoptError:
+    """ORT could not write ``dst`` and does not say why: a disk with less room left than the model
+    needs is a full disk; anything else is said as what it is."""
+    import errno
+    import shutil
+
+    from bertopt.artifacts import os_error, user_path
+
+    try:
+        full = shutil.disk_usage(dst.parent).free < Path(src).stat().st_size
+    except OSError:
+        full = False
+    if full:
+        return os_error(user_path(dst), "write the optimized model", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return BertoptError(f"{user_path(dst)}: ONNX Runtime could not write the optimized model (Protobuf serialization failed)",
+                        hint="check the free space and file size limits (ulimit -f) of that disk, or write elsewhere with -o")
 
 
 def ort_kernel_counts(model_path: Path, level: str = PORTABLE_LEVEL) -> dict[str, int]:

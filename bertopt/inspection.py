@@ -160,7 +160,7 @@ def lineage(art) -> list[dict]:
 def last_measured(art) -> dict | None:
     """The newest bench artifact in the same folder as ``art`` that measured it (matched by the
     input identity its manifest recorded, so renamed or copied folders still match)."""
-    from bertopt.artifacts import MANIFEST, describe_input
+    from bertopt.artifacts import MANIFEST, describe_input, read_manifest
 
     me = describe_input(art.path)["sha256"]
     best = None
@@ -169,9 +169,9 @@ def last_measured(art) -> dict | None:
         if d == art.path or not mf.is_file():
             continue
         try:
-            m = json.loads(mf.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+            m = read_manifest(mf)
+        except BertoptError:
+            continue  # a sibling that is no artifact does not keep this one from being described
         if m.get("stage") != "bench":
             continue
         idx = [int(k[5:]) for k, v in (m.get("inputs") or {}).items() if k.startswith("input") and k[5:].isdigit() and v.get("sha256") == me]
@@ -183,8 +183,11 @@ def last_measured(art) -> dict | None:
     if best is None:
         return None
     created, d, i, rp = best
-    rep = json.loads(rp.read_text())
-    run = rep["runs"][i]
+    try:
+        rep = json.loads(rp.read_text())
+        run = rep["runs"][i]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # a bench report of another shape: nothing measured that can be shown
     return {"bench": str(d), "created": created, "reference": rep.get("reference"), "name": run.get("name"), "threads": rep.get("threads"),
             "cpu": (rep.get("host") or {}).get("cpu"),
             "latency": [{"batch": r["batch"], "seq": r["seq"], "p50_ms": r["latency_ms"]["p50"], "throughput": r["throughput"],
@@ -208,6 +211,8 @@ def inspect_artifact(path: str | Path) -> dict:
         cfg = read_config(p)
         return {"schema": SCHEMA, "path": str(p), "kind": "hf-model", "stage": "hf", "model": model_summary(cfg, default_task(cfg)),
                 "sha256": sha256_path(p), "summary": f"Hugging Face model folder ({cfg.get('model_type')}), runs on PyTorch"}
+    if p.is_dir() and not (p / MANIFEST).is_file() and any((d / MANIFEST).is_file() for d in p.iterdir()):
+        return _inspect_folder(p)
     art = load_artifact(p, verify=False)
     m = art.manifest
     res: dict = {"schema": SCHEMA, "path": str(art.path), "kind": "artifact" if (art.path / MANIFEST).is_file() and p.is_dir() else "onnx",
@@ -272,6 +277,32 @@ def inspect_artifact(path: str | Path) -> dict:
     return res
 
 
+def _inspect_folder(p: Path) -> dict:
+    """A folder of artifacts (a recipe's workdir): each one's stage and integrity; one that cannot be
+    read is listed with its error and does not hide the others."""
+    from bertopt.artifacts import MANIFEST, load_artifact
+
+    arts, bad = [], 0
+    for d in sorted(q for q in p.iterdir() if (q / MANIFEST).is_file()):
+        try:
+            art = load_artifact(d, verify=False)
+        except BertoptError as e:
+            arts.append({"path": str(d), "stage": None, "integrity": e.message})
+            bad += 1
+            continue
+        try:
+            load_artifact(d, verify=True)
+            integrity = "ok"
+        except BertoptError as e:
+            integrity, bad = e.message, bad + 1
+        info = art.model_info
+        arts.append({"path": str(d), "stage": art.stage, "created": art.manifest.get("created"), "task": info.get("task"),
+                     "architecture": info.get("architecture"), "integrity": integrity})
+    return {"schema": SCHEMA, "path": str(p), "kind": "folder", "artifacts": arts,
+            "integrity": "ok" if not bad else f"{bad} of {len(arts)} artifacts in {p} failed their checks (listed above)",
+            "summary": f"folder of {len(arts)} artifacts" + (f", {bad} failed their checks" if bad else "")}
+
+
 def _precision(graph: dict | None) -> str:
     if not graph or "gemms" not in graph:
         return "?"
@@ -311,6 +342,11 @@ def render(res: dict) -> None:
     line(f"{res['path']}: {res.get('summary', res.get('kind'))}")
     if res.get("kind") == "hf-model":
         line(f"  sha256 {res['sha256'][:16]}  model {_short(res['model'])}")
+        return
+    if res.get("kind") == "folder":
+        for a in res["artifacts"]:
+            state = "ok" if a["integrity"] == "ok" else f"FAILED: {a['integrity']}"
+            line(f"  {a['stage'] or '?':<10} {Path(a['path']).name}  {a.get('created') or ''}  {state}")
         return
     line(f"  created {res.get('created')}  bertopt {res.get('bertopt_version')}  fingerprint {str(res.get('fingerprint'))[:16]}"
          + ("" if res.get("integrity") == "ok" else f"  INTEGRITY: {res['integrity']}"))

@@ -25,7 +25,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
-from bertopt.errors import BertoptError
+from bertopt.errors import QUOTE_LIMIT, BertoptError, clip, quote
 from bertopt.params import (RENAMED, Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt,
                             deprecated_name)
 
@@ -175,7 +175,8 @@ class StageOptions(BaseModel):
         rng = interval(bounds(field)) if field else None
         if hint is None and rng:
             hint = f"{_spell(name, where)} takes a number {'in ' if rng[0] in '[(' else ''}{rng}"
-        text = f"{place}: {name}={value!r}: {msg}" if where is None else f"{place}: {msg} (got {value!r})"
+        msg = clip(msg, QUOTE_LIMIT)  # pydantic's message may quote the input too
+        text = f"{place}: {name}={quote(value)}: {msg}" if where is None else f"{place}: {msg} (got {quote(value)})"
         more = list(dict.fromkeys(_spell(str(x["loc"][0]), where) for x in errors[1:] if x["loc"] and x["loc"][0] != name))
         if more:
             text += "; also wrong: " + ", ".join(more)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from bertopt import stages
-from bertopt.errors import BertoptError
+from bertopt.errors import BertoptError, clip, quote
 
 RESERVED = {"stage", "name", "input", "inputs"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
@@ -46,6 +46,9 @@ PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges
 INPUT_FILE_OPTIONS = {"data", "eval", "val_data", "init_from", "ranges"}
 STEP_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TOP_KEYS = {"name": str, "description": str, "model": str, "workdir": str, "steps": list}
+# Bounds on a recipe file (its bytes; its YAML values with aliases expanded): no recipe comes near them.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_NODES = 20_000
 
 
 def _err(file: Path, where: str, msg: str, hint: str | None = None) -> BertoptError:
@@ -75,12 +78,22 @@ def _read_recipe(file: Path) -> dict:
 
     if not file.is_file():
         raise BertoptError(f"{file}: no such recipe file", hint="see recipes/ for examples")
+    if file.stat().st_size > MAX_RECIPE_BYTES:
+        raise _err(file, "", f"{file.stat().st_size:,} bytes: too large for a recipe (at most {MAX_RECIPE_BYTES:,})")
     try:
-        raw = yaml.safe_load(file.read_text())
+        loader = yaml.SafeLoader(file.read_text())
+        try:
+            node = loader.get_single_node()
+            _check_size(file, node)
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
-        raise _err(file, where, f"invalid YAML ({getattr(e, 'problem', e)})") from None
+        raise _err(file, where, f"invalid YAML ({clip(str(getattr(e, 'problem', e)), 200)})") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise _err(file, "", f"unreadable ({type(e).__name__})", hint="a recipe is a small UTF-8 YAML file") from None
     if not isinstance(raw, dict):
         raise _err(file, "", "a recipe is a YAML mapping with keys: " + ", ".join(TOP_KEYS))
     for key, value in raw.items():
@@ -94,6 +107,35 @@ def _read_recipe(file: Path) -> dict:
     if not raw["steps"]:
         raise _err(file, "steps", "empty: a recipe needs at least one step")
     return raw
+
+
+def _check_size(file: Path, root) -> None:
+    """Refuse a recipe whose YAML, aliases expanded, has more than :data:`MAX_RECIPE_NODES` nodes (a
+    "billion laughs" alias bomb is 400 bytes of anchors that expand to millions of values)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(n, depth: int = 0) -> int:
+        if id(n) in sizes:  # an alias: the same node again, counted as often as it is used
+            return sizes[id(n)]
+        if depth > 100:
+            raise _err(file, f"line {n.start_mark.line + 1}", "nested more than 100 levels deep", hint="a recipe is a few flat mappings")
+        sizes[id(n)] = 1  # a node that contains itself (a recursive alias) counts once here
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c, depth + 1) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = total
+        if total > MAX_RECIPE_NODES:
+            raise _err(file, f"line {n.start_mark.line + 1}", f"the YAML expands to more than {MAX_RECIPE_NODES:,} values (aliases expanded)",
+                       hint="a recipe needs a few hundred values; YAML anchors/aliases (&a / *a) must not multiply them")
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _load_step(file: Path, i: int, step, raw_steps: list, earlier: list[dict], seen: set[str], available: list[str], base: Path) -> dict:
@@ -158,7 +200,7 @@ def _check_refs(file: Path, where: str, stage: str, refs: list, raw_steps: list,
     for j, r in enumerate(refs):
         at = f"{where}.{field}" + (f"[{j}]" if stage == "bench" else "")
         if not isinstance(r, str):
-            raise _err(file, at, f"expected a step name or path, got {r!r}")
+            raise _err(file, at, f"expected a step name or path, got {quote(r)}")
         if r == "model" or r in seen:
             continue
         names = [str(s.get("name") or s.get("stage")) for s in raw_steps if isinstance(s, dict)]

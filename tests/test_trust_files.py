@@ -59,7 +59,7 @@ def built(exported_minilm, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fused(exported_minilm, tmp_path_factory) -> Path:
-    from bertopt.passes.pipeline import run_fuse
+    from bertopt.passes.stage import run_fuse
 
     out = tmp_path_factory.mktemp("fuse") / "fuse"
     run_fuse(exported_minilm, out)

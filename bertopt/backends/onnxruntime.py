@@ -21,7 +21,7 @@ import numpy as np
 
 from bertopt.backends.session_config import check_session_config
 from bertopt.errors import BertoptError
-from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, opset_version, ort_optimize  # noqa: F401 - detect_precision: backends read it here
+from bertopt.graph import MS_DOMAIN, detect_precision, drop_unused_initializers, external_data, op_counts, opset_version, ort_optimize, ort_refusal  # noqa: F401 - detect_precision: backends read it here
 
 SESSION_FILE = "session.json"
 
@@ -420,7 +420,8 @@ def build_onnxruntime(
     decision: dict[str, Any] = {"offline_optimization": "ORT_ENABLE_EXTENDED", "tuned": bool(tune)}
 
     say("optimizing the graph offline (ORT_ENABLE_EXTENDED)")
-    ort_optimize(src, model_out, "ORT_ENABLE_EXTENDED")
+    with ort_refusal(src, model_out):  # the first time ORT sees the input model, and writes beside the output
+        ort_optimize(src, model_out, "ORT_ENABLE_EXTENDED")
     decision["int8_gemm_bias_folded"] = fold_int8_gemm_bias(model_out)
     decision["int8_gemms_merged"] = merge_int8_gemms_sharing_input(model_out)
     decision["ops_before"] = op_counts(src)
@@ -492,7 +493,8 @@ def _variants(src: Path, model_out: Path, tmp: Path, base: dict, decision: dict,
     each one-knob variation, and the ORT_ENABLE_ALL graph when it differs from the EXTENDED one."""
     all_path = tmp / "model-all.onnx"
     say("optimizing the graph offline (ORT_ENABLE_ALL) for comparison")
-    ort_optimize(src, all_path, "ORT_ENABLE_ALL")
+    with ort_refusal(src, all_path):
+        ort_optimize(src, all_path, "ORT_ENABLE_ALL")
     fold_int8_gemm_bias(all_path)
     merge_int8_gemms_sharing_input(all_path)
     variants: dict[str, tuple[Path, dict | None]] = {"input model, plain": (src, None), "extended": (model_out, base)}

@@ -52,8 +52,10 @@ def run_build(input: str | Path, out: str | Path, options: BuildOptions | None =
             f"{src}: build takes an ONNX model, but this artifact's model is '{src.name}' (stage '{art.stage}')",
             hint="pass the artifact written by export, fuse, calibrate or qat",
         )
+    from bertopt.artifacts import check_onnx_readable
     from bertopt.models import check_encoder
 
+    check_onnx_readable(src, f" (output 'model' of {art.path})")
     check_encoder(src, src, "build", o.strict)  # a warning (strict: an error) for a graph with no encoder layer
     data_path = resolve_path(o.data) if o.data else None
     if data_path is not None and not data_path.is_file():

@@ -229,15 +229,14 @@ def _write_report(out, inputs: dict, params: dict, report: dict) -> None:
 
 def _model_sha256(path: Path) -> str | None:
     """sha256 of the model file an artifact's manifest lists (a bare .onnx: of the file); None for HF folders."""
-    from bertopt.artifacts import MANIFEST, sha256_file
+    from bertopt.artifacts import MANIFEST, read_manifest, sha256_file
 
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
-    try:
-        entry = json.loads((p / MANIFEST).read_text()).get("outputs", {}).get("model")
-    except (OSError, json.JSONDecodeError):
+    if not (p / MANIFEST).is_file():
         return None
+    entry = read_manifest(p / MANIFEST).get("outputs", {}).get("model")
     return entry.get("sha256") if isinstance(entry, dict) else None
 
 

@@ -22,7 +22,12 @@ def command(
     from bertopt.inspection import inspect_artifact, render
     from bertopt.ui import write_json
 
+    from bertopt.errors import BertoptError
+
     res = inspect_artifact(artifact)
     write_json(res, json_out)
     if str(json_out) != "-":
         render(res)
+    if res.get("integrity", "ok") != "ok":
+        # shown above; the exit code tells a CI step that the artifact is not the one its manifest describes
+        raise BertoptError(f"integrity check failed: {res['integrity']}", hint="re-run the stage that wrote it (recipes: `bertopt run --force`)")

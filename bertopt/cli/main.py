@@ -18,7 +18,7 @@ import typer
 
 from bertopt import __version__
 from bertopt.cli.command import QUIET_HELP, command_class, reflow
-from bertopt.errors import BertoptError
+from bertopt.errors import BertoptError, clip
 
 # In pipeline order; this is also the order of `bertopt --help`.
 COMMANDS = ("compress", "export", "fuse", "calibrate", "qat", "build", "bench", "run", "inspect", "compare", "report")
@@ -78,9 +78,9 @@ def report_error(e: BertoptError) -> None:
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"error: {e.message}", style="bold red", markup=False)
+    err.print(f"error: {clip(e.message)}", style="bold red", markup=False)
     if e.hint:
-        err.print(f"hint: {e.hint}", style="yellow", markup=False)
+        err.print(f"hint: {clip(e.hint)}", style="yellow", markup=False)
 
 
 def report_interrupt() -> None:

