@@ -115,3 +115,18 @@ def bbc_split(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bbc")
     subprocess.run([sys.executable, str(ROOT / "examples" / "bbc_news_split.py"), "--out", str(out)], check=True, capture_output=True)
     return out
+
+
+def user_error(r: "subprocess.CompletedProcess", *needles: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert err, r.stderr[-2000:]
+    assert "hint:" in r.stderr
+    for n in needles:
+        assert n in err[0], (n, err[0])
+
+
+def hidden_files(folder: Path) -> list[str]:
+    """Temporary/lock files bertopt would leave beside its outputs."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))

