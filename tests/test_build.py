@@ -213,9 +213,9 @@ def test_tensorrt_int8_preparation_of_the_real_qdq_minilm(qdq_minilm, exported_m
 
 
 def test_tune_feeds_from_real_text(exported_minilm, slabs_dir):
-    from bertopt.backends.stage import _text_feeds
+    from bertopt.backends.stage import text_feeds
 
-    f = _text_feeds(load_artifact(exported_minilm), slabs_dir / "validation.csv", "text", INPUTS, seq=128, batches=(1, 8))
+    f = text_feeds(load_artifact(exported_minilm), slabs_dir / "validation.csv", "text", INPUTS, seq=128, batches=(1, 8))
     assert f[1]["input_ids"].shape == (1, 128) and f[8]["input_ids"].shape == (8, 128)
     assert (f[8]["attention_mask"].sum(1) < 128).all()  # real, short texts padded to the timed shape
 
