@@ -11,7 +11,8 @@ from bertopt.errors import BertoptError
 from bertopt.options import StageOptions, opt
 from bertopt.params import PositiveInt
 
-Backend = Literal["onnxruntime", "tensorrt"]
+Backend = Literal["onnxruntime", "tensorrt", "openvino"]
+InferencePrecision = Literal["f32", "bf16", "f16"]
 Precision = Literal["int8", "fp16", "fp32"]
 BACKENDS = typing.get_args(Backend)
 PRECISIONS = typing.get_args(Precision)
@@ -22,7 +23,7 @@ class BuildOptions(StageOptions):
     STAGE: ClassVar[str] = "build"
     PANELS: ClassVar[tuple[str, ...]] = ("Build", "Data", "Checks")
 
-    backend: Backend = opt("onnxruntime", "onnxruntime (CPU) or tensorrt (NVIDIA GPU with TensorRT 10/11).", panel="Build")
+    backend: Backend = opt("onnxruntime", "onnxruntime (CPU), openvino (CPU) or tensorrt (NVIDIA GPU with TensorRT 10/11).", panel="Build")
     precision: Precision | None = opt(None, "int8, fp16 or fp32 (default: int8 for Q/DQ graphs; ORT: the graph's own; TensorRT: fp16 "
                                             "for float graphs).", panel="Build")
     threads: PositiveInt | None = opt(None, "ORT intra-op threads (default: physical cores).", panel="Build", flag=["--threads", "-t"])
@@ -30,6 +31,10 @@ class BuildOptions(StageOptions):
     profile: str | None = opt(None, "TensorRT shape profiles, e.g. 'batch=1:8:32,seq=1:128:256' (';' between profiles), or 'auto' / "
                                     "'auto:N' to plan them from --data (the last reaching N tokens).", panel="Build")
     timing_cache: str | None = opt(None, "TensorRT timing cache file (default: ~/.cache/bertopt/trt-timing.cache).", panel="Build")
+    shapes: str | None = opt(None, "OpenVINO: dynamic (default), static buckets BATCHxSEQ (e.g. '1x16,1x32,8x128'), 'auto' / 'auto:N' "
+                                   "(batch-1 buckets planned from --data's token lengths), or both ('auto,8x128').", panel="Build")
+    inference_precision: InferencePrecision = opt("f32", "OpenVINO: INFERENCE_PRECISION_HINT of the ops left in float (f32, or bf16/f16 "
+                                                         "where the CPU has them).", panel="Build")
     keep_fp32: str = opt(DEFAULT_KEEP_FP32, "TensorRT fp16/int8: op types kept in FP32, comma-separated.", panel="Build")
     data: str | None = opt(None, "Real texts: TensorRT plans profiles from their token lengths; ORT --tune times on them.", panel="Data")
     text_column: str | None = opt(None, "Text column of --data (csv/tsv/jsonl).", panel="Data")
@@ -37,13 +42,20 @@ class BuildOptions(StageOptions):
 
     @model_validator(mode="after")
     def _backend_options(self):
-        if self.backend == "onnxruntime":
-            for name in ("profile", "timing_cache"):
-                if getattr(self, name):
-                    raise BertoptError(
-                        f"--{name.replace('_', '-')} applies to --backend tensorrt only",
-                        hint="ONNX Runtime handles dynamic shapes without profiles; drop the option or build for tensorrt",
-                    )
-        elif self.tune:
-            raise BertoptError("--tune applies to --backend onnxruntime only", hint="TensorRT times its own tactics while building")
+        only = {"profile": "tensorrt", "timing_cache": "tensorrt", "tune": "onnxruntime", "shapes": "openvino"}
+        for name, backend in only.items():
+            if getattr(self, name) and self.backend != backend:
+                raise BertoptError(f"--{name.replace('_', '-')} applies to --backend {backend} only",
+                                   hint=_WHY.get((name, self.backend), "drop the option, or build for " + backend))
+        if self.inference_precision != "f32" and self.backend != "openvino":
+            raise BertoptError("--inference-precision applies to --backend openvino only",
+                               hint="ONNX Runtime runs the graph's own types; TensorRT takes --precision")
         return self
+
+
+_WHY = {
+    ("profile", "onnxruntime"): "ONNX Runtime handles dynamic shapes without profiles; drop the option or build for tensorrt",
+    ("timing_cache", "onnxruntime"): "ONNX Runtime handles dynamic shapes without profiles; drop the option or build for tensorrt",
+    ("tune", "tensorrt"): "TensorRT times its own tactics while building",
+    ("profile", "openvino"): "OpenVINO takes --shapes (static buckets or dynamic)",
+}

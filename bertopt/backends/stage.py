@@ -33,6 +33,7 @@ from bertopt.errors import BertoptError
 BUILDERS: dict[str, str] = {
     "onnxruntime": "bertopt.backends.onnxruntime_stage:build_stage",
     "tensorrt": "bertopt.backends.tensorrt:build_stage",
+    "openvino": "bertopt.backends.openvino.stage:build_stage",
 }
 
 
