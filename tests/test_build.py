@@ -147,7 +147,7 @@ def test_precision_must_match_the_graph(exported_minilm, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(backend="cuda"), "backend='cuda': must be 'onnxruntime', 'tensorrt' or 'openvino'"),
+    (dict(backend="cuda"), "backend='cuda': must be 'onnxruntime', 'tensorrt', 'openvino' or 'auto'"),
     (dict(precision="int4"), "precision='int4': must be 'int8', 'fp16' or 'fp32'"),
     (dict(profile="batch=1:8:32,seq=1:128:256"), "--profile applies to --backend tensorrt"),
     (dict(timing_cache="/tmp/x.cache"), "--timing-cache applies to --backend tensorrt"),

@@ -187,3 +187,49 @@ def test_int8_check_fails_on_a_float_fallback():
     assert not bad.ok and bad.fell_back == {"/l0/key/MatMul": "f32"} and bad.unverified == ["/l0/value/MatMul"]
     assert not oc.check_int8(layers, ["/l9/MatMul"]).ok  # none found: unverifiable is not a pass
     assert oc.int8_gemms(layers) == 1 and oc.layer_precisions(layers) == {"FullyConnected": {"f32": 1, "i8": 1}, "Subgraph": {"f32": 1}}
+
+
+# ------------------------------------------------------------------------------------- --backend auto
+def test_auto_times_both_and_keeps_the_faster(exported_minilm, tiny_text, tmp_path, slabs_texts):
+    out = tmp_path / "auto"
+    r = run_cli("build", str(exported_minilm), "-o", str(out), "--backend", "auto", "--data", str(tiny_text), "--batch", "1,2")
+    assert r.returncode == 0, r.stderr
+    assert "sequences/s" in r.stdout + r.stderr and "(chosen)" in r.stdout + r.stderr
+    b = load_artifact(out).manifest["build"]
+    auto = b["auto"]
+    assert auto["candidates"] == ["onnxruntime", "openvino"] and set(auto["timings"]) == {"onnxruntime", "openvino"}
+    seqs = {k: [auto["timings"][k][x]["sequences_per_s"] for x in ("1", "2")] for k in auto["timings"]}
+    other = ({"onnxruntime", "openvino"} - {auto["chosen"]}).pop()
+    assert b["backend"] == auto["chosen"] and np.prod(seqs[auto["chosen"]]) >= np.prod(seqs[other])
+    m, ref = bertopt.load(out), bertopt.load(exported_minilm)
+    assert m.info["backend"] == auto["chosen"]
+    assert _cos(m.encode(slabs_texts[:16]), ref.encode(slabs_texts[:16])).min() >= 0.999
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the candidates' folders are gone
+
+
+def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_convert(tiny_text, tmp_path):
+    """A graph ONNX Runtime runs and OpenVINO's ONNX frontend cannot convert (an ai.onnx.ml op)."""
+    import onnx
+    import onnx.helper as h
+
+    ids = h.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"])
+    out = h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1])
+    nodes = [h.make_node("Cast", ["input_ids"], ["f"], to=onnx.TensorProto.FLOAT),
+             h.make_node("LinearRegressor", ["f"], ["logits"], domain="ai.onnx.ml", coefficients=[0.1] * 4, intercepts=[0.0])]
+    m = h.make_model(h.make_graph(nodes, "g", [ids], [out]), opset_imports=[h.make_opsetid("", 17), h.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "ml.onnx")
+    art = run_build(tmp_path / "ml.onnx", tmp_path / "auto", backend="auto", data=str(tiny_text), batch=[1])
+    b = art.manifest["build"]
+    assert b["backend"] == "onnxruntime" and b["auto"]["chosen"] == "onnxruntime" and b["auto"]["timings"] == {}
+    assert "openvino did not build" in b["auto"]["notes"][0] and "cannot convert" in b["auto"]["notes"][0]
+    with pytest.raises(BertoptError, match="cannot convert") as e:
+        run_build(tmp_path / "ml.onnx", tmp_path / "ov", backend="openvino")
+    assert e.value.hint and not (tmp_path / "ov").exists()
+
+
+def test_auto_needs_data(exported_minilm, tmp_path):
+    with pytest.raises(BertoptError, match="no --data was given"):
+        run_build(exported_minilm, tmp_path / "a", backend="auto")
+    with pytest.raises(BertoptError, match="--batch applies to --backend auto only"):
+        run_build(exported_minilm, tmp_path / "a", backend="openvino", batch=[4])

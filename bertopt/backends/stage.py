@@ -34,6 +34,7 @@ BUILDERS: dict[str, str] = {
     "onnxruntime": "bertopt.backends.onnxruntime_stage:build_stage",
     "tensorrt": "bertopt.backends.tensorrt:build_stage",
     "openvino": "bertopt.backends.openvino.stage:build_stage",
+    "auto": "bertopt.backends.auto:build_stage",
 }
 
 
