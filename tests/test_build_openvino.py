@@ -58,6 +58,9 @@ def ov_recipe(exported_minilm, tiny_text, tmp_path_factory):
             repeats: 1
             data: {tiny_text}
             samples: 16
+            lengths: real
+            concurrency: 2
+            threads: 2
     """))
     steps = run_recipe(p)
     assert [s["status"] for s in steps] == ["built"] * 3 + ["done"]
@@ -120,6 +123,10 @@ def test_bench_inspect_report_compare_take_it(ov_recipe, tmp_path):
     runs = {r["name"]: r for r in rep["runs"]}
     assert runs["build-ov"]["backend"] == "openvino" and runs["build-ovb"]["backend"] == "openvino"
     assert runs["build-ov"]["fidelity"]["cosine_min"] >= 0.999
+    for name in ("build-ort", "build-ovb"):  # --concurrency 2: two callers of one thread each, next to the one-caller pass
+        (c,) = runs[name]["concurrent"]
+        assert (c["callers"], c["threads_per_caller"], c["texts"]) == (2, 1, 16) and c["sequences_per_s"] > 0
+        assert c["single_caller_sequences_per_s"] == runs[name]["real"][0]["sequences_per_s"]
     r = run_cli("inspect", str(ov_recipe["build-ovb"]))
     assert r.returncode == 0, r.stderr
     assert "OpenVINO IR" in r.stdout and "2x32" in r.stdout
@@ -226,6 +233,13 @@ def test_auto_falls_back_to_onnxruntime_when_openvino_cannot_convert(tiny_text, 
     with pytest.raises(BertoptError, match="cannot convert") as e:
         run_build(tmp_path / "ml.onnx", tmp_path / "ov", backend="openvino")
     assert e.value.hint and not (tmp_path / "ov").exists()
+
+
+def test_concurrency_needs_real_lengths(exported_minilm):
+    from bertopt.bench.stage import run_bench
+
+    with pytest.raises(BertoptError, match="--concurrency serves the real-length batches"):
+        run_bench([str(exported_minilm)], concurrency=2)
 
 
 def test_auto_needs_data(exported_minilm, tmp_path):
