@@ -88,7 +88,7 @@ def tool_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {"bertopt": __version__}
-    for dist in ("torch", "transformers", "onnx", "onnxruntime", "onnx-graphsurgeon", "tensorrt", "nvidia-modelopt"):
+    for dist in ("torch", "transformers", "onnx", "onnxruntime", "onnx-graphsurgeon", "tensorrt", "nvidia-modelopt", "openvino"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -245,6 +245,10 @@ def inspect_artifact(path: str | Path) -> dict:
     graph_src = model_file if model_file is not None and model_file.suffix == ".onnx" and model_file.is_file() else None
     if build.get("backend") == "tensorrt":
         res["engine"] = {"precision": build.get("precision"), "profiles": build.get("profiles"), "file": model_file.name if model_file else None}
+    elif build.get("backend") == "openvino":
+        res["engine"] = {"precision": build.get("precision"), "buckets": build.get("buckets"), "openvino": build.get("openvino"),
+                         "inference_precision": build.get("inference_precision"), "int8_gemms": build.get("int8_gemms"),
+                         "file": model_file.name if model_file else None}
     if graph_src is None and res.get("engine"):
         # the engine is opaque without TensorRT: describe the ONNX graph it was built from
         from bertopt.artifacts import input_path
@@ -271,7 +275,8 @@ def inspect_artifact(path: str | Path) -> dict:
     backend = build.get("backend") or "onnxruntime"
     pool = info.get("pooling")
     res["precision"] = precision
-    res["summary"] = (f"{precision.upper()} {'TensorRT engine' if backend == 'tensorrt' else 'ONNX model'} from stage '{art.stage}'"
+    kind = {"tensorrt": "TensorRT engine", "openvino": "OpenVINO IR"}.get(backend, "ONNX model")
+    res["summary"] = (f"{precision.upper()} {kind} from stage '{art.stage}'"
                       f" ({info.get('architecture', '?')}, {info.get('task', '?')}"
                       + (f", {pool} pooling" + (", normalized" if info.get("normalize") else "") if pool and pool != "none" else "") + ")")
     return res
@@ -376,8 +381,12 @@ def render(res: dict) -> None:
             line(f"  {kind}: " + "; ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]" for i in g[kind]))
     if res.get("engine"):
         e = res["engine"]
-        line(f"engine: {e.get('file')} precision {e.get('precision')}; profiles: "
-             + "; ".join(f"batch {p.get('batch')} seq {p.get('seq')}" for p in e.get("profiles") or []))
+        if "buckets" in e:
+            line(f"openvino: {e.get('file')} ({e.get('openvino')}) precision {e.get('precision')}, {e.get('int8_gemms')} INT8 GEMM layers, "
+                 f"float ops {e.get('inference_precision')}; shapes: " + (", ".join(e["buckets"]) + " (others dynamic)" if e.get("buckets") else "dynamic"))
+        else:
+            line(f"engine: {e.get('file')} precision {e.get('precision')}; profiles: "
+                 + "; ".join(f"batch {p.get('batch')} seq {p.get('seq')}" for p in e.get("profiles") or []))
     if res.get("session"):
         line("session: " + _short(res["session"], 10))
     meas = res.get("measured")

@@ -130,3 +130,27 @@ def user_error(r: "subprocess.CompletedProcess", *needles: str) -> None:
 def hidden_files(folder: Path) -> list[str]:
     """Temporary/lock files bertopt would leave beside its outputs."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))
+
+
+USERS_VENV = Path(os.environ.get("BERTOPT_USERS_VENV", ROOT / ".venv-users"))
+
+
+def run_users_script(spec: dict, d: Path) -> dict:
+    """Run ``tests/dropin_users.py`` on ``spec`` in the users' venv (sentence-transformers, Optimum, optimum-intel:
+    the libraries users load a build folder with, nothing of bertopt) and return what it computed."""
+    import json
+
+    import numpy as np
+
+    py = USERS_VENV / "bin" / "python"
+    if not py.is_file():
+        pytest.skip(f"{USERS_VENV} is absent: `make users-venv` installs the users' stack (sentence-transformers, optimum-onnx)")
+    spec = spec | {"out": str(d / "out.npz")}
+    (d / "spec.json").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([str(py), str(ROOT / "tests" / "dropin_users.py"), str(d / "spec.json")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with np.load(d / "out.npz") as z:
+        return {k: z[k] for k in z.files} | {"stderr": r.stderr}

@@ -147,7 +147,7 @@ def test_precision_must_match_the_graph(exported_minilm, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(backend="cuda"), "backend='cuda': must be 'onnxruntime' or 'tensorrt'"),
+    (dict(backend="cuda"), "backend='cuda': must be 'onnxruntime', 'tensorrt', 'openvino' or 'auto'"),
     (dict(precision="int4"), "precision='int4': must be 'int8', 'fp16' or 'fp32'"),
     (dict(profile="batch=1:8:32,seq=1:128:256"), "--profile applies to --backend tensorrt"),
     (dict(timing_cache="/tmp/x.cache"), "--timing-cache applies to --backend tensorrt"),
@@ -213,9 +213,9 @@ def test_tensorrt_int8_preparation_of_the_real_qdq_minilm(qdq_minilm, exported_m
 
 
 def test_tune_feeds_from_real_text(exported_minilm, slabs_dir):
-    from bertopt.backends.stage import _text_feeds
+    from bertopt.backends.stage import text_feeds
 
-    f = _text_feeds(load_artifact(exported_minilm), slabs_dir / "validation.csv", "text", INPUTS, seq=128, batches=(1, 8))
+    f = text_feeds(load_artifact(exported_minilm), slabs_dir / "validation.csv", "text", INPUTS, seq=128, batches=(1, 8))
     assert f[1]["input_ids"].shape == (1, 128) and f[8]["input_ids"].shape == (8, 128)
     assert (f[8]["attention_mask"].sum(1) < 128).all()  # real, short texts padded to the timed shape
 

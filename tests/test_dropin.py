@@ -5,18 +5,13 @@ repository that Triton's own ``ModelConfig`` proto parses."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_users_script
 
-ROOT = Path(__file__).resolve().parents[1]
-USERS_VENV = Path(os.environ.get("BERTOPT_USERS_VENV", ROOT / ".venv-users"))
-USERS_PY = USERS_VENV / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +26,8 @@ def classifier_build(exported_classifier, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def users_run(minilm_chain, classifier_build, slabs_texts, tmp_path_factory) -> dict:
     """What sentence-transformers, Optimum and pipeline(...) compute from the two build folders, in .venv-users."""
-    if not USERS_PY.is_file():
-        pytest.skip(f"{USERS_VENV} is absent: `make users-venv` installs the users' stack (sentence-transformers, optimum-onnx)")
-    d = tmp_path_factory.mktemp("users")
-    spec = {"texts": slabs_texts, "out": str(d / "out.npz"), "embedding": str(minilm_chain["build"]),
-            "classifier": str(classifier_build)}
-    (d / "spec.json").write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([str(USERS_PY), str(ROOT / "tests" / "dropin_users.py"), str(d / "spec.json")], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    with np.load(d / "out.npz") as z:
-        return {k: z[k] for k in z.files} | {"stderr": r.stderr}
+    return run_users_script({"texts": slabs_texts, "embedding": str(minilm_chain["build"]), "classifier": str(classifier_build)},
+                            tmp_path_factory.mktemp("users"))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:

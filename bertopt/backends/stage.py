@@ -1,5 +1,8 @@
 """The ``build`` stage: an ONNX artifact -> a deployable artifact for one backend.
 
+``run_build`` checks what every backend needs (an ONNX input, an encoder graph, the data file), then
+hands over to the backend's ``build_stage`` named in :data:`BUILDERS`:
+
 ``onnxruntime`` (CPU, the default): ``model.onnx`` (ORT's offline-optimized graph) + ``session.json``
 (the session options it was measured with), loaded by ``backends.onnxruntime.make_session``.
 
@@ -8,19 +11,31 @@ types), ``model.onnx`` (the exact ONNX the engine was built from), ``precision_m
 inspector's per-layer precisions) and ``profiles.json``; the build fails when GEMMs that the Q/DQ
 graph quantizes did not run in INT8.
 
-Both record ``manifest["build"] = {"backend", "precision", ...}`` so ``bench`` says what ran.
+``openvino`` (CPU): ``openvino_model.xml``/``.bin`` (OpenVINO IR), the compiled blobs cached per shape
+bucket, and the runtime graph's per-layer precisions; the build fails when a Q/DQ GEMM runs in float.
+
+Every backend records ``manifest["build"] = {"backend", "precision", ...}`` so ``bench`` says what ran.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
-from bertopt.backends.hf_folder import write_hf_folder
+from bertopt.artifacts import Artifact, describe_input, load_artifact
 from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
-from bertopt.ui import note, skipped
+
+# backend -> "module:function" that builds it, imported on first use. Each one is
+# ``build_stage(art, src, out, options, data_path, *, force, verbose) -> Artifact`` and starts with
+# ``artifacts.up_to_date``; a backend's Triton model writer can sit beside it in a table like this one.
+BUILDERS: dict[str, str] = {
+    "onnxruntime": "bertopt.backends.onnxruntime_stage:build_stage",
+    "tensorrt": "bertopt.backends.tensorrt:build_stage",
+    "openvino": "bertopt.backends.openvino.stage:build_stage",
+    "auto": "bertopt.backends.auto:build_stage",
+}
 
 
 def run_build(input: str | Path, out: str | Path, options: BuildOptions | None = None, *, force: bool = False, verbose: bool = False,
@@ -64,87 +79,29 @@ def run_build(input: str | Path, out: str | Path, options: BuildOptions | None =
     from bertopt.backends import triton
 
     repo_model = triton.check_repository(resolve_path(o.triton), o.triton_name, out, force) if o.triton else None  # before any work
-    if o.backend == "onnxruntime":
-        built = _build_ort(art, src, out, precision=o.precision, data_path=data_path, text_column=o.text_column,
-                           threads=o.threads, tune=o.tune, force=force, verbose=verbose)
-    else:
-        built = _build_trt(art, src, out, precision=o.precision, profile=o.profile, data_path=data_path, text_column=o.text_column,
-                           timing_cache=o.timing_cache, keep_fp32=o.keep_fp32, force=force, verbose=verbose)
+    built = builder(o.backend)(art, src, out, o, data_path, force=force, verbose=verbose)
     if repo_model is not None:
         triton.write_repository(built, repo_model, force=force)
     return built
 
 
-# ------------------------------------------------------------------------------------- ONNX Runtime
-def _build_ort(art: Artifact, src: Path, out: Path, *, precision, data_path, text_column, threads, tune, force, verbose) -> Artifact:
-    from bertopt.backends import onnxruntime as ortb
+def builder(backend: str):
+    """The ``build_stage`` function of ``backend`` (see :data:`BUILDERS`)."""
+    module, attr = BUILDERS[backend].split(":")
+    return getattr(importlib.import_module(module), attr)
 
-    detected = ortb.detect_precision(src)
-    if precision is not None and precision != detected:
-        raise BertoptError(
-            f"{src}: the graph is {detected}, but --precision {precision} was asked for",
-            hint=("ONNX Runtime runs the graph's own precision: for int8 run `bertopt calibrate` (or qat) first"
-                  if precision == "int8" else "drop --precision, or build from an artifact of that precision"),
-        )
+
+# ------------------------------------------------------------------------------ shared by the backends
+def stage_inputs(art: Artifact, src: Path, data_path: Path | None) -> dict[str, dict]:
+    """The build's recorded inputs: the model (its artifact folder, or the bare .onnx) and the data file."""
     inputs = {"model": describe_input(art.path if (art.path / "manifest.json").is_file() else src)}
     if data_path is not None:
         inputs["data"] = describe_input(data_path)
-    params = {"backend": "onnxruntime", "precision": detected, "threads": threads, "tune": tune,
-              "data": str(data_path) if data_path else None, "text_column": text_column}
-    if (done := up_to_date(out, "build", inputs, params, force)) is not None:
-        skipped("build", out)
-        return done
-
-    input_names = list(art.model_info.get("inputs") or _graph_inputs(src))
-    tune_feeds = None
-    if tune and data_path is not None:
-        tune_feeds = _text_feeds(art, data_path, text_column, input_names, seq=128, batches=(1, 8))
-    from bertopt.ui import console
-
-    with write_artifact(out, "build", inputs, params) as w:
-        w.add_output("model", MODEL_FILE)
-        w.add_output("session", ortb.SESSION_FILE)
-        with console.status("build: onnxruntime") as status, w.timed("build"):
-            decision = ortb.build_onnxruntime(
-                src, w.dir, input_names=input_names, threads=threads, tune=tune, tune_feeds=tune_feeds,
-                progress=lambda m: status.update(f"build: {m}"),
-            )
-        if (w.dir / (MODEL_FILE + ".data")).is_file():
-            w.add_output("model_data", MODEL_FILE + ".data")
-        w.copy_tokenizer(art.tokenizer_dir)
-        w.model = dict(art.model_info)
-        write_hf_folder(w, w.model)  # sentence-transformers / Optimum / pipelines load the folder as it is
-        w.extra["build"] = {
-            "backend": "onnxruntime",
-            "precision": detected,
-            "machine": {"cpu": ortb.cpu_name(), "physical_cores": ortb.physical_cores()},
-            "tune_texts": str(data_path) if tune_feeds else None,
-            **decision,
-        }
-    _report_ort(out, detected, decision, verbose)
-    return load_artifact(out)
+    return inputs
 
 
-def _report_ort(out: Path, precision: str, d: dict, verbose: bool) -> None:
-    cfg = d["session"]
-    entries = ", ".join(f"{k}={v}" for k, v in cfg.get("session_config_entries", {}).items()) or "defaults"
-    note(f"build: {out / MODEL_FILE}  backend=onnxruntime precision={precision} offline={d['offline_optimization']} "
-         f"threads={cfg.get('intra_op_num_threads', 'ORT default')} entries: {entries}")
-    if d.get("tuned"):
-        conf = d["confirm"]["latency_ms"]
-        rows = "  ".join(f"{k}: " + "/".join(f"b{b} {v:.1f}" for b, v in lat.items()) + " ms" for k, lat in conf.items())
-        note(f"build: measured (interleaved) {rows}; chose '{d['chosen']}'")
-        load = d.get("load_average") or {}
-        if (load.get("before") or 0) > load.get("cores", 1):
-            note(f"build: the machine was busy while measuring (load {load['before']} on {load['cores']} cores): the choice "
-                 "reflects that; re-run --tune on the machine state you deploy to")
-    if verbose:
-        before, after = d["ops_before"], d["ops_after"]
-        changed = {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after)) if before.get(k, 0) != after.get(k, 0)}
-        note("build: ORT offline optimization changed op counts: " + (", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing"))
-
-
-def _graph_inputs(src: Path) -> list[str]:
+def graph_inputs(src: Path) -> list[str]:
+    """The graph inputs of the model file ``src`` that are not initializers."""
     import onnx
 
     m = onnx.load(str(src), load_external_data=False)
@@ -152,7 +109,8 @@ def _graph_inputs(src: Path) -> list[str]:
     return [i.name for i in m.graph.input if i.name not in inits]
 
 
-def _text_feeds(art: Artifact, data_path: Path, text_column, input_names, seq: int, batches) -> dict:
+def text_feeds(art: Artifact, data_path: Path, text_column, input_names, seq: int, batches) -> dict:
+    """batch -> feeds of the first real texts of ``data_path``, padded to ``seq`` tokens."""
     from bertopt.data import load_texts, load_tokenizer, tokenize
 
     texts = load_texts(data_path, text_column=text_column, limit=max(batches)).texts
@@ -160,11 +118,3 @@ def _text_feeds(art: Artifact, data_path: Path, text_column, input_names, seq: i
         texts = texts + texts
     tok = load_tokenizer(art.tokenizer_dir, where=str(art.path))
     return {b: tokenize(tok, texts[:b], input_names, seq, pad_to=seq) for b in batches}
-
-
-# ------------------------------------------------------------------------------------- TensorRT
-def _build_trt(art: Artifact, src: Path, out: Path, *, precision, profile, data_path, text_column, timing_cache, keep_fp32, force, verbose) -> Artifact:
-    from bertopt.backends import tensorrt as trtb
-
-    return trtb.build_stage(art, src, out, precision=precision, profile=profile, data_path=data_path, text_column=text_column,
-                            timing_cache=timing_cache, keep_fp32=keep_fp32, force=force, verbose=verbose)

@@ -523,21 +523,20 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 # ===================================================================================== stage
-def build_stage(art, src: Path, out: Path, *, precision, profile, data_path, text_column, timing_cache, keep_fp32, force, verbose):
-    """``run_build(backend="tensorrt")``: options are validated before TensorRT is imported."""
-    from bertopt.artifacts import describe_input, load_artifact, up_to_date, write_artifact
+def build_stage(art, src: Path, out: Path, o, data_path, *, force: bool, verbose: bool):
+    """``run_build(backend="tensorrt")`` (``o`` a ``BuildOptions``): options are validated before TensorRT is imported."""
+    from bertopt.artifacts import load_artifact, up_to_date, write_artifact
+    from bertopt.backends.stage import stage_inputs
     from bertopt.ui import skipped
 
-    keep = tuple(k.strip() for k in (keep_fp32 or "").split(",") if k.strip())
+    keep = tuple(k.strip() for k in (o.keep_fp32 or "").split(",") if k.strip())
     max_length = int(art.model_info.get("max_length") or 512)
     input_names = list(art.model_info.get("inputs") or ("input_ids", "attention_mask", "token_type_ids"))
-    profiles, planned_from, hist = _plan_profiles(art, profile, data_path, text_column, max_length)
-    prepared = prepare_onnx(src, precision, keep)
+    profiles, planned_from, hist = _plan_profiles(art, o.profile, data_path, o.text_column, max_length)
+    prepared = prepare_onnx(src, o.precision, keep)
 
-    cache_path = Path(timing_cache).expanduser() if timing_cache else default_timing_cache()
-    inputs = {"model": describe_input(art.path if (art.path / "manifest.json").is_file() else src)}
-    if data_path is not None:
-        inputs["data"] = describe_input(data_path)
+    cache_path = Path(o.timing_cache).expanduser() if o.timing_cache else default_timing_cache()
+    inputs = stage_inputs(art, src, data_path)
     params = {"backend": "tensorrt", "precision": prepared.precision, "profiles": [p.spec() for p in profiles], "keep_fp32": list(keep)}
     if (done := up_to_date(out, "build", inputs, params, force)) is not None:
         skipped("build", out)

@@ -28,7 +28,7 @@ from bertopt.errors import BertoptError
 CONFIG = "config.pbtxt"
 VERSION = "1"
 QUEUE_DELAY_US = 100  # how long the dynamic batcher may hold a request to fill a batch
-ORT_MAX_BATCH = 32  # ONNX Runtime takes any batch: the largest batch of TensorRT's default profile
+CPU_MAX_BATCH = 32  # ONNX Runtime and OpenVINO take any batch: the largest batch of TensorRT's default profile
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SOURCE = re.compile(r"# written by bertopt from (.+) \(build [^()]*\)")
 
@@ -39,6 +39,7 @@ ONNX_TYPES = {"FLOAT": "float32", "DOUBLE": "float64"}  # else TensorProto's nam
 BACKENDS = {
     "onnxruntime": (None, "intra_op_thread_count", "KIND_CPU"),
     "tensorrt": ("tensorrt_plan", None, "KIND_GPU"),
+    "openvino": (None, "INFERENCE_NUM_THREADS", "KIND_CPU"),
 }
 # session.json's graph_optimization_level -> Triton's onnxruntime ``optimization { graph { level } }``
 ORT_GRAPH_LEVELS = {"ORT_ENABLE_BASIC": -1, "ORT_ENABLE_EXTENDED": 1, "ORT_DISABLE_ALL": 2}
@@ -141,7 +142,7 @@ def onnxruntime_model(art: Artifact) -> TritonModel:
         notes.append("session.json entries Triton's onnxruntime backend does not take: "
                      + ", ".join(f"{k}={v}" for k, v in cfg["session_config_entries"].items()))
     return TritonModel(backend="onnxruntime", model_file=art.model_path.name, inputs=inputs, outputs=outputs,
-                       max_batch_size=ORT_MAX_BATCH if batched else 0, instances=max(1, cores // threads), threads=threads,
+                       max_batch_size=CPU_MAX_BATCH if batched else 0, instances=max(1, cores // threads), threads=threads,
                        parameters=params, graph_level=ORT_GRAPH_LEVELS.get(cfg.get("graph_optimization_level")), notes=notes)
 
 
@@ -158,6 +159,44 @@ def tensorrt_model(onnx_path: Path, profiles: list, engine_file: str, tensorrt_v
                        profiles=[str(i) for i in range(len(profiles))], notes=notes)
 
 
+def openvino_io(xml: Path) -> tuple[list[Tensor], list[Tensor], bool]:
+    """The IR's inputs and outputs (as :func:`onnx_io`), read with OpenVINO itself."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+
+    def dims(port) -> list[int]:
+        return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+
+    ports = list(model.inputs) + list(model.outputs)
+    batched = all(dims(p) and dims(p)[0] == -1 for p in ports)
+
+    def tensor(p) -> Tensor:
+        d = dims(p)
+        return Tensor(p.get_any_name(), p.get_element_type().to_dtype().name, tuple(d[1:] if batched else d))
+
+    return [tensor(p) for p in model.inputs], [tensor(p) for p in model.outputs], batched
+
+
+def openvino_model(art: Artifact) -> TritonModel:
+    """OpenVINO: the IR's I/O; threads from the build, one stream and the latency hint per instance (as
+    the build compiled it), as many instances as the build machine's cores hold."""
+    from bertopt.backends.onnxruntime import physical_cores
+
+    build = art.manifest.get("build") or {}
+    inputs, outputs, batched = openvino_io(art.model_path)
+    props = build.get("compile_properties") or {}
+    threads = int(props.get("INFERENCE_NUM_THREADS") or physical_cores())
+    notes = [f"IR converted with OpenVINO {str(build.get('openvino', '?')).split('-')[0]}; the build's compiled-shape cache stays "
+             "in the build folder (Triton compiles the IR with dynamic shapes)"]
+    if build.get("inference_precision", "f32") == "f32":
+        notes.append("Triton's openvino backend takes no INFERENCE_PRECISION_HINT: on CPUs with bf16 its float ops may run in "
+                     "bf16, where bertopt built and checked f32")
+    return TritonModel(backend="openvino", model_file=art.model_path.name, inputs=inputs, outputs=outputs,
+                       max_batch_size=CPU_MAX_BATCH if batched else 0, instances=max(1, physical_cores() // threads),
+                       threads=threads, parameters={"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}, notes=notes)
+
+
 def model_for(art: Artifact) -> tuple[TritonModel, list[Path]]:
     """The Triton facts of a build artifact and the files that go into ``REPO/<name>/1/``."""
     build = art.manifest.get("build") or {}
@@ -171,9 +210,12 @@ def model_for(art: Artifact) -> tuple[TritonModel, list[Path]]:
         profiles = [Profile.from_json(p) for p in build.get("profiles") or []]
         m = tensorrt_model(art.output("onnx"), profiles, art.model_path.name, build.get("tensorrt"))
         files = [art.model_path]
+    elif backend == "openvino":
+        m = openvino_model(art)
+        files = [art.model_path, art.output("weights")]
     else:
-        raise BertoptError(f"{art.path}: --triton takes a build artifact of backend onnxruntime or tensorrt (this one: {backend or art.stage})",
-                           hint="build with --backend onnxruntime or tensorrt")
+        raise BertoptError(f"{art.path}: --triton takes a build artifact of backend onnxruntime, openvino or tensorrt (this one: {backend or art.stage})",
+                           hint="build with --backend onnxruntime, openvino or tensorrt")
     m.notes.insert(0, f"written by bertopt from {art.path.resolve()} (build {backend}, {build.get('precision')})")
     return m, files
 

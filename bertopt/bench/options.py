@@ -24,6 +24,8 @@ class BenchOptions(StageOptions):
     sort: bool = opt(False, "With --lengths real: sort texts by length before batching, as servers do.", panel="Shapes and timing",
                      flag="--sort")
     threads: PositiveInt | None = opt(None, "Intra-op threads (default: all cores).", panel="Shapes and timing", flag=["--threads", "-t"])
+    concurrency: PositiveInt = opt(1, "With --lengths real: also serve the real-length batches from N callers at once (threads, each its own "
+                                      "session of threads/N intra-op threads): sequences/s as served.", panel="Shapes and timing")
     warmup: NonNegativeInt = opt(5, "Untimed calls per artifact and shape.", panel="Shapes and timing")
     iters: PositiveInt = opt(30, "Timed calls per pass.", panel="Shapes and timing")
     repeats: PositiveInt = opt(3, "Interleaved passes per shape.", panel="Shapes and timing")
@@ -50,6 +52,8 @@ class BenchOptions(StageOptions):
     def _real_lengths_need_texts(self):
         if self.lengths == "real" and not (self.data or self.eval):
             raise BertoptError("--lengths real needs texts: pass --data FILE (or --eval FILE)", hint="e.g. --data val.csv --text-column text")
+        if self.concurrency > 1 and self.lengths != "real":
+            raise BertoptError("--concurrency serves the real-length batches: it needs --lengths real", hint="add --lengths real --data FILE")
         return self
 
     @model_validator(mode="after")
@@ -79,4 +83,6 @@ class BenchOptions(StageOptions):
             p["k"] = self.k
         if self.lengths != "fixed":
             p |= {"lengths": self.lengths, "sort": self.sort}
+        if self.concurrency > 1:
+            p["concurrency"] = self.concurrency
         return p

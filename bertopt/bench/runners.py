@@ -1,5 +1,6 @@
 """Open anything ``bench`` can run: an HF folder (PyTorch eager, the reference), an ONNX artifact
-or bare .onnx (ONNX Runtime CPU, with the session config a ``build`` saved), a TensorRT engine artifact."""
+or bare .onnx (ONNX Runtime CPU, with the session config a ``build`` saved), a TensorRT engine artifact,
+an OpenVINO artifact (its static shape buckets, else dynamic shapes)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bertopt.paths import resolve_path
 class Runner:
     name: str
     path: Path
-    backend: str  # pytorch | onnxruntime | tensorrt
+    backend: str  # pytorch | onnxruntime | tensorrt | openvino
     precision: str  # fp32 | fp16 | int8
     stage: str
     task: str
@@ -80,6 +81,14 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
             common["max_length"] = min(common["max_length"], max_seq)
         return Runner(backend="tensorrt", precision=build.get("precision", "int8"), outputs=list(trt.output_names),
                       run=trt, run_device_only=getattr(trt, "run_device_only", None), refuses=refuses, max_batch=max_batch, **common)
+    if build.get("backend") == "openvino":
+        from bertopt.backends.openvino.runner import OpenVINORunner
+
+        ovr = OpenVINORunner.from_artifact(art, threads)
+        if "logits" in ovr.output_names:
+            common["task"] = "sequence-classification"
+        common["input_names"] = tuple(ovr.input_names)
+        return Runner(backend="openvino", precision=build.get("precision", "fp32"), outputs=list(ovr.output_names), run=ovr, **common)
     from bertopt.backends.onnxruntime import load_session_config, make_session
 
     model_path = art.model_path

@@ -99,6 +99,8 @@ def run_bench(input: Sequence[str | Path], out: str | Path | None = None, option
     runs = [describe(r) | {"sha256": inputs[f"input{i}"]["sha256"], "model_sha256": _model_sha256(r.path), "results": [],
                            "fidelity": None, "accuracy": None, "quality": None} for i, r in enumerate(runners)]
     _measure(runners, runs, fid_texts, ev, pairs, o)
+    if o.concurrency > 1:
+        _concurrent(runners, runs, fid_texts or ev, o, threads)
     for run in runs:
         for res in run["results"]:
             if "skipped" in res:
@@ -213,6 +215,17 @@ def _measure_texts(runners, runs, fid_texts, ev, pairs, o: BenchOptions, prog) -
             v["choice"] = choose_for_arrays(out, r.task, o.output, vecs[0]["choice"], where=str(r.path))
     tasks.add_quality(runners, runs, vecs, tasks.labelled_texts(fid_texts, ev), pairs, o, max_length,
                       advance=lambda n: prog.advance(t_txt, n))
+
+
+def _concurrent(runners, runs, texts, o: BenchOptions, threads: int) -> None:
+    from bertopt.bench.traffic import concurrent_traffic
+    from bertopt.ui import console
+
+    with console.status(f"bench: {o.concurrency} callers at once"):
+        got = concurrent_traffic(runners, texts.texts, [int(b) for b in o.batch], min([o.max_length] + [r.max_length for r in runners]),
+                                 callers=o.concurrency, threads=threads, repeats=o.repeats, single={r["name"]: r.get("real") or [] for r in runs})
+    for run in runs:
+        run["concurrent"] = got.get(run["name"])
 
 
 def _write_report(out, inputs: dict, params: dict, report: dict) -> None:
@@ -376,12 +389,32 @@ def render(report: dict) -> None:
                            f"{x['sequences_per_s']:.1f}", f"{x['tokens_per_s']:.0f}", f"{x['batch_latency_ms']['p50']:.2f}",
                            f"{x['batch_latency_ms']['p99']:.2f}", f"{x['sequences_per_s'] / base['sequences_per_s']:.2f}x" if base else "")
         stdout.print(rt)
+    if any(r.get("concurrent") for r in report["runs"]):
+        _render_concurrent(report)
     g = report.get("gates")
     if g:
         verdict = "[bold green]passed[/]" if g["passed"] else "[bold red]FAILED[/]"
         stdout.print(f"quality gates: {verdict}" + "".join(
             f"\n  {'ok  ' if c['passed'] else 'FAIL'} {c['artifact']}: {c['metric']} {c['value']} (limit {c['threshold']})" for c in g["checks"])
             + "".join(f"\n  FAIL {f}" for f in g["failures"] if not g["checks"]))
+
+
+def _render_concurrent(report: dict) -> None:
+    from rich.table import Table
+
+    from bertopt.ui import stdout
+
+    ct = Table(title=f"real-length batches served by {report['params'].get('concurrency')} callers at once", title_justify="left")
+    for col in ("artifact", "batch", "callers x threads", "seq/s", "one caller seq/s", "vs one caller"):
+        ct.add_column(col, justify="left" if col == "artifact" else "right")
+    for run in report["runs"]:
+        for x in run.get("concurrent") or []:
+            if "skipped" in x:
+                ct.add_row(run["name"], str(x["batch"]), "skipped", "", "", "")
+                continue
+            ct.add_row(run["name"], str(x["batch"]), f"{x['callers']} x {x['threads_per_caller']}", f"{x['sequences_per_s']:.1f}",
+                       _fmt(x.get("single_caller_sequences_per_s"), ".1f"), _fmt(x.get("speedup_vs_single"), ".2f") + ("x" if x.get("speedup_vs_single") else ""))
+    stdout.print(ct)
 
 
 def _fmt(v, spec: str) -> str:

@@ -72,3 +72,70 @@ def real_traffic(runners: Sequence[Runner], texts: Sequence[str], batches: Seque
                 "pass_seconds": [round(x, 4) for x in passes[r.name]],
             })
     return out
+
+
+def concurrent_traffic(runners: Sequence[Runner], texts: Sequence[str], batches: Sequence[int], max_length: int, *, callers: int,
+                       threads: int, repeats: int, single: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``bench --concurrency N``: the same real-length batches served by N callers at once, each a thread with its
+    own runner (session / compiled model) of ``threads // N`` intra-op threads, the batches dealt round-robin;
+    sequences/s over the whole pass, against ``single`` (the one-caller pass of :func:`real_traffic`)."""
+    from bertopt.bench.runners import open_runner
+
+    per = max(1, threads // callers)
+    out: dict[str, list[dict]] = {}
+    pools: dict[str, list[Runner]] = {}
+    for r in runners:
+        if r.backend not in ("onnxruntime", "openvino"):
+            out[r.name] = [{"batch": b, "skipped": f"--concurrency runs ONNX Runtime and OpenVINO artifacts, not {r.backend}"} for b in batches]
+            continue
+        out[r.name] = []
+        pools[r.name] = [open_runner(r.path, per, name=r.name, spinning=False) for _ in range(callers)]
+    for b in batches:
+        feeds = {name: batches_of(pool[0], texts, b, min(max_length, pool[0].max_length), sort=False) for name, pool in pools.items()}
+        for name, pool in pools.items():
+            for caller in pool:
+                for f in feeds[name][:2]:
+                    caller(f)
+        passes: dict[str, list[float]] = {name: [] for name in pools}
+        for _ in range(repeats):
+            for name, pool in pools.items():
+                passes[name].append(_serve(pool, feeds[name]))
+        for name in pools:
+            sec = float(np.median(passes[name]))
+            one = next((x for x in single.get(name, []) if x.get("batch") == b and "sequences_per_s" in x), None)
+            row = {"batch": b, "callers": callers, "threads_per_caller": per, "texts": len(texts), "seconds": round(sec, 4),
+                   "sequences_per_s": round(len(texts) / sec, 2), "pass_seconds": [round(x, 4) for x in passes[name]]}
+            if one:
+                row["single_caller_sequences_per_s"] = one["sequences_per_s"]
+                row["speedup_vs_single"] = round(row["sequences_per_s"] / one["sequences_per_s"], 3)
+            out[name].append(row)
+    return out
+
+
+def _serve(pool: Sequence[Runner], feeds: list[dict]) -> float:
+    """Seconds for len(pool) threads to run ``feeds`` (caller i takes every len(pool)-th batch from i), started together."""
+    import threading
+
+    n = len(pool)
+    start = threading.Barrier(n + 1)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            for f in feeds[i::n]:
+                pool[i](f)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for w in workers:
+        w.start()
+    start.wait()
+    t = time.perf_counter()
+    for w in workers:
+        w.join()
+    sec = time.perf_counter() - t
+    if errors:
+        raise errors[0]
+    return sec

@@ -1,0 +1,79 @@
+"""``run_build(backend="onnxruntime")``: the offline-optimized graph + the session options it runs with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertopt.artifacts import MODEL_FILE, Artifact, load_artifact, up_to_date, write_artifact
+from bertopt.backends.hf_folder import write_hf_folder
+from bertopt.backends.options import BuildOptions
+from bertopt.errors import BertoptError
+from bertopt.ui import note, skipped
+
+
+def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path | None, *, force: bool, verbose: bool) -> Artifact:
+    """ORT keeps the graph's own precision (Q/DQ -> int8) and only checks ``o.precision`` against it."""
+    from bertopt.backends import onnxruntime as ortb
+    from bertopt.backends.stage import graph_inputs, stage_inputs, text_feeds
+
+    detected = ortb.detect_precision(src)
+    if o.precision is not None and o.precision != detected:
+        raise BertoptError(
+            f"{src}: the graph is {detected}, but --precision {o.precision} was asked for",
+            hint=("ONNX Runtime runs the graph's own precision: for int8 run `bertopt calibrate` (or qat) first"
+                  if o.precision == "int8" else "drop --precision, or build from an artifact of that precision"),
+        )
+    inputs = stage_inputs(art, src, data_path)
+    params = {"backend": "onnxruntime", "precision": detected, "threads": o.threads, "tune": o.tune,
+              "data": str(data_path) if data_path else None, "text_column": o.text_column}
+    if (done := up_to_date(out, "build", inputs, params, force)) is not None:
+        skipped("build", out)
+        return done
+
+    input_names = list(art.model_info.get("inputs") or graph_inputs(src))
+    tune_feeds = None
+    if o.tune and data_path is not None:
+        tune_feeds = text_feeds(art, data_path, o.text_column, input_names, seq=128, batches=(1, 8))
+    from bertopt.ui import console
+
+    with write_artifact(out, "build", inputs, params) as w:
+        w.add_output("model", MODEL_FILE)
+        w.add_output("session", ortb.SESSION_FILE)
+        with console.status("build: onnxruntime") as status, w.timed("build"):
+            decision = ortb.build_onnxruntime(
+                src, w.dir, input_names=input_names, threads=o.threads, tune=o.tune, tune_feeds=tune_feeds,
+                progress=lambda m: status.update(f"build: {m}"),
+            )
+        if (w.dir / (MODEL_FILE + ".data")).is_file():
+            w.add_output("model_data", MODEL_FILE + ".data")
+        w.copy_tokenizer(art.tokenizer_dir)
+        w.model = dict(art.model_info)
+        write_hf_folder(w, w.model)  # sentence-transformers / Optimum / pipelines load the folder as it is
+        w.extra["build"] = {
+            "backend": "onnxruntime",
+            "precision": detected,
+            "machine": {"cpu": ortb.cpu_name(), "physical_cores": ortb.physical_cores()},
+            "tune_texts": str(data_path) if tune_feeds else None,
+            **decision,
+        }
+    _report(out, detected, decision, verbose)
+    return load_artifact(out)
+
+
+def _report(out: Path, precision: str, d: dict, verbose: bool) -> None:
+    cfg = d["session"]
+    entries = ", ".join(f"{k}={v}" for k, v in cfg.get("session_config_entries", {}).items()) or "defaults"
+    note(f"build: {out / MODEL_FILE}  backend=onnxruntime precision={precision} offline={d['offline_optimization']} "
+         f"threads={cfg.get('intra_op_num_threads', 'ORT default')} entries: {entries}")
+    if d.get("tuned"):
+        conf = d["confirm"]["latency_ms"]
+        rows = "  ".join(f"{k}: " + "/".join(f"b{b} {v:.1f}" for b, v in lat.items()) + " ms" for k, lat in conf.items())
+        note(f"build: measured (interleaved) {rows}; chose '{d['chosen']}'")
+        load = d.get("load_average") or {}
+        if (load.get("before") or 0) > load.get("cores", 1):
+            note(f"build: the machine was busy while measuring (load {load['before']} on {load['cores']} cores): the choice "
+                 "reflects that; re-run --tune on the machine state you deploy to")
+    if verbose:
+        before, after = d["ops_before"], d["ops_after"]
+        changed = {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after)) if before.get(k, 0) != after.get(k, 0)}
+        note("build: ORT offline optimization changed op counts: " + (", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing"))

@@ -1,0 +1,105 @@
+"""Static shape buckets for OpenVINO: ``--shapes dynamic`` (default), ``1x16,1x32,8x128`` (batch x sequence),
+``auto`` / ``auto:N`` (sequence buckets at batch 1 planned from the token lengths of real texts, as the
+TensorRT profiles are: :func:`bertopt.backends.profiles.plan_profiles`; ``auto:N`` also reaches N tokens),
+or both (``auto,8x128``).
+
+A call runs on the smallest bucket holding its (batch, sequence): inputs padded (pad id 0, mask 0),
+outputs cut back. A shape no bucket holds runs on the dynamic model, which every artifact also compiles.
+Pure Python: no OpenVINO needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from bertopt.errors import BertoptError
+
+MAX_BUCKETS = 12
+# planned buckets: a static bucket pads every call to its edge, so bands are narrower than TensorRT's
+# profiles (which run any shape inside their range): at most 2x from a band's lower edge to its upper one
+PLAN_SPREAD = 2.0
+PLAN_MAX = 4
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    batch: int
+    seq: int
+
+    def spec(self) -> str:
+        return f"{self.batch}x{self.seq}"
+
+    def holds(self, batch: int, seq: int) -> bool:
+        return batch <= self.batch and seq <= self.seq
+
+
+def parse_shapes(spec: str | None, max_length: int = 512) -> tuple[list[Bucket], int | None]:
+    """``--shapes`` -> (explicit buckets, the ``auto`` cover: None when not asked, 0 for ``auto``, N for ``auto:N``)."""
+    if spec is None or spec.strip().lower() == "dynamic":
+        return [], None
+    if not spec.strip():
+        raise BertoptError("--shapes is empty", hint="dynamic, buckets like 1x16,1x32,8x128, or auto (with --data)")
+    buckets, auto = [], None
+    for item in (p.strip() for p in spec.split(",")):
+        if item.lower().startswith("auto"):
+            if auto is not None:
+                raise BertoptError(f"--shapes '{spec}': auto is given twice", hint="one auto or auto:N, e.g. --shapes auto,8x128")
+            auto = _auto_cover(item, max_length)
+            continue
+        buckets.append(_parse_bucket(item, spec, max_length))
+    if len(set(buckets)) != len(buckets):
+        raise BertoptError(f"--shapes '{spec}': a bucket is given twice", hint="give each BATCHxSEQ once")
+    if len(buckets) > MAX_BUCKETS:
+        raise BertoptError(f"--shapes: {len(buckets)} buckets", hint=f"each bucket is compiled and cached: use at most {MAX_BUCKETS}")
+    return sorted(buckets, key=_cost), auto
+
+
+def _parse_bucket(item: str, spec: str, max_length: int) -> Bucket:
+    b, sep, s = item.lower().partition("x")
+    try:
+        batch, seq = int(b), int(s)
+    except ValueError:
+        batch = seq = -1
+    if not sep or batch < 0:
+        raise BertoptError(f"--shapes '{spec}': '{item}' is not BATCHxSEQ", hint="e.g. --shapes 1x16,1x32,8x128 (or dynamic, auto, auto:N)")
+    if batch < 1 or seq < 1:
+        raise BertoptError(f"--shapes '{spec}': '{item}' must have batch >= 1 and seq >= 1", hint="e.g. --shapes 1x16,8x128")
+    if seq > max_length:
+        raise BertoptError(f"--shapes '{spec}': '{item}' is longer than the model's {max_length} positions", hint=f"use a seq of at most {max_length}")
+    return Bucket(batch, seq)
+
+
+def _auto_cover(item: str, max_length: int) -> int:
+    from bertopt.backends.profiles import parse_auto
+
+    try:
+        cover = parse_auto(item, max_length)
+    except BertoptError as e:
+        raise BertoptError(e.message.replace("--profile", "--shapes"), hint=(e.hint or "").replace("--profile", "--shapes")) from None
+    if cover is None:
+        raise BertoptError(f"--shapes: '{item}' is not auto or auto:N", hint="e.g. --shapes auto:128")
+    return cover
+
+
+def plan_buckets(lengths: Sequence[int], max_length: int, cover: int = 0) -> list[Bucket]:
+    """Batch-1 buckets at the upper edges of the length bands the TensorRT profile planner finds
+    (bands of at most :data:`PLAN_SPREAD` x, at most :data:`PLAN_MAX` of them, the last reaching ``cover``)."""
+    from bertopt.backends.profiles import plan_profiles
+
+    profs = plan_profiles(lengths, max_length=max_length, batch=(1, 1, 1), max_profiles=PLAN_MAX, spread=PLAN_SPREAD, cover=cover)
+    return [Bucket(1, p.seq[2]) for p in profs]
+
+
+def merge(explicit: Sequence[Bucket], planned: Sequence[Bucket]) -> list[Bucket]:
+    return sorted(set(explicit) | set(planned), key=_cost)
+
+
+def select_bucket(buckets: Sequence[Bucket], batch: int, seq: int) -> Bucket | None:
+    """The cheapest bucket (fewest padded tokens) holding (batch, seq); None when none does."""
+    fits = [b for b in buckets if b.holds(batch, seq)]
+    return min(fits, key=_cost) if fits else None
+
+
+def _cost(b: Bucket) -> tuple[int, int]:
+    return b.batch * b.seq, b.seq
