@@ -87,6 +87,20 @@ def test_int8_embeddings_stay_close_to_fp32(qat_minilm, exported_minilm, slabs_t
     assert cos.min() > 0.95 and cos.mean() > 0.98
 
 
+def test_openvino_build_matches_the_onnxruntime_build(qat_minilm, slabs_texts, tmp_path):
+    """The qat artifact built for both CPU backends: the same embeddings on real text, every Q/DQ GEMM INT8 on OpenVINO."""
+    pytest.importorskip("openvino")
+    import bertopt
+    from bertopt.backends.stage import run_build
+
+    ort = bertopt.load(run_build(qat_minilm, tmp_path / "ort").path)
+    ov = bertopt.load(run_build(qat_minilm, tmp_path / "ov", backend="openvino").path)
+    a, b = ort.encode(slabs_texts[:48]), ov.encode(slabs_texts[:48])
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() >= 0.999
+    check = load_artifact(tmp_path / "ov").manifest["build"]["int8_check"]
+    assert check["ok"] and check["int8"] == check["expected"] > 0
+
+
 def test_up_to_date_is_skipped(qat_minilm, minilm_dir, slabs_train_240):
     from bertopt.qat.stage import run_qat
 

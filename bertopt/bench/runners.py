@@ -57,6 +57,8 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
     p = resolve_path(path)
     if is_hf_folder(p):
         return _torch_runner(p, threads, name)
+    if p.suffix == ".xml" and p.is_file():
+        return _openvino_ir_runner(p, threads, name)
     from bertopt.artifacts import load_artifact
 
     art = load_artifact(p)
@@ -112,6 +114,25 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
         return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
 
     return Runner(backend="onnxruntime", precision=build.get("precision") or precision(model_path), outputs=outs, run=run, **common)
+
+
+def _openvino_ir_runner(xml: Path, threads: int | None, name: str | None) -> Runner:
+    """A bare OpenVINO IR (another tool's, e.g. optimum-intel's or NNCF's ``openvino_model.xml``), with its
+    tokenizer in ``tokenizer/`` beside it or in the same folder. It runs as that tool ships it: bertopt's
+    latency properties (one stream, ``threads``) but OpenVINO's own ``INFERENCE_PRECISION_HINT``."""
+    from bertopt.backends.openvino.compile import properties
+    from bertopt.backends.openvino.runner import OpenVINORunner
+
+    tok = xml.parent / "tokenizer" if (xml.parent / "tokenizer").is_dir() else xml.parent
+    if not any((tok / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        raise BertoptError(f"{xml}: a bare OpenVINO IR needs its tokenizer beside it", hint=f"save the tokenizer into {tok}")
+    props = {k: v for k, v in properties(threads or 2).items() if k != "INFERENCE_PRECISION_HINT"}
+    ovr = OpenVINORunner(xml, (), props)
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in ovr.ir.get_ordered_ops())
+    outs = list(ovr.output_names)
+    return Runner(name=name or (xml.parent.name if xml.stem == "openvino_model" else xml.stem), path=xml, backend="openvino",
+                  precision="int8" if fq else "fp32", stage="external", task="sequence-classification" if "logits" in outs else "feature-extraction",
+                  input_names=tuple(ovr.input_names), outputs=outs, tokenizer_dir=tok, max_length=512, id2label=None, run=ovr)
 
 
 def profile_limits(profiles: list[dict]):

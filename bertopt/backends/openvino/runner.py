@@ -43,6 +43,11 @@ class OpenVINORunner:
         self._lock = threading.Lock()
         self.fallbacks = 0
 
+    @property
+    def ir(self):
+        """The ``openvino.Model`` read from the IR (before any reshape)."""
+        return self._model
+
     @classmethod
     def from_artifact(cls, art, threads: int | None = None) -> "OpenVINORunner":
         build = art.manifest.get("build", {})
