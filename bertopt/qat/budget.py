@@ -182,8 +182,9 @@ def fallback_calibrate(fp32_dir: Path, out: Path, *, data: Path, text_column: st
                        min_cosine, max_accuracy_drop, max_float, max_length: int):
     """calibrate's budget search (its defaults otherwise) on the same export, calibration and held-out texts.
     Returns (name, its .onnx or None, a record of what it kept in float)."""
-    from bertopt.artifacts import forget_outputs_under, load_artifact
+    from bertopt.artifacts import load_artifact
     from bertopt.calibrators.stage import run_calibrate
+    from bertopt.outdir import forget_outputs_under
 
     note("qat: neither the QAT model nor its start meets the budget: calibrate's search on the same texts "
          "(GEMMs back to float, most sensitive first, re-measured)")

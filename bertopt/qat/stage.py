@@ -410,7 +410,7 @@ def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history:
 
 def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
     """Which model to write: the QAT export, its start, or (budget missed) calibrate's budget search."""
-    from bertopt.artifacts import forget_outputs_under
+    from bertopt.outdir import forget_outputs_under
     from bertopt.export.stage import run_export
     from bertopt.qat.budget import CHECK_TEXTS, Chooser, fallback_calibrate, render
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertopt.artifacts import forget_outputs_under
+from bertopt.outdir import forget_outputs_under
 from bertopt.ui import note
 
 def calibrated_start(model_dir: Path, base: Path, *, data: str, text_column: str | None, task: str, pooling: str, normalize: bool,
