@@ -211,30 +211,30 @@ def apply_budget(job, td, tok, names) -> None:
     from bertopt.passes.qkv_bias import merge_qkv_bias
     from bertopt.ui import progress
 
-    p = job.p
+    o = job.o
     labels = None
-    if p.get("eval"):
-        ev = load_texts(p["eval"], text_column=p.get("text_column"), label_column=p.get("label_column"))
+    if o.eval:
+        ev = load_texts(o.eval, text_column=o.text_column, label_column=o.label_column)
         texts, source = ev.texts, f"{ev.path.name} ({len(ev)} texts)"
-        if p.get("label_column"):
+        if o.label_column:
             try:
                 labels = encode_labels(ev.labels, job.art.model_info.get("id2label"))
             except BertoptError as e:
                 raise BertoptError(f"{ev.path}: {e.message}", hint=e.hint) from None
     else:
-        used = min(p["samples"], len(td.texts))
-        idx, source = split_holdout(td.texts, used, p["eval_samples"])
+        used = min(o.samples, len(td.texts))
+        idx, source = split_holdout(td.texts, used, o.eval_samples)
         if not idx:
             raise BertoptError(f"{td.path}: all {len(td.texts)} texts are calibration texts; none is left to check the budget on",
                                hint="pass --eval FILE (held-out text), or use fewer --samples than the file has texts")
         texts = [td.texts[i] for i in idx]
         note(f"calibrate: the budget is measured on {source}")
-    batches = make_batches(tok, texts, names, p["max_length"], p["batch_size"])
-    held = HeldOut.build(job.model, batches, job.threads, labels, source, choice=job.choice)
+    batches = make_batches(tok, texts, names, o.max_length, o.batch_size)
+    held = HeldOut.build(job.model, batches, job.o.threads, labels, source, choice=job.choice)
     quant = list(job.quant)
-    max_float = p.get("max_float") or max(1, len(quant) // 4)
+    max_float = o.max_float or max(1, len(quant) // 4)
 
-    min_cos, max_drop = p.get("min_cosine"), p.get("max_accuracy_drop")
+    min_cos, max_drop = o.min_cosine, o.max_accuracy_drop
     start = held.measure(merge_qkv_bias(job.build(quant))[0])
     ranking: list[str] = []
     if not meets(start, min_cos, max_drop):
@@ -245,13 +245,13 @@ def apply_budget(job, td, tok, names) -> None:
         ranking = [r["node"] for r in job.report_rows]
     with progress() as prog:
         t = prog.add_task("calibrate: budget search on held-out text", total=1 + min(max_float, len(ranking)), status="")
-        chosen, record = search(quant, ranking, job.build, held, min_cosine=p.get("min_cosine"),
-                                max_accuracy_drop=p.get("max_accuracy_drop"), max_float=max_float,
+        chosen, record = search(quant, ranking, job.build, held, min_cosine=o.min_cosine,
+                                max_accuracy_drop=o.max_accuracy_drop, max_float=max_float,
                                 finalize=lambda m: merge_qkv_bias(m)[0], advance=lambda k: prog.advance(t, k), start=start)
     if record["steps"]:
         feeds = tokenize(tok, texts[:1], names, max_length=128, pad_to=128)
         lat = time_models({"start": merge_qkv_bias(job.build(quant))[0], "result": merge_qkv_bias(job.build(chosen))[0]},
-                          feeds, job.threads)
+                          feeds, job.o.threads)
         record["latency_ms"] = lat | {"note": "ONNX Runtime, batch 1, seq 128, median of 45 interleaved calls, spinning off; "
                                               "noisy on a shared machine"}
     for t in quant:

@@ -86,8 +86,7 @@ def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions 
 
     choice = choose_for_onnx(model, requested=o.output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
                              where=str(art.model_path))
-    job = _Job(art=art, model=model, p=dict(params), exclude=o.excluded(), threads=o.threads, verbose=verbose, choice=choice,
-               user_exclude=list(o.exclude or []))
+    job = _Job(art=art, model=model, o=o, exclude=o.excluded(), verbose=verbose, choice=choice, user_exclude=list(o.exclude or []))
     with write_artifact(out, STAGE, inputs, params) as w:
         if o.ranges is not None:
             job.from_ranges(o.ranges)
@@ -164,9 +163,8 @@ class _Job:
 
     art: Artifact
     model: Any  # onnx.ModelProto, FP32
-    p: dict  # the run's params (the manifest's)
+    o: CalibrateOptions  # from_ranges replaces it with the placement and equalization the file records
     exclude: list[str]
-    threads: int | None
     verbose: bool
     choice: Any = None  # the output compared (bertopt.outputs)
     user_exclude: list[str] = field(default_factory=list)
@@ -193,7 +191,7 @@ class _Job:
     def targets(self):
         from bertopt.calibrators.qdq import quantizable_gemms
 
-        ts = quantizable_gemms(self.model, include_bmm=self.p["quantize_bmm"], exclude=self.exclude)
+        ts = quantizable_gemms(self.model, include_bmm=self.o.quantize_bmm, exclude=self.exclude)
         self._count_excluded(ts)
         if not ts:
             raise BertoptError(
@@ -208,7 +206,7 @@ class _Job:
         """Which GEMMs each --exclude pattern kept in float; warn on a user pattern matching none."""
         from bertopt.calibrators.qdq import matches, quantizable_gemms
 
-        every = quantizable_gemms(self.model, include_bmm=self.p["quantize_bmm"])
+        every = quantizable_gemms(self.model, include_bmm=self.o.quantize_bmm)
         self.all_gemms = len(every)
         kept_nodes = {t.node for t in kept}
         self.excluded = {}
@@ -231,14 +229,13 @@ class _Job:
         from bertopt.calibrators.smooth import bias_correction
 
         base = self.eq_model
-        if self.p["bias_correction"] and self.means:
+        if self.o.bias_correction and self.means:
             base = bias_correction(base, subset, self.means)
         return insert_qdq(base, self.amax, subset)
 
     # ------------------------------------------------------------------ calibrate from data
     def calibrate(self, data: str, text_column: str | None) -> None:
-        p = self.p
-        budget = p.get("min_cosine") is not None or p.get("max_accuracy_drop") is not None
+        budget = self.o.budget
         td, tok, names, texts, batches, eval_batches = self._read_texts(data, text_column, budget)
         targets = self.targets()
         stats = self._collect_ranges(targets, texts, batches, eval_batches)
@@ -255,30 +252,30 @@ class _Job:
         from bertopt.calibrators import collect
         from bertopt.data import load_texts, load_tokenizer
 
-        p = self.p
-        want = p["samples"] + p["eval_samples"]
-        td = load_texts(data, text_column=text_column, limit=None if budget and not p.get("eval") else want)
-        texts = td.texts[: p["samples"]]
-        held_out = td.texts[p["samples"]:want]
-        if len(texts) < p["samples"]:
-            note(f"calibrate: {td.path} has {len(texts)} texts, fewer than --samples {p['samples']}: calibrating on all of them")
-        if len(held_out) < p["eval_samples"]:
-            held_out = texts[: p["eval_samples"]]
-            note(f"calibrate: no held-out texts after the first {p['samples']} in {td.path}: the fidelity check and the "
+        o = self.o
+        want = o.samples + o.eval_samples
+        td = load_texts(data, text_column=text_column, limit=None if budget and not o.eval else want)
+        texts = td.texts[: o.samples]
+        held_out = td.texts[o.samples:want]
+        if len(texts) < o.samples:
+            note(f"calibrate: {td.path} has {len(texts)} texts, fewer than --samples {o.samples}: calibrating on all of them")
+        if len(held_out) < o.eval_samples:
+            held_out = texts[: o.eval_samples]
+            note(f"calibrate: no held-out texts after the first {o.samples} in {td.path}: the fidelity check and the "
                  "sensitivity report use calibration texts")
         self.data_hash = sha256_file(td.path)
         self.calibration = {"data": str(td.path), "text_column": text_column, "samples": len(texts),
-                            "method": p["method"], "percentile": p["percentile"], "max_length": p["max_length"]}
+                            "method": o.method, "percentile": o.percentile, "max_length": o.max_length}
         tok = load_tokenizer(self.art.tokenizer_dir, where=str(self.art.model_path))
         lengths = [len(x) for x in tok(list(texts), truncation=False)["input_ids"]]
-        truncated = sum(1 for n in lengths if n > p["max_length"])
+        truncated = sum(1 for n in lengths if n > o.max_length)
         if truncated:
-            note(f"calibrate: {truncated} of {len(texts)} calibration texts are longer than {p['max_length']} tokens and were truncated")
+            note(f"calibrate: {truncated} of {len(texts)} calibration texts are longer than {o.max_length} tokens and were truncated")
         names = collect.model_inputs(self.model)
-        batches = collect.make_batches(tok, texts, names, p["max_length"], p["batch_size"])
-        eval_batches = collect.make_batches(tok, held_out, names, p["max_length"], p["batch_size"])
-        self.metrics.update({"samples": len(texts), "samples_requested": p["samples"], "truncated_texts": truncated,
-                             "tokens": int(sum(min(n, p["max_length"]) for n in lengths))})
+        batches = collect.make_batches(tok, texts, names, o.max_length, o.batch_size)
+        eval_batches = collect.make_batches(tok, held_out, names, o.max_length, o.batch_size)
+        self.metrics.update({"samples": len(texts), "samples_requested": o.samples, "truncated_texts": truncated,
+                             "tokens": int(sum(min(n, o.max_length) for n in lengths))})
         return td, tok, names, texts, batches, eval_batches
 
     def _collect_ranges(self, targets, texts, batches, eval_batches) -> dict:
@@ -290,26 +287,26 @@ class _Job:
         from bertopt.calibrators.smooth import apply_equalization, equalization_params, smoothable
         from bertopt.ui import progress
 
-        p = self.p
+        o = self.o
         gemm_inputs = smoothable(targets)
-        equalize = p["smooth"] > 0 or p["shift"]
-        need_channels = gemm_inputs if (equalize or p["bias_correction"]) else []
-        cache_tensors = collect.float_activations(self.model) if p["trt_cache"] else []
+        equalize = o.smooth > 0 or o.shift
+        need_channels = gemm_inputs if (equalize or o.bias_correction) else []
+        cache_tensors = collect.float_activations(self.model) if o.trt_cache else []
         n = len(texts)
         with progress() as prog:
             t1 = prog.add_task("calibrate: pass 1 (FP32 statistics)", total=n, status="")
             hists1, stats = collect.collect(self.model, batches, histograms=cache_tensors, channels=need_channels, texts=texts,
-                                            threads=self.threads, advance=lambda k: prog.advance(t1, k),
+                                            threads=self.o.threads, advance=lambda k: prog.advance(t1, k),
                                             lenient=set(cache_tensors) - set(need_channels))
             dropped = [x for x in cache_tensors if x not in hists1]
             if dropped:
                 note(f"calibrate: {len(dropped)} tensor(s) held NaN/inf on calibration text (e.g. '{dropped[0]}', a -inf mask?): "
                      "left out of the TensorRT cache")
-            eq = equalization_params(self.model, targets, stats, p["smooth"], p["shift"]) if equalize else {}
+            eq = equalization_params(self.model, targets, stats, o.smooth, o.shift) if equalize else {}
             self.eq_model, self.targets_eq = apply_equalization(self.model, targets, eq) if eq else (self.model, list(targets))
             self.eq = eq
             note(f"calibrate: comparing output {self.choice.describe()}")
-            self.evaluator = Evaluator.for_model(self.model, eval_batches, self.threads, choice=self.choice)
+            self.evaluator = Evaluator.for_model(self.model, eval_batches, self.o.threads, choice=self.choice)
             if eq:
                 chk = self.evaluator.error(self.eq_model)
                 if chk["rel_error_max"] > EQUALIZATION_TOLERANCE:
@@ -317,17 +314,17 @@ class _Job:
                 self.metrics["equalization_rel_error_max"] = chk["rel_error_max"]
             quant_tensors = list(dict.fromkeys(x for t in self.targets_eq for x in t.activation_tensors))
             t2 = prog.add_task("calibrate: pass 2 (histograms of GEMM inputs)", total=n, status="")
-            hists2, _ = collect.collect(self.eq_model, batches, histograms=quant_tensors, texts=texts, threads=self.threads,
+            hists2, _ = collect.collect(self.eq_model, batches, histograms=quant_tensors, texts=texts, threads=self.o.threads,
                                         advance=lambda k: prog.advance(t2, k))
-            t3 = prog.add_task(f"calibrate: {p['method']} ranges", total=len(hists2) + len(hists1), status="")
+            t3 = prog.add_task(f"calibrate: {o.method} ranges", total=len(hists2) + len(hists1), status="")
             self.amax = {}
             for x, h in hists2.items():
-                self.amax[x] = compute_amax(h, p["method"], p["percentile"])
+                self.amax[x] = compute_amax(h, o.method, o.percentile)
                 prog.advance(t3)
             if cache_tensors:
                 self.trt_amax = {}
                 for x, h in hists1.items():
-                    self.trt_amax[x] = compute_amax(h, p["method"], p["percentile"])
+                    self.trt_amax[x] = compute_amax(h, o.method, o.percentile)
                     prog.advance(t3)
         return stats
 
@@ -345,7 +342,7 @@ class _Job:
                     self.means[te.activations[0][1]] = equalized_mean(stats[x0].mean, eq.get(x0)).tolist()
         self.eq_tensors = {x0: {"scale": e.scale.tolist(), "shift": e.shift.tolist(),
                                 "mean": stats[x0].mean.tolist()} for x0, e in eq.items()}
-        if not eq and self.p["bias_correction"]:
+        if not eq and self.o.bias_correction:
             self.eq_tensors = {x0: {"mean": stats[x0].mean.tolist()} for x0 in stats}
 
     def _skip_sensitive(self, quant: list) -> list:
@@ -353,18 +350,18 @@ class _Job:
         from bertopt.calibrators.sensitivity import layer_sensitivity
         from bertopt.ui import progress
 
-        p = self.p
-        if p["sensitivity_report"] or p["skip_sensitive"]:
+        o = self.o
+        if o.sensitivity_report or o.skip_sensitive:
             with progress() as prog:
                 t = prog.add_task("calibrate: per-GEMM sensitivity", total=len(quant), status="")
                 self.report_rows = layer_sensitivity(quant, self.build, self.evaluator, advance=lambda k: prog.advance(t, k))
-            if p["skip_sensitive"]:
-                worst = [r["node"] for r in self.report_rows[: p["skip_sensitive"]]]
+            if o.skip_sensitive:
+                worst = [r["node"] for r in self.report_rows[: o.skip_sensitive]]
                 for node in worst:
                     self.skipped[node] = "sensitive"
                 quant = [t for t in quant if t.node not in worst]
                 if not quant:
-                    raise BertoptError(f"--skip-sensitive {p['skip_sensitive']} leaves no GEMM to quantize ({len(worst)} candidates)",
+                    raise BertoptError(f"--skip-sensitive {o.skip_sensitive} leaves no GEMM to quantize ({len(worst)} candidates)",
                                        hint="skip fewer GEMMs")
         return quant
 
@@ -395,8 +392,8 @@ class _Job:
                 hint="pass the same input the ranges were calibrated on, or calibrate this model with --data",
             )
         pl, eqd = doc["placement"], doc["equalization"]
-        self.p.update(quantize_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0), shift=bool(eqd.get("shift", False)),
-                      bias_correction=bool(eqd.get("bias_correction", False)))
+        self.o = self.o.model_copy(update=dict(quantize_bmm=bool(pl.get("include_bmm", False)), smooth=eqd.get("alpha", 0.0),
+                                               shift=bool(eqd.get("shift", False)), bias_correction=bool(eqd.get("bias_correction", False))))
         self.exclude = list(pl.get("exclude", []))
         self.user_exclude = []  # the ranges file decides the placement
         self.calibration = dict(doc["calibration"])
@@ -420,7 +417,7 @@ class _Job:
             raise BertoptError(f"{src}: no range for the input(s) of {len(missing)} GEMM(s), e.g. {missing[0]}",
                                hint="the ranges file and the model do not match; re-run calibrate with --data")
         self.quant = [t for t in self.targets_eq if t.node not in self.skipped]
-        self.trt_amax = (doc.get("trt_cache") or None) if self.p["trt_cache"] else None
+        self.trt_amax = (doc.get("trt_cache") or None) if self.o.trt_cache else None
         self.metrics["regenerated_from"] = src
 
     # ------------------------------------------------------------------ outputs and checks
@@ -502,10 +499,10 @@ class _Job:
                        "tokenizer": sha256_path(self.art.tokenizer_dir) if self.art.tokenizer_dir else None,
                        "data": self.data_hash},
             "calibration": self.calibration,
-            "placement": {"include_bmm": self.p["quantize_bmm"], "exclude": self.exclude, "exclude_matches": self.exclude_matches,
+            "placement": {"include_bmm": self.o.quantize_bmm, "exclude": self.exclude, "exclude_matches": self.exclude_matches,
                           "skipped": self.skipped,
                           "quantized": [t.node for t in self.quant]},
-            "equalization": {"alpha": self.p["smooth"], "shift": self.p["shift"], "bias_correction": self.p["bias_correction"],
+            "equalization": {"alpha": self.o.smooth, "shift": self.o.shift, "bias_correction": self.o.bias_correction,
                              "tensors": self.eq_tensors},
             "activations": {x: self.amax[x] for t in self.quant for x in t.activation_tensors},
         }
