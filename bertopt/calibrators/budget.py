@@ -201,7 +201,7 @@ def render(record: dict) -> None:
 
 
 def apply_budget(job, td, tok, names) -> None:
-    """Called by calibrate's ``_Job`` once ranges are set: measure, search if needed, set
+    """Called by calibrate's :class:`~bertopt.calibrators.job.Job` once ranges are set: measure, search if needed, set
     ``job.quant`` and ``job.budget`` (the manifest record)."""
     from bertopt.calibrators.collect import make_batches
     from bertopt.calibrators.heldout import split_holdout
