@@ -32,6 +32,7 @@ from typing import Any
 
 from bertopt.calibrators.options import CalibrateOptions
 from bertopt.artifacts import MODEL_FILE, Artifact, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.budget import gate
 from bertopt.errors import BertoptError
 from bertopt.graph import int8_gemms
 from bertopt.calibrators.job import Job
@@ -68,7 +69,7 @@ def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions 
     params = o.params()
     if (done := up_to_date(out, STAGE, inputs, params, force)) is not None:
         skipped(STAGE, out)
-        _budget_gate(done)
+        gate(done)
         return done
 
     art = load_artifact(in_path)
@@ -91,7 +92,7 @@ def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions 
         job.write(w)
     res = load_artifact(out)
     _summary(res)
-    _budget_gate(res)
+    gate(res)
     return res
 
 
@@ -108,21 +109,6 @@ def _inputs(in_path: Path, o: CalibrateOptions) -> dict:
     if o.eval:
         inputs["eval"] = describe_input(resolve_path(o.eval))
     return inputs
-
-
-def _budget_gate(art: Artifact) -> None:
-    from bertopt.errors import QualityGateError
-
-    b = art.manifest.get("metrics", {}).get("budget")
-    if b and not b.get("passed"):
-        r = b["result"]
-        raise QualityGateError(
-            f"calibrate: no candidate met the budget on {b['held_out']['n']} held-out texts; best found: {r['quantized_gemms']} GEMMs INT8, "
-            f"{len(r['float_gemms'])} in float, cosine min {r['cosine_min']:.5f} mean {r['cosine_mean']:.5f}"
-            + (f", accuracy {r['accuracy']:.4f} vs FP32 {r['accuracy_fp32']:.4f} ({r['accuracy_drop_points']:.2f} points)" if "accuracy" in r else "")
-            + f" (written to {art.path}, manifest budget.passed false)",
-            hint="relax the budget, raise --max-float, or calibrate on more text (--samples)",
-        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
@@ -81,7 +82,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
     job = _plan(input, out, o, verbose)
     if (done := up_to_date(job.out, "qat", job.inputs, job.params, force)) is not None:
         skipped("qat", job.out)
-        _budget_gate(done)
+        gate(done)
         return done
     _require_modelopt()
     import tempfile
@@ -101,7 +102,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
     finally:
         if tmp is not None:
             tmp.cleanup()
-    _budget_gate(art)
+    gate(art)
     return art
 
 
@@ -198,20 +199,6 @@ def _start(job: _Job, tmp: Path) -> None:
                                normalize=job.normalize, max_length=o.max_length, opset=o.opset)
         job.init_path = resolve_init_from(cal)
         job.fp32_dir = tmp / "export"
-
-
-def _budget_gate(art: Artifact) -> None:
-    from bertopt.errors import QualityGateError
-
-    b = art.manifest.get("metrics", {}).get("budget")
-    if b and not b.get("passed", True):
-        c = b["candidates"][b["chosen"]]
-        raise QualityGateError(
-            f"qat: no candidate met the budget on {b['held_out']['n']} held-out texts; best found: '{b['chosen']}', "
-            f"cosine min {c['cosine_min']:.5f}" + (f", accuracy drop {c['accuracy_drop_points']:.2f} points" if "accuracy_drop_points" in c else "")
-            + f" (written to {art.path}, manifest budget.passed false)",
-            hint="relax the budget, raise --max-float, or train/calibrate on more text",
-        )
 
 
 def _run(job: _Job, env) -> Artifact:
