@@ -195,8 +195,7 @@ def _start(job: _Job, tmp: Path) -> None:
         if job.held_out.train_file is not None:
             job.train_path, job.train_limit = job.held_out.train_file, None
     if job.auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
-        cal = calibrated_start(job.model_dir, tmp, data=str(job.train_path), text_column=o.text_column, task=job.task, pooling=job.pooling,
-                               normalize=job.normalize, max_length=o.max_length, opset=o.opset)
+        cal = calibrated_start(job.model_dir, tmp, o, data=str(job.train_path), task=job.task, pooling=job.pooling, normalize=job.normalize)
         job.init_path = resolve_init_from(cal)
         job.fp32_dir = tmp / "export"
 
@@ -423,9 +422,7 @@ def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
         cands["start"] = Path(job.init_path)
 
     def fallback():
-        return fallback_calibrate(fp32_dir, tmp / "calibrate-budget", data=job.train_path, text_column=o.text_column,
-                                  eval_file=h.eval_file, label_column=o.label_column, min_cosine=o.min_cosine,
-                                  max_accuracy_drop=o.max_accuracy_drop, max_float=o.max_float, max_length=data.max_len)
+        return fallback_calibrate(fp32_dir, tmp / "calibrate-budget", o, data=job.train_path, eval_file=h.eval_file, max_length=data.max_len)
 
     with console.status(f"qat: measuring the QAT model{' and its start' if 'start' in cands else ''} on {source}"):
         rec = ch.choose(cands, fallback if budget else None)
