@@ -147,7 +147,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     if path.is_file():
         if path.suffix != ".onnx":
             raise BertoptError(f"{path}: not an ONNX file or artifact folder", hint="pass a .onnx file or an artifact folder")
-        _check_onnx_readable(path)
+        check_onnx_readable(path)
         tok = path.parent / TOKENIZER_DIR
         return Artifact(
             path=path.parent,
@@ -202,9 +202,6 @@ def check_onnx_readable(path: Path, where: str = "") -> None:
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise BertoptError(f"{path}: not a readable ONNX model{where} ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
                            hint="re-run the stage that wrote it, or re-export the model") from None
-
-
-_check_onnx_readable = check_onnx_readable
 
 
 # --------------------------------------------------------------------------------------- writing
