@@ -205,12 +205,7 @@ def inspect_artifact(path: str | Path) -> dict:
     if not p.exists():
         raise BertoptError(f"{p}: no such file or folder", hint="pass an artifact folder written by a bertopt stage, a .onnx file, or a Hugging Face folder")
     if p.is_dir() and not (p / MANIFEST).is_file() and is_hf_folder(p):
-        from bertopt.artifacts import sha256_path
-        from bertopt.models import default_task, model_summary, read_config
-
-        cfg = read_config(p)
-        return {"schema": SCHEMA, "path": str(p), "kind": "hf-model", "stage": "hf", "model": model_summary(cfg, default_task(cfg)),
-                "sha256": sha256_path(p), "summary": f"Hugging Face model folder ({cfg.get('model_type')}), runs on PyTorch"}
+        return _inspect_hf(p)
     if p.is_dir() and not (p / MANIFEST).is_file() and any((d / MANIFEST).is_file() for d in p.iterdir()):
         return _inspect_folder(p)
     art = load_artifact(p, verify=False)
@@ -237,6 +232,32 @@ def inspect_artifact(path: str | Path) -> dict:
         res["summary"] = f"bench report of {len(rep.get('runs', []))} artifacts"
         res["lineage"] = lineage(art)
         return res
+    _inspect_graph(res, art, build)
+    from bertopt.backends.onnxruntime import load_session_config
+
+    res["session"] = load_session_config(art.path)
+    res["lineage"] = lineage(art) if (art.path / MANIFEST).is_file() else []
+    res["measured"] = last_measured(art) if (art.path / MANIFEST).is_file() else None
+    res["precision"] = build.get("precision") or _precision(res.get("graph"))
+    res["summary"] = _summary(res, art.stage, build.get("backend") or "onnxruntime")
+    return res
+
+
+def _inspect_hf(p: Path) -> dict:
+    """A Hugging Face model folder: its config's summary and the folder's sha256."""
+    from bertopt.artifacts import sha256_path
+    from bertopt.models import default_task, model_summary, read_config
+
+    cfg = read_config(p)
+    return {"schema": SCHEMA, "path": str(p), "kind": "hf-model", "stage": "hf", "model": model_summary(cfg, default_task(cfg)),
+            "sha256": sha256_path(p), "summary": f"Hugging Face model folder ({cfg.get('model_type')}), runs on PyTorch"}
+
+
+def _inspect_graph(res: dict, art, build: dict) -> None:
+    """``res['graph']`` (and ``engine``, ``graph_from``): the artifact's ONNX graph, or for a TensorRT
+    engine the graph it was built from."""
+    from bertopt.artifacts import MANIFEST, load_artifact
+
     model_file = None
     try:
         model_file = art.model_path
@@ -265,21 +286,16 @@ def inspect_artifact(path: str | Path) -> dict:
             res["graph"] = graph_summary(graph_src)
         except Exception as e:  # noqa: BLE001 - an unreadable model is reported, not fatal for inspect
             res["graph"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    from bertopt.backends.onnxruntime import load_session_config
 
-    res["session"] = load_session_config(art.path)
-    res["lineage"] = lineage(art) if (art.path / MANIFEST).is_file() else []
-    res["measured"] = last_measured(art) if (art.path / MANIFEST).is_file() else None
+
+def _summary(res: dict, stage: str, backend: str) -> str:
+    """'INT8 ONNX model from stage 'calibrate' (BertModel, feature-extraction, mean pooling, normalized)'."""
     info = res["model"]
-    precision = build.get("precision") or _precision(res.get("graph"))
-    backend = build.get("backend") or "onnxruntime"
     pool = info.get("pooling")
-    res["precision"] = precision
     kind = {"tensorrt": "TensorRT engine", "openvino": "OpenVINO IR"}.get(backend, "ONNX model")
-    res["summary"] = (f"{precision.upper()} {kind} from stage '{art.stage}'"
-                      f" ({info.get('architecture', '?')}, {info.get('task', '?')}"
-                      + (f", {pool} pooling" + (", normalized" if info.get("normalize") else "") if pool and pool != "none" else "") + ")")
-    return res
+    return (f"{res['precision'].upper()} {kind} from stage '{stage}'"
+            f" ({info.get('architecture', '?')}, {info.get('task', '?')}"
+            + (f", {pool} pooling" + (", normalized" if info.get("normalize") else "") if pool and pool != "none" else "") + ")")
 
 
 def _inspect_folder(p: Path) -> dict:
@@ -355,6 +371,14 @@ def render(res: dict) -> None:
         return
     line(f"  created {res.get('created')}  bertopt {res.get('bertopt_version')}  fingerprint {str(res.get('fingerprint'))[:16]}"
          + ("" if res.get("integrity") == "ok" else f"  INTEGRITY: {res['integrity']}"))
+    _render_lineage(line, res)
+    _render_graph(line, res)
+    if res.get("session"):
+        line("session: " + _short(res["session"], 10))
+    _render_measured(line, res)
+
+
+def _render_lineage(line, res: dict) -> None:
     if res.get("lineage"):
         line("lineage (this artifact first, back to the base model):")
         for e in res["lineage"]:
@@ -367,6 +391,9 @@ def render(res: dict) -> None:
             if "base_model" in e:
                 b = e["base_model"]
                 line(f"  {'base':<10} {b['path']}  sha256 {str(b['sha256'])[:16]} ({b['status']})")
+
+
+def _render_graph(line, res: dict) -> None:
     g = res.get("graph")
     if g and "gemms" in g:
         gm, bm = g["gemms"], g["attention_matmuls"]
@@ -387,8 +414,9 @@ def render(res: dict) -> None:
         else:
             line(f"engine: {e.get('file')} precision {e.get('precision')}; profiles: "
                  + "; ".join(f"batch {p.get('batch')} seq {p.get('seq')}" for p in e.get("profiles") or []))
-    if res.get("session"):
-        line("session: " + _short(res["session"], 10))
+
+
+def _render_measured(line, res: dict) -> None:
     meas = res.get("measured")
     if meas:
         line(f"last measured: {meas['bench']} ({meas['created']}, {meas['threads']} threads, {meas.get('cpu') or '?'}), as '{meas['name']}':")

@@ -33,7 +33,7 @@ CLI = "cli"  # parse(..., where=CLI): the values came from the command line, err
 
 
 def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | list[str] | None = None, cli: bool = True,  # noqa: A002
-        split: bool = False, hint: str | None = None) -> Any:
+        split: bool = False, hint: str | None = None, fingerprint: bool | str = True) -> Any:
     """A field of a :class:`StageOptions`: ``pydantic.Field`` plus what the CLI needs.
 
     - ``panel``: the ``--help`` panel it is listed in;
@@ -41,17 +41,20 @@ def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: s
       or several (``["--threads", "-t"]``);
     - ``cli=False``: not a CLI option (set by the command itself or only from recipes/Python);
     - ``split``: a list option that also takes commas (``--exclude a,b --exclude c``);
-    - ``hint``: the hint printed with a bad value (default: the field's range, if it has one).
+    - ``hint``: the hint printed with a bad value (default: the field's range, if it has one);
+    - ``fingerprint``: whether it enters the manifest's ``params`` (and so the fingerprint): True, False
+      (no effect on the artifact, e.g. ``threads``), or ``"given"`` (only when set: not None or empty).
     ``{stage}`` in the help text is replaced by the stage's name.
     """
-    extra = {"panel": panel, "flag": flag, "cli": cli, "split": split, "hint": hint}
-    return Field(default, description=help, json_schema_extra={k: v for k, v in extra.items() if v not in (None, False) or k == "cli"})
+    extra = {"panel": panel, "flag": flag, "cli": cli, "split": split, "hint": hint, "fingerprint": fingerprint}
+    return Field(default, description=help,
+                 json_schema_extra={k: v for k, v in extra.items() if v not in (None, False) or k in ("cli", "fingerprint")})
 
 
 def meta(field: FieldInfo) -> dict:
     """What :func:`opt` recorded beside the pydantic field (panel, flag, cli, split, hint)."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return {"panel": None, "flag": None, "cli": True, "split": False, "hint": None, **extra}
+    return {"panel": None, "flag": None, "cli": True, "split": False, "hint": None, "fingerprint": True, **extra}
 
 
 def bounds(field: FieldInfo) -> dict[str, Any]:
@@ -184,10 +187,21 @@ class StageOptions(BaseModel):
 
     # ---------------------------------------------------------------------------------- manifest
     def params(self, **resolved: Any) -> dict[str, Any]:
-        """The manifest's ``params`` (they make the fingerprint): the options, with ``resolved`` values
-        (what the stage decided from its input, e.g. qat's task) on top. A stage overrides this to
-        leave out or None-out what has no effect on the artifact."""
-        return self.model_dump(mode="json") | resolved
+        """The manifest's ``params`` (they make the fingerprint): the fields whose ``fingerprint`` flag
+        lets them in, after :meth:`_effective`, with ``resolved`` values (what the stage decided from
+        its input, e.g. qat's task) on top."""
+        dump = self.model_dump(mode="json")
+        p = {}
+        for name, f in type(self).model_fields.items():
+            rule = meta(f)["fingerprint"]
+            if rule is False or (rule == "given" and dump[name] in (None, "", [])):
+                continue
+            p[name] = dump[name]
+        return self._effective(p) | resolved
+
+    def _effective(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The rules between fields for ``params``: None-out or drop what has no effect given the others."""
+        return p
 
     @classmethod
     def cli_fields(cls) -> dict[str, FieldInfo]:
@@ -220,10 +234,10 @@ POOLING = Literal["auto", "mean", "cls", "none"]
 class TrainingOptions(StageOptions):
     """Distillation training on text (+ labels), as ``qat`` and ``compress`` both run it (``bertopt.qat.train``)."""
 
-    data: str = opt(help="Training text: .txt (one per line), .csv, .tsv, .jsonl.", panel="Data")
+    data: str = opt(help="Training text: .txt (one per line), .csv, .tsv, .jsonl.", panel="Data", fingerprint=False)  # an input (hashed)
     text_column: str | None = opt(None, "Text column of --data (csv/tsv/jsonl).", panel="Data")
     label_column: str | None = opt(None, "Label column: adds the task loss (classifiers).", panel="Data")
-    val_data: str | None = opt(None, "Held-out file for early stopping (default: --val-fraction of --data).", panel="Data")
+    val_data: str | None = opt(None, "Held-out file for early stopping (default: --val-fraction of --data).", panel="Data", fingerprint=False)
     val_fraction: OpenFraction = opt(0.1, "Fraction of --data held out for early stopping.", panel="Data")
     samples: PositiveInt | None = opt(None, "Use only the first N texts of --data (default: all).", panel="Data")
     max_length: MaxLength = opt(128, "Truncate texts to this many tokens.", panel="Data")
@@ -242,8 +256,9 @@ class TrainingOptions(StageOptions):
     hidden_weight: NonNegativeFloat = opt(1.0, "Weight of the hidden-state distillation loss (0 turns it off).", panel="Training")
     task_weight: NonNegativeFloat = opt(1.0, "Weight of the task loss (with --label-column).", panel="Training")
     seed: int = opt(0, "Seed for the held-out split, the batch order (and dropout, if kept).", panel="Training")
-    checkpoint_dir: str | None = opt(None, "Where checkpoints go (default: .<out>.{stage}-checkpoint beside --out).", panel="Training")
-    resume: bool = opt(True, "Resume a killed run from its checkpoint.", panel="Training")
+    checkpoint_dir: str | None = opt(None, "Where checkpoints go (default: .<out>.{stage}-checkpoint beside --out).", panel="Training",
+                                     fingerprint=False)
+    resume: bool = opt(True, "Resume a killed run from its checkpoint.", panel="Training", fingerprint=False)
 
     def distillation_weights(self) -> dict[str, float]:
         """The distillation losses' weights by option name (qat adds attention)."""
@@ -257,14 +272,17 @@ class TrainingOptions(StageOptions):
                                hint=", ".join("--" + k.replace("_", "-") for k in w))
         return self
 
-    def training_params(self) -> dict[str, Any]:
-        """The manifest params of the training run (as written before options objects: None where without effect)."""
-        return {
-            "text_column": self.text_column, "label_column": self.label_column, "val_fraction": None if self.val_data else self.val_fraction,
-            "samples": self.samples, "epochs": None if self.steps else self.epochs, "steps": self.steps, "batch_size": self.batch_size,
-            "lr": self.lr, "warmup_ratio": self.warmup_ratio, "eval_every": self.eval_every, "patience": self.patience,
-            "min_delta": self.min_delta, "max_length": self.max_length,
-        }
+    def _effective(self, p: dict[str, Any]) -> dict[str, Any]:
+        """None where an option has no effect: ``val_fraction`` with ``val_data``, ``epochs`` with ``steps``,
+        ``task_weight`` without labels."""
+        p = super()._effective(p)
+        if self.val_data:
+            p["val_fraction"] = None
+        if self.steps:
+            p["epochs"] = None
+        if not self.label_column:
+            p["task_weight"] = None
+        return p
 
 
 class BudgetOptions(StageOptions):

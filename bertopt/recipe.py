@@ -241,7 +241,7 @@ def _check_exists(file: Path, where: str, value: str, base: Path) -> None:
 
 def check_workdir(file: Path, wd: Path, create: bool) -> None:
     """The workdir must be a folder bertopt can create and write (checked before any step runs)."""
-    from bertopt.artifacts import os_error
+    from bertopt.outdir import os_error
 
     if create:
         try:

@@ -248,3 +248,22 @@ def test_qat_impossible_budget_falls_back_to_calibrates_search_then_exits_3(mini
     # the candidate closest to it, which may be the all-INT8 start
     assert len(b["fallback"]["steps"]) == 1 and len(b["fallback"]["float_gemms"]) <= 1
     assert all(not c["meets_budget"] for c in b["candidates"].values())
+
+
+def test_one_gate_reads_both_budget_records(tmp_path):
+    """calibrate's search record and qat's candidate record both end in exit 3 naming the best found."""
+    from bertopt.artifacts import Artifact
+    from bertopt.budget import gate
+    from bertopt.errors import QualityGateError
+
+    cal = {"passed": False, "held_out": {"n": 64}, "result": {"quantized_gemms": 30, "float_gemms": ["a", "b"], "cosine_min": 0.98,
+                                                                "cosine_mean": 0.995}}
+    qat = {"passed": False, "held_out": {"n": 32}, "chosen": "start", "candidates": {"qat": {"cosine_min": 0.9},
+                                                                                       "start": {"cosine_min": 0.97, "accuracy_drop_points": 2.5}}}
+    for stage, rec, says in (("calibrate", cal, "30 GEMMs INT8, 2 in float, cosine min 0.98000"), ("qat", qat, "'start', cosine min 0.97000, "
+                                                                                                              "accuracy drop 2.50 points")):
+        art = Artifact(tmp_path, {"stage": stage, "metrics": {"budget": rec}})
+        with pytest.raises(QualityGateError, match=f"^{stage}: no candidate met the budget on {rec['held_out']['n']} held-out texts") as e:
+            gate(art)
+        assert says in e.value.message and "--max-float" in e.value.hint
+        gate(Artifact(tmp_path, {"stage": stage, "metrics": {"budget": rec | {"passed": True}}}))  # met: no error

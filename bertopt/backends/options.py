@@ -44,9 +44,9 @@ class BuildOptions(StageOptions):
     text_column: str | None = opt(None, "Text column of --data (csv/tsv/jsonl).", panel="Data")
     strict: bool = opt(False, "Fail (exit 1) when the graph holds no BERT encoder layer.", panel="Checks", flag="--strict")
     triton: str | None = opt(None, "Also write a Triton Inference Server model repository here: REPO/<name>/config.pbtxt + "
-                                   "REPO/<name>/1/<model file>.", panel="Triton")
+                                   "REPO/<name>/1/<model file>.", panel="Triton", fingerprint=False)
     triton_name: str | None = opt(None, "The model's name in --triton (default: the --out folder's name; its parent's for an --out "
-                                        "named 'build').", panel="Triton")
+                                        "named 'build').", panel="Triton", fingerprint=False)
 
     @model_validator(mode="after")
     def _backend_options(self):

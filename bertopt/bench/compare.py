@@ -46,48 +46,7 @@ def compare_reports(old: dict, new: dict, *, max_latency_regression: float | Non
     if (oh.get("cpu"), old.get("threads")) != (nh.get("cpu"), new.get("threads")):
         notes.append(f"different machines or threads: old {oh.get('cpu', '?')} x{old.get('threads')}, new {nh.get('cpu', '?')} x{new.get('threads')}")
     for name in common:
-        o, n = old_runs[name], new_runs[name]
-        entry = {"name": name, "changed_artifact": bool(o.get("sha256") and n.get("sha256") and o["sha256"] != n["sha256"]),
-                 "shapes": [], "real": [], "fidelity": None, "accuracy": None}
-        ores = {(x["batch"], x["seq"]): x for x in o.get("results", []) if "latency_ms" in x}
-        for x in n.get("results", []):
-            y = ores.get((x["batch"], x["seq"]))
-            if y is None or "latency_ms" not in x:
-                continue
-            ch = _change(y["latency_ms"]["p50"], x["latency_ms"]["p50"])
-            row = {"batch": x["batch"], "seq": x["seq"], "p50_old": y["latency_ms"]["p50"], "p50_new": x["latency_ms"]["p50"],
-                   "latency_change": ch, "throughput_old": y["throughput"], "throughput_new": x["throughput"]}
-            row["regressed"] = max_latency_regression is not None and ch > max_latency_regression
-            if row["regressed"]:
-                regressions.append(f"{name} batch={x['batch']} seq={x['seq']}: p50 {y['latency_ms']['p50']:.2f} -> {x['latency_ms']['p50']:.2f} ms "
-                                   f"(+{ch:.1%} > {max_latency_regression:.0%})")
-            entry["shapes"].append(row)
-        oreal = {x["batch"]: x for x in o.get("real") or [] if "skipped" not in x}
-        for x in n.get("real") or []:
-            y = oreal.get(x["batch"])
-            if y is None or "skipped" in x:
-                continue
-            # slower = fewer sequences/s: the latency change of a whole pass
-            ch = _change(x["sequences_per_s"], y["sequences_per_s"])
-            row = {"batch": x["batch"], "sequences_per_s_old": y["sequences_per_s"], "sequences_per_s_new": x["sequences_per_s"],
-                   "tokens_per_s_old": y["tokens_per_s"], "tokens_per_s_new": x["tokens_per_s"], "latency_change": ch}
-            row["regressed"] = max_latency_regression is not None and ch > max_latency_regression
-            if row["regressed"]:
-                regressions.append(f"{name} real lengths batch={x['batch']}: {y['sequences_per_s']:.1f} -> {x['sequences_per_s']:.1f} seq/s "
-                                   f"(+{ch:.1%} time > {max_latency_regression:.0%})")
-            entry["real"].append(row)
-        of, nf = o.get("fidelity") or {}, n.get("fidelity") or {}
-        if of.get("cosine_min") is not None and nf.get("cosine_min") is not None:
-            entry["fidelity"] = {"cosine_min_old": of["cosine_min"], "cosine_min_new": nf["cosine_min"],
-                                 "cosine_mean_old": of.get("cosine_mean"), "cosine_mean_new": nf.get("cosine_mean")}
-        oa, na = (o.get("accuracy") or {}).get("value"), (n.get("accuracy") or {}).get("value")
-        if oa is not None and na is not None:
-            drop = round((oa - na) * 100, 4)
-            entry["accuracy"] = {"old": oa, "new": na, "drop_points": drop,
-                                 "regressed": max_accuracy_drop is not None and drop > max_accuracy_drop}
-            if entry["accuracy"]["regressed"]:
-                regressions.append(f"{name}: accuracy {oa:.4f} -> {na:.4f} ({drop:.2f} points > {max_accuracy_drop})")
-        artifacts.append(entry)
+        artifacts.append(_compare_run(name, old_runs[name], new_runs[name], max_latency_regression, max_accuracy_drop, regressions))
     if not any(a["shapes"] or a["real"] or a["fidelity"] or a["accuracy"] for a in artifacts):
         raise BertoptError(f"{old_path} and {new_path}: no shape or quality measured in both", hint="compare runs of the same --batch/--seq grid")
     if max_accuracy_drop is not None and not any(a["accuracy"] for a in artifacts):
@@ -149,3 +108,49 @@ def render(result: dict) -> None:
 
 def _f(v) -> str:
     return "" if v is None else f"{v:.5f}"
+
+
+def _compare_run(name: str, o: dict, n: dict, max_latency_regression: float | None, max_accuracy_drop: float | None,
+                 regressions: list[str]) -> dict:
+    """One artifact's differences (shapes, real-length batches, fidelity, accuracy); thresholds crossed go to ``regressions``."""
+    entry = {"name": name, "changed_artifact": bool(o.get("sha256") and n.get("sha256") and o["sha256"] != n["sha256"]),
+             "shapes": [], "real": [], "fidelity": None, "accuracy": None}
+    ores = {(x["batch"], x["seq"]): x for x in o.get("results", []) if "latency_ms" in x}
+    for x in n.get("results", []):
+        y = ores.get((x["batch"], x["seq"]))
+        if y is None or "latency_ms" not in x:
+            continue
+        ch = _change(y["latency_ms"]["p50"], x["latency_ms"]["p50"])
+        row = {"batch": x["batch"], "seq": x["seq"], "p50_old": y["latency_ms"]["p50"], "p50_new": x["latency_ms"]["p50"],
+               "latency_change": ch, "throughput_old": y["throughput"], "throughput_new": x["throughput"]}
+        row["regressed"] = max_latency_regression is not None and ch > max_latency_regression
+        if row["regressed"]:
+            regressions.append(f"{name} batch={x['batch']} seq={x['seq']}: p50 {y['latency_ms']['p50']:.2f} -> {x['latency_ms']['p50']:.2f} ms "
+                               f"(+{ch:.1%} > {max_latency_regression:.0%})")
+        entry["shapes"].append(row)
+    oreal = {x["batch"]: x for x in o.get("real") or [] if "skipped" not in x}
+    for x in n.get("real") or []:
+        y = oreal.get(x["batch"])
+        if y is None or "skipped" in x:
+            continue
+        # slower = fewer sequences/s: the latency change of a whole pass
+        ch = _change(x["sequences_per_s"], y["sequences_per_s"])
+        row = {"batch": x["batch"], "sequences_per_s_old": y["sequences_per_s"], "sequences_per_s_new": x["sequences_per_s"],
+               "tokens_per_s_old": y["tokens_per_s"], "tokens_per_s_new": x["tokens_per_s"], "latency_change": ch}
+        row["regressed"] = max_latency_regression is not None and ch > max_latency_regression
+        if row["regressed"]:
+            regressions.append(f"{name} real lengths batch={x['batch']}: {y['sequences_per_s']:.1f} -> {x['sequences_per_s']:.1f} seq/s "
+                               f"(+{ch:.1%} time > {max_latency_regression:.0%})")
+        entry["real"].append(row)
+    of, nf = o.get("fidelity") or {}, n.get("fidelity") or {}
+    if of.get("cosine_min") is not None and nf.get("cosine_min") is not None:
+        entry["fidelity"] = {"cosine_min_old": of["cosine_min"], "cosine_min_new": nf["cosine_min"],
+                             "cosine_mean_old": of.get("cosine_mean"), "cosine_mean_new": nf.get("cosine_mean")}
+    oa, na = (o.get("accuracy") or {}).get("value"), (n.get("accuracy") or {}).get("value")
+    if oa is not None and na is not None:
+        drop = round((oa - na) * 100, 4)
+        entry["accuracy"] = {"old": oa, "new": na, "drop_points": drop,
+                             "regressed": max_accuracy_drop is not None and drop > max_accuracy_drop}
+        if entry["accuracy"]["regressed"]:
+            regressions.append(f"{name}: accuracy {oa:.4f} -> {na:.4f} ({drop:.2f} points > {max_accuracy_drop})")
+    return entry

@@ -23,7 +23,8 @@ class BenchOptions(StageOptions):
                                     "(sequences/s, tokens/s).", panel="Shapes and timing")
     sort: bool = opt(False, "With --lengths real: sort texts by length before batching, as servers do.", panel="Shapes and timing",
                      flag="--sort")
-    threads: PositiveInt | None = opt(None, "Intra-op threads (default: all cores).", panel="Shapes and timing", flag=["--threads", "-t"])
+    threads: PositiveInt | None = opt(None, "Intra-op threads (default: all cores).", panel="Shapes and timing", flag=["--threads", "-t"],
+                                      fingerprint=False)  # in params as resolved
     concurrency: PositiveInt = opt(1, "With --lengths real: also serve the real-length batches from N callers at once (threads, each its own "
                                       "session of threads/N intra-op threads): sequences/s as served.", panel="Shapes and timing")
     warmup: NonNegativeInt = opt(5, "Untimed calls per artifact and shape.", panel="Shapes and timing")
@@ -42,11 +43,14 @@ class BenchOptions(StageOptions):
     doc_column: str | None = opt(None, "Document column of --pairs (default: document).", panel="Embedding quality")
     pairs_samples: PositiveInt | None = opt(None, "Use only the first N pairs of --pairs.", panel="Embedding quality")
     k: PositiveInt | None = opt(None, "Neighbours for neighbour agreement and k-NN accuracy (default 10; with fewer texts "
-                                      "neighbour agreement is skipped).", panel="Embedding quality")
-    output: str | None = opt(None, "Model output fidelity compares (default: chosen by shape; see README).", panel="Quality gates")
-    min_cosine: Cosine | None = opt(None, "Gate: fail (exit 3) if any artifact's min cosine is below this.", panel="Quality gates")
+                                      "neighbour agreement is skipped).", panel="Embedding quality", fingerprint="given")
+    output: str | None = opt(None, "Model output fidelity compares (default: chosen by shape; see README).", panel="Quality gates",
+                             fingerprint="given")  # only when given (and lengths, sort, k, pairs): older reports stay valid
+    # the gates judge a report, they do not change it
+    min_cosine: Cosine | None = opt(None, "Gate: fail (exit 3) if any artifact's min cosine is below this.", panel="Quality gates",
+                                    fingerprint=False)
     max_accuracy_drop: NonNegativeFloat | None = opt(None, "Gate: fail (exit 3) if accuracy drops more points than this.",
-                                                     panel="Quality gates")
+                                                     panel="Quality gates", fingerprint=False)
 
     @model_validator(mode="after")
     def _real_lengths_need_texts(self):
@@ -68,21 +72,20 @@ class BenchOptions(StageOptions):
         """The file retrieval reads: --pairs, else --data when a pair column is named."""
         return self.pairs or (self.data if (self.query_column or self.doc_column) else None)
 
-    def params(self, *, threads: int) -> dict[str, Any]:
-        """The manifest params (the fingerprint of a cached report): ``threads`` as resolved; the
-        compared output, ``lengths`` and ``sort`` only when given, so older reports stay valid."""
-        p = dict(batch=list(self.batch), seq=list(self.seq), threads=threads, warmup=self.warmup, iters=self.iters, repeats=self.repeats,
-                 data=self.data, text_column=self.text_column, samples=self.samples, max_length=self.max_length, eval=self.eval,
-                 label_column=self.label_column, eval_samples=self.eval_samples)
-        if self.output:
-            p["output"] = self.output
-        if self.retrieval_file:
-            p |= {"pairs": self.retrieval_file, "query_column": self.query_column or "query", "doc_column": self.doc_column or "document",
+    def params(self, *, threads: int) -> dict[str, Any]:  # noqa: D102 - threads as resolved
+        return super().params(threads=threads)
+
+    def _effective(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The pairs as resolved (their file and column defaults) and ``lengths``/``sort`` only when
+        given, so older reports stay valid."""
+        pairs = self.retrieval_file
+        for k in ("pairs", "query_column", "doc_column", "pairs_samples"):
+            del p[k]
+        if pairs:
+            p |= {"pairs": pairs, "query_column": self.query_column or "query", "doc_column": self.doc_column or "document",
                   "pairs_samples": self.pairs_samples}
-        if self.k is not None:
-            p["k"] = self.k
-        if self.lengths != "fixed":
-            p |= {"lengths": self.lengths, "sort": self.sort}
-        if self.concurrency > 1:
-            p["concurrency"] = self.concurrency
+        if self.lengths == "fixed":
+            del p["lengths"], p["sort"]
+        if self.concurrency == 1:
+            del p["concurrency"]
         return p

@@ -176,20 +176,32 @@ def render_html(report: dict) -> str:
                  f"created {report.get('created', '?')}", f"host {host.get('hostname', '?')}", host.get("cpu", ""),
                  f"threads {report.get('threads')}", f"reference: {report.get('reference')}",
                  ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("bertopt", "onnxruntime", "torch", "tensorrt"))) if x)) + "</p>"]
-    g = report.get("gates")
+    parts += _gates_html(report.get("gates"))
+    parts.append("<h2>Latency, throughput and quality: every artifact on the same axes</h2><div class='plots'>")
+    for measure, svg in [(m, measure_plot(report, m)) for m in MEASURES] + [("tradeoff", tradeoff_plot(report))]:
+        if svg:
+            parts.append(f'<figure class="plot" data-plot="{measure}">{svg}</figure>')
+    parts.append("</div>")
+    parts += _tables_html(runs)
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _gates_html(g: dict | None) -> list[str]:
+    parts: list[str] = []
     if g:
         cls, word = ("pass", "passed") if g["passed"] else ("fail", "FAILED")
         parts.append(f'<p>quality gates: <span class="{cls}">{word}</span></p>')
         parts.append(_table(["artifact", "metric", "value", "threshold", "passed"],
                             [[c["artifact"], c["metric"], c["value"], c["threshold"], "yes" if c["passed"] else "NO"] for c in g["checks"]], left=2))
         for f in g["failures"] if not g["checks"] else []:
-            parts.append(f'<p class="fail">{e(f)}</p>')
-    parts.append("<h2>Latency, throughput and quality: every artifact on the same axes</h2><div class='plots'>")
-    for measure, svg in [(m, measure_plot(report, m)) for m in MEASURES] + [("tradeoff", tradeoff_plot(report))]:
-        if svg:
-            parts.append(f'<figure class="plot" data-plot="{measure}">{svg}</figure>')
-    parts.append("</div>")
-    parts.append("<h2>Latency</h2>")
+            parts.append(f'<p class="fail">{html.escape(f)}</p>')
+    return parts
+
+
+def _tables_html(runs: list[dict]) -> list[str]:
+    """The tables under the plots: latency, real-length batches, fidelity and accuracy, the artifacts."""
+    parts = ["<h2>Latency</h2>"]
     rows = []
     for run in runs:
         for r in run["results"]:
@@ -223,8 +235,7 @@ def render_html(report: dict) -> str:
     parts.append(_table(["artifact", "backend", "precision", "stage", "path", "sha256"],
                         [[r["name"], r.get("backend", ""), r.get("precision", ""), r.get("stage", ""), r.get("path", ""), (r.get("sha256") or "")[:16]] for r in runs],
                         left=6))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return parts
 
 
 def write_html(report: dict, path: str | Path) -> Path:

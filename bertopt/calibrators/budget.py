@@ -20,6 +20,7 @@ are also timed on ONNX Runtime (batch 1, seq 128, interleaved, briefly: noisy on
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -46,35 +47,34 @@ def search(
     ranking: Sequence[str],
     build: Callable[[Sequence], object],
     held: HeldOut,
+    limits,
     *,
-    min_cosine: float | None,
-    max_accuracy_drop: float | None,
     max_float: int,
-    finalize: Callable[[object], object] = lambda m: m,
     advance: Callable[[int], None] = lambda n: None,
     start: dict | None = None,
 ) -> tuple[list, dict]:
-    """Returns (the GEMMs to quantize, the record for the manifest)."""
+    """Returns (the GEMMs to quantize, the record for the manifest). ``build(subset)`` is the model to
+    measure; ``limits`` holds the budget (``min_cosine``, ``max_accuracy_drop``: the options object)."""
     quant = list(quant)
     order = [n for n in ranking if any(t.node == n for t in quant)]
-    by_node = {t.node: t for t in quant}
+    min_cosine, max_accuracy_drop = limits.min_cosine, limits.max_accuracy_drop
 
     def measure(subset):  # a candidate measured is one step of the progress bar
-        r = held.measure(finalize(build(subset)))
+        r = held.measure(build(subset))
         advance(1)
         return r
 
-    start = start or held.measure(finalize(build(quant)))
+    start = start or held.measure(build(quant))
     advance(1)
-    steps: list[dict] = []
-    tried = [(list(quant), start)]
+    walk = _Walk(quant, {t.node: t for t in quant}, measure, min_cosine, max_accuracy_drop)
+    walk.tried.append((list(quant), start))
     passed = meets(start, min_cosine, max_accuracy_drop)
     if not passed:
-        passed = _walk(order[:max_float], quant, start, by_node, measure, steps, tried, min_cosine, max_accuracy_drop)
+        passed = walk.walk(order[:max_float], start)
     if passed:
-        chosen, best = _prune(*tried[-1], quant, by_node, measure, steps, min_cosine, max_accuracy_drop)
+        chosen, best = walk.prune(*walk.tried[-1])
     else:  # the candidate closest to the budget
-        chosen, best = max(tried, key=lambda cr: margin(cr[1], min_cosine, max_accuracy_drop))
+        chosen, best = max(walk.tried, key=lambda cr: margin(cr[1], min_cosine, max_accuracy_drop))
     floated = [t.node for t in quant if t not in chosen]
     record = {
         "min_cosine": min_cosine,
@@ -83,55 +83,64 @@ def search(
         "max_float": max_float,
         "passed": passed,
         "start": public(start) | {"quantized_gemms": len(quant)},
-        "steps": steps,
+        "steps": walk.steps,
         "result": public(best) | {"quantized_gemms": len(chosen), "float_gemms": floated,
-                                  "est_latency_ms": round(sum(float_cost_ms(by_node[n]) for n in floated), 4)},
+                                  "est_latency_ms": round(sum(float_cost_ms(walk.by_node[n]) for n in floated), 4)},
         "latency_estimate": f"extra ms per {EST_TOKENS}-token sequence for a GEMM in float: its FLOPs at "
                             f"{FP32_GEMM_FLOPS_PER_S / 1e9:.0f} GFLOP/s (FP32) instead of {INT8_GEMM_OPS_PER_S / 1e12:.1f} TOP/s (INT8), this project's measured 2-thread rates",
     }
     return chosen, record
 
 
-def _walk(order: Sequence[str], quant: list, start: dict, by_node: dict, measure: Callable, steps: list, tried: list,
-          min_cosine: float | None, max_accuracy_drop: float | None) -> bool:
-    """Put the GEMMs of ``order`` in float one at a time, measuring each candidate (appended to ``steps``
-    and ``tried``), until the budget holds; True if it did."""
-    cur = list(quant)
-    res = start
-    for node in order:
-        cur = [t for t in cur if t.node != node]
-        if not cur:
-            break
-        prev = res
-        res = measure(cur)
-        steps.append({
-            "float": node,
-            "cosine_min": res["cosine_min"], "cosine_mean": res["cosine_mean"],
-            "cosine_min_gain": round(res["_cosine_min"] - prev["_cosine_min"], 6),
-            **({"accuracy": res["accuracy"], "accuracy_drop_points": res["accuracy_drop_points"]} if "accuracy" in res else {}),
-            "est_latency_ms": round(float_cost_ms(by_node[node]), 4),
-        })
-        tried.append((list(cur), res))
-        if meets(res, min_cosine, max_accuracy_drop):
-            return True
-    return False
+@dataclass
+class _Walk:
+    """The search's state: every candidate measured (``tried``) and the steps recorded for the manifest."""
 
+    quant: list
+    by_node: dict
+    measure: Callable
+    min_cosine: float | None
+    max_accuracy_drop: float | None
+    steps: list[dict] = field(default_factory=list)
+    tried: list = field(default_factory=list)
 
-def _prune(chosen: list, best: dict, quant: list, by_node: dict, measure: Callable, steps: list,
-           min_cosine: float | None, max_accuracy_drop: float | None) -> tuple[list, dict]:
-    """Try each GEMM the walk put in float in INT8 again, latest first; it stays INT8 when the budget
-    still holds (its step is marked ``pruned``). Returns the GEMMs to quantize and their measurement."""
-    pruned = []
-    for s_ in reversed(steps[:-1]):  # the last step is what made it pass
-        cand = chosen + [by_node[s_["float"]]]
-        r = measure([t for t in quant if t in cand])
-        if meets(r, min_cosine, max_accuracy_drop):
-            chosen, best = [t for t in quant if t in cand], r
-            pruned.append(s_["float"])
-    for s_ in steps:
-        if s_["float"] in pruned:
-            s_["pruned"] = "back to INT8: the budget holds without it"
-    return chosen, best
+    def walk(self, order: Sequence[str], start: dict) -> bool:
+        """Put the GEMMs of ``order`` in float one at a time, measuring each candidate, until the budget
+        holds; True if it did."""
+        cur = list(self.quant)
+        res = start
+        for node in order:
+            cur = [t for t in cur if t.node != node]
+            if not cur:
+                break
+            prev = res
+            res = self.measure(cur)
+            self.steps.append({
+                "float": node,
+                "cosine_min": res["cosine_min"], "cosine_mean": res["cosine_mean"],
+                "cosine_min_gain": round(res["_cosine_min"] - prev["_cosine_min"], 6),
+                **({"accuracy": res["accuracy"], "accuracy_drop_points": res["accuracy_drop_points"]} if "accuracy" in res else {}),
+                "est_latency_ms": round(float_cost_ms(self.by_node[node]), 4),
+            })
+            self.tried.append((list(cur), res))
+            if meets(res, self.min_cosine, self.max_accuracy_drop):
+                return True
+        return False
+
+    def prune(self, chosen: list, best: dict) -> tuple[list, dict]:
+        """Try each GEMM the walk put in float in INT8 again, latest first; it stays INT8 when the budget
+        still holds (its step is marked ``pruned``). Returns the GEMMs to quantize and their measurement."""
+        pruned = []
+        for s_ in reversed(self.steps[:-1]):  # the last step is what made it pass
+            cand = chosen + [self.by_node[s_["float"]]]
+            r = self.measure([t for t in self.quant if t in cand])
+            if meets(r, self.min_cosine, self.max_accuracy_drop):
+                chosen, best = [t for t in self.quant if t in cand], r
+                pruned.append(s_["float"])
+        for s_ in self.steps:
+            if s_["float"] in pruned:
+                s_["pruned"] = "back to INT8: the budget holds without it"
+        return chosen, best
 
 
 def margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> float:
@@ -201,7 +210,7 @@ def render(record: dict) -> None:
 
 
 def apply_budget(job, td, tok, names) -> None:
-    """Called by calibrate's ``_Job`` once ranges are set: measure, search if needed, set
+    """Called by calibrate's :class:`~bertopt.calibrators.job.Job` once ranges are set: measure, search if needed, set
     ``job.quant`` and ``job.budget`` (the manifest record)."""
     from bertopt.calibrators.collect import make_batches
     from bertopt.calibrators.heldout import split_holdout
@@ -211,30 +220,30 @@ def apply_budget(job, td, tok, names) -> None:
     from bertopt.passes.qkv_bias import merge_qkv_bias
     from bertopt.ui import progress
 
-    p = job.p
+    o = job.o
     labels = None
-    if p.get("eval"):
-        ev = load_texts(p["eval"], text_column=p.get("text_column"), label_column=p.get("label_column"))
+    if o.eval:
+        ev = load_texts(o.eval, text_column=o.text_column, label_column=o.label_column)
         texts, source = ev.texts, f"{ev.path.name} ({len(ev)} texts)"
-        if p.get("label_column"):
+        if o.label_column:
             try:
                 labels = encode_labels(ev.labels, job.art.model_info.get("id2label"))
             except BertoptError as e:
                 raise BertoptError(f"{ev.path}: {e.message}", hint=e.hint) from None
     else:
-        used = min(p["samples"], len(td.texts))
-        idx, source = split_holdout(td.texts, used, p["eval_samples"])
+        used = min(o.samples, len(td.texts))
+        idx, source = split_holdout(td.texts, used, o.eval_samples)
         if not idx:
             raise BertoptError(f"{td.path}: all {len(td.texts)} texts are calibration texts; none is left to check the budget on",
                                hint="pass --eval FILE (held-out text), or use fewer --samples than the file has texts")
         texts = [td.texts[i] for i in idx]
         note(f"calibrate: the budget is measured on {source}")
-    batches = make_batches(tok, texts, names, p["max_length"], p["batch_size"])
-    held = HeldOut.build(job.model, batches, job.threads, labels, source, choice=job.choice)
+    batches = make_batches(tok, texts, names, o.max_length, o.batch_size)
+    held = HeldOut.build(job.model, batches, job.o.threads, labels, source, choice=job.choice)
     quant = list(job.quant)
-    max_float = p.get("max_float") or max(1, len(quant) // 4)
+    max_float = o.max_float or max(1, len(quant) // 4)
 
-    min_cos, max_drop = p.get("min_cosine"), p.get("max_accuracy_drop")
+    min_cos, max_drop = o.min_cosine, o.max_accuracy_drop
     start = held.measure(merge_qkv_bias(job.build(quant))[0])
     ranking: list[str] = []
     if not meets(start, min_cos, max_drop):
@@ -245,13 +254,12 @@ def apply_budget(job, td, tok, names) -> None:
         ranking = [r["node"] for r in job.report_rows]
     with progress() as prog:
         t = prog.add_task("calibrate: budget search on held-out text", total=1 + min(max_float, len(ranking)), status="")
-        chosen, record = search(quant, ranking, job.build, held, min_cosine=p.get("min_cosine"),
-                                max_accuracy_drop=p.get("max_accuracy_drop"), max_float=max_float,
-                                finalize=lambda m: merge_qkv_bias(m)[0], advance=lambda k: prog.advance(t, k), start=start)
+        chosen, record = search(quant, ranking, lambda subset: merge_qkv_bias(job.build(subset))[0], held, o, max_float=max_float,
+                                advance=lambda k: prog.advance(t, k), start=start)
     if record["steps"]:
         feeds = tokenize(tok, texts[:1], names, max_length=128, pad_to=128)
         lat = time_models({"start": merge_qkv_bias(job.build(quant))[0], "result": merge_qkv_bias(job.build(chosen))[0]},
-                          feeds, job.threads)
+                          feeds, job.o.threads)
         record["latency_ms"] = lat | {"note": "ONNX Runtime, batch 1, seq 128, median of 45 interleaved calls, spinning off; "
                                               "noisy on a shared machine"}
     for t in quant:

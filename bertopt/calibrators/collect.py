@@ -108,21 +108,20 @@ def collect(
     histograms: Sequence[str] = (),
     channels: Sequence[str] = (),
     texts: Sequence[str] | None = None,
-    bins: int = DEFAULT_BINS,
-    mask_padding: bool = True,
     threads: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
     lenient: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Histogram], dict[str, ChannelStats]]:
     """One pass over ``batches``: a streaming |x| histogram for each tensor in ``histograms`` and
-    per-channel (last axis) min/max/sum for each tensor in ``channels``.
+    per-channel (last axis) min/max/sum for each tensor in ``channels``, over the real tokens (padding
+    masked out), in :data:`DEFAULT_BINS` bins.
 
     NaN or inf in an observed tensor is a user error naming the tensor and the texts that caused it,
     except for tensors in ``lenient`` (observed only for TensorRT's cache, e.g. a -inf attention
     mask): those are dropped from the result.
     """
     names = list(dict.fromkeys(list(histograms) + list(channels)))
-    hists = {t: Histogram(bins) for t in histograms}
+    hists = {t: Histogram(DEFAULT_BINS) for t in histograms}
     stats: dict[str, ChannelStats] = {}
     if not names:
         return hists, stats
@@ -131,7 +130,7 @@ def collect(
     dropped: set[str] = set()
     for b in batches:
         outs = sess.run(names, b.feeds)
-        mask = b.feeds["attention_mask"].astype(bool) if mask_padding and "attention_mask" in b.feeds else None
+        mask = b.feeds["attention_mask"].astype(bool) if "attention_mask" in b.feeds else None
         for name, x in zip(names, outs):
             if mask is not None:
                 x = _select_tokens(x, mask)

@@ -25,7 +25,8 @@ class CalibrateOptions(BudgetOptions):
     samples: PositiveInt = opt(2048, "Calibration texts (the first N of --data).", panel="Data")
     max_length: MaxLength = opt(128, "Truncate texts to this many tokens.", panel="Data")
     batch_size: PositiveInt = opt(16, "Texts per calibration batch.", panel="Data")
-    threads: PositiveInt | None = opt(None, "Intra-op threads for ONNX Runtime.", panel="Data", flag=["--threads", "-t"])
+    threads: PositiveInt | None = opt(None, "Intra-op threads for ONNX Runtime.", panel="Data", flag=["--threads", "-t"],
+                                       fingerprint=False)  # no effect on the artifact
     method: Method = opt("percentile", "Activation range calibrator: max, percentile, entropy, mse.", panel="Quantization")
     percentile: Percentile = opt(99.999, "Percentile kept by --method percentile.", panel="Quantization")
     smooth: UnitInterval = opt(0.9, "Smoothing strength alpha (0 turns smoothing off).", panel="Quantization")
@@ -33,7 +34,7 @@ class CalibrateOptions(BudgetOptions):
     bias_correction: bool = opt(True, "Correct the mean output shift of INT8 weights.", panel="Quantization")
     quantize_bmm: bool = opt(False, "Also quantize the attention batched MatMuls.", panel="Quantization", flag="--quantize-bmm")
     quantize_head: bool = opt(False, "Also quantize the pooler/classifier GEMMs (float by default).", panel="Quantization",
-                              flag="--quantize-head")
+                              flag="--quantize-head", fingerprint=False)  # in params as the patterns it adds to exclude
     exclude: list[str] | None = opt(None, "Leave these nodes (names or globs, e.g. '*/layer.5/output/*') in float; repeatable, commas too.",
                                     panel="Quantization", split=True)
     skip_sensitive: NonNegativeInt = opt(0, "Leave the N most sensitive GEMMs in float.", panel="Quantization")
@@ -42,7 +43,8 @@ class CalibrateOptions(BudgetOptions):
     label_column: str | None = opt(None, "Label column of --eval (for --max-accuracy-drop).", panel="Checks and budget")
     eval_samples: PositiveInt = opt(64, "Held-out texts from --data after the --samples ones: fidelity check, --sensitivity-report, budget without "
                                         "--eval.", panel="Checks and budget")
-    output: str | None = opt(None, "Model output the fidelity check compares (default: chosen by shape; see README).", panel="Checks and budget")
+    output: str | None = opt(None, "Model output the fidelity check compares (default: chosen by shape; see README).", panel="Checks and budget",
+                             fingerprint="given")  # only when given: artifacts calibrated without it keep their fingerprint
     sensitivity_report: bool = opt(False, "Per-GEMM sensitivity report (report.json + table).", panel="Checks and budget")
 
     @model_validator(mode="after")
@@ -62,18 +64,11 @@ class CalibrateOptions(BudgetOptions):
         """The node patterns kept in float: ``exclude``, and the pooler/classifier unless ``quantize_head``."""
         return list(self.exclude or []) + ([] if self.quantize_head else list(DEFAULT_EXCLUDE_NODES))
 
-    def params(self) -> dict[str, Any]:
-        """The manifest params: not ``threads`` (no effect on the artifact), ``quantize_head`` as the
-        patterns it adds to ``exclude``; the output and the budget only when given, so artifacts
-        calibrated without them keep their fingerprint."""
-        p = dict(data=str(self.data) if self.data else None, text_column=self.text_column, method=self.method, percentile=self.percentile,
-                 samples=self.samples, max_length=self.max_length, batch_size=self.batch_size, smooth=self.smooth, shift=self.shift,
-                 bias_correction=self.bias_correction, quantize_bmm=self.quantize_bmm, exclude=self.excluded(),
-                 skip_sensitive=self.skip_sensitive, sensitivity_report=self.sensitivity_report, eval_samples=self.eval_samples,
-                 ranges=str(self.ranges) if self.ranges else None, trt_cache=self.trt_cache)
-        if self.output:
-            p["output"] = self.output
-        if self.budget or self.eval:
-            p.update(min_cosine=self.min_cosine, max_accuracy_drop=self.max_accuracy_drop, eval=str(self.eval) if self.eval else None,
-                     label_column=self.label_column, max_float=self.max_float)
+    def _effective(self, p: dict[str, Any]) -> dict[str, Any]:
+        """``exclude`` as resolved (with the head's patterns); the budget only when given, so artifacts
+        calibrated without one keep their fingerprint."""
+        p["exclude"] = self.excluded()
+        if not (self.budget or self.eval):
+            for k in ("min_cosine", "max_accuracy_drop", "eval", "label_column", "max_float"):
+                del p[k]
         return p

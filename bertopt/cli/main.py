@@ -84,7 +84,7 @@ def report_error(e: BertoptError) -> None:
 
 
 def report_interrupt() -> None:
-    from bertopt.artifacts import interrupted_message
+    from bertopt.outdir import interrupted_message
 
     print(interrupted_message(), file=sys.stderr, flush=True)
 
@@ -94,7 +94,7 @@ def os_error_to_user_error(e: OSError) -> BertoptError | None:
     is the user's environment; any other OSError is a bug and keeps its traceback."""
     from pathlib import Path
 
-    from bertopt.artifacts import DISK_ERRNOS, PATH_ERRNOS, os_error
+    from bertopt.outdir import DISK_ERRNOS, PATH_ERRNOS, os_error
 
     if e.errno not in DISK_ERRNOS | PATH_ERRNOS:
         return None

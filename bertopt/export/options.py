@@ -24,4 +24,4 @@ class ExportOptions(StageOptions):
 
     def params(self, *, task: str, pooling: str, normalize: bool) -> dict[str, Any]:
         """The manifest params, with the head as resolved against the model."""
-        return self.model_dump(mode="json") | {"task": task, "pooling": pooling, "normalize": normalize}
+        return super().params(task=task, pooling=pooling, normalize=normalize)

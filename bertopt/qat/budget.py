@@ -178,19 +178,19 @@ def render(rec: dict, title: str) -> None:
     console.print(t)
 
 
-def fallback_calibrate(fp32_dir: Path, out: Path, *, data: Path, text_column: str | None, eval_file: Path, label_column: str | None,
-                       min_cosine, max_accuracy_drop, max_float, max_length: int):
-    """calibrate's budget search (its defaults otherwise) on the same export, calibration and held-out texts.
-    Returns (name, its .onnx or None, a record of what it kept in float)."""
-    from bertopt.artifacts import forget_outputs_under, load_artifact
+def fallback_calibrate(fp32_dir: Path, out: Path, o, *, data: Path, eval_file: Path, max_length: int):
+    """calibrate's budget search (qat's options ``o`` for the budget and columns, calibrate's defaults otherwise)
+    on the same export, calibration and held-out texts. Returns (name, its .onnx or None, a record of what it kept in float)."""
+    from bertopt.artifacts import load_artifact
     from bertopt.calibrators.stage import run_calibrate
+    from bertopt.outdir import forget_outputs_under
 
     note("qat: neither the QAT model nor its start meets the budget: calibrate's search on the same texts "
          "(GEMMs back to float, most sensitive first, re-measured)")
     try:
-        art = run_calibrate(fp32_dir, out, data=str(data), text_column=text_column, eval=str(eval_file),
-                            label_column=label_column if max_accuracy_drop is not None else None, min_cosine=min_cosine,
-                            max_accuracy_drop=max_accuracy_drop, max_float=max_float, max_length=max_length, trt_cache=False)
+        art = run_calibrate(fp32_dir, out, data=str(data), text_column=o.text_column, eval=str(eval_file),
+                            label_column=o.label_column if o.max_accuracy_drop is not None else None, min_cosine=o.min_cosine,
+                            max_accuracy_drop=o.max_accuracy_drop, max_float=o.max_float, max_length=max_length, trt_cache=False)
     except QualityGateError:
         art = load_artifact(out, verify=False) if (out / "manifest.json").is_file() else None
     forget_outputs_under(out)

@@ -19,7 +19,8 @@ class QatOptions(TrainingOptions, BudgetOptions):
     attention_weight: NonNegativeFloat = opt(0.0, "Weight of the attention-probability distillation loss.", panel="Training")
     dropout: bool = opt(False, "Keep the model's dropout in the student while it trains (off: it matches the teacher's deterministic "
                                "outputs).", panel="Training")
-    init_from: str | None = opt(None, "A `bertopt calibrate` artifact: start from its quantizer ranges (and float layers).", panel="Quantization")
+    init_from: str | None = opt(None, "A `bertopt calibrate` artifact: start from its quantizer ranges (and float layers).", panel="Quantization",
+                                fingerprint=False)  # an input (hashed)
     start: Literal["calibrate", "max"] = opt("calibrate", "Without --init-from: 'calibrate' (export + bertopt calibrate on --data first, "
                                                           "default) or 'max' (modelopt max calibration).", panel="Quantization")
     calib_batches: PositiveInt = opt(16, "Training batches for the initial max calibration (--start max).", panel="Quantization")
@@ -28,7 +29,8 @@ class QatOptions(TrainingOptions, BudgetOptions):
     quantize_bmm: bool = opt(False, "Also quantize the attention batched MatMuls.", panel="Quantization")
     parity_min_mean_cosine: Cosine = opt(0.99, "Export check: the ONNX model (ORT int8) vs the fake-quant torch model, minimum MEAN "
                                                "cosine over held-out texts (was --min-cosine).", panel="Checks and budget")
-    output: str | None = opt(None, "Output the export parity check compares (default: chosen by shape; see README).", panel="Checks and budget")
+    output: str | None = opt(None, "Output the export parity check compares (default: chosen by shape; see README).", panel="Checks and budget",
+                             fingerprint="given")
     task: Literal[TASKS] | None = opt(None, "feature-extraction or sequence-classification (default: from the model, as export).",
                                       panel="Export")
     pooling: POOLING = opt("auto", "Sentence embedding output, as export: auto, mean, cls, none.", panel="Export")
@@ -49,20 +51,14 @@ class QatOptions(TrainingOptions, BudgetOptions):
         check_budget(self.min_cosine, self.max_accuracy_drop, self.eval, labels, where="qat")
         return self
 
-    def params(self, *, task: str, pooling: str, normalize: bool, exclude: list[str]) -> dict[str, Any]:
-        """The manifest params: the options as resolved against the model (task, head, what stays float),
-        None where an option has no effect (``val_fraction`` with ``val_data``, ``epochs`` with ``steps``, ...)."""
-        auto_start = not self.init_from and self.start == "calibrate"
-        p = {"task": task, "pooling": pooling, "normalize": bool(normalize)} | self.training_params() | {
-            "start": "calibrate" if auto_start else (None if self.init_from else self.start),
-            "calib_batches": None if self.init_from else self.calib_batches, "exclude": exclude, "quantize_bmm": self.quantize_bmm,
-            "temperature": self.temperature, "output_weight": self.output_weight, "hidden_weight": self.hidden_weight,
-            "attention_weight": self.attention_weight, "task_weight": self.task_weight if self.label_column else None,
-            "dropout": self.dropout, "opset": self.opset, "seed": self.seed, "parity_min_mean_cosine": self.parity_min_mean_cosine,
-        }
-        if self.budget:
-            p.update(min_cosine=self.min_cosine, max_accuracy_drop=self.max_accuracy_drop, eval=str(self.eval) if self.eval else None,
-                     eval_samples=None if self.eval else self.eval_samples, max_float=self.max_float)
-        if self.output:
-            p["output"] = self.output
+    def _effective(self, p: dict[str, Any]) -> dict[str, Any]:
+        """None where an option has no effect (the start with ``init_from``, ...); the budget only when given."""
+        p = super()._effective(p)
+        if self.init_from:
+            p["start"] = p["calib_batches"] = None
+        if not self.budget:
+            for k in ("min_cosine", "max_accuracy_drop", "eval", "eval_samples", "max_float"):
+                del p[k]
+        elif self.eval:
+            p["eval_samples"] = None
         return p

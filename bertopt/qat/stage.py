@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
@@ -81,7 +82,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
     job = _plan(input, out, o, verbose)
     if (done := up_to_date(job.out, "qat", job.inputs, job.params, force)) is not None:
         skipped("qat", job.out)
-        _budget_gate(done)
+        gate(done)
         return done
     _require_modelopt()
     import tempfile
@@ -101,7 +102,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
     finally:
         if tmp is not None:
             tmp.cleanup()
-    _budget_gate(art)
+    gate(art)
     return art
 
 
@@ -194,24 +195,9 @@ def _start(job: _Job, tmp: Path) -> None:
         if job.held_out.train_file is not None:
             job.train_path, job.train_limit = job.held_out.train_file, None
     if job.auto_start:  # every process calibrates the same way (DDP then broadcasts rank 0's state)
-        cal = calibrated_start(job.model_dir, tmp, data=str(job.train_path), text_column=o.text_column, task=job.task, pooling=job.pooling,
-                               normalize=job.normalize, max_length=o.max_length, opset=o.opset)
+        cal = calibrated_start(job.model_dir, tmp, o, data=str(job.train_path), task=job.task, pooling=job.pooling, normalize=job.normalize)
         job.init_path = resolve_init_from(cal)
         job.fp32_dir = tmp / "export"
-
-
-def _budget_gate(art: Artifact) -> None:
-    from bertopt.errors import QualityGateError
-
-    b = art.manifest.get("metrics", {}).get("budget")
-    if b and not b.get("passed", True):
-        c = b["candidates"][b["chosen"]]
-        raise QualityGateError(
-            f"qat: no candidate met the budget on {b['held_out']['n']} held-out texts; best found: '{b['chosen']}', "
-            f"cosine min {c['cosine_min']:.5f}" + (f", accuracy drop {c['accuracy_drop_points']:.2f} points" if "accuracy_drop_points" in c else "")
-            + f" (written to {art.path}, manifest budget.passed false)",
-            hint="relax the budget, raise --max-float, or train/calibrate on more text",
-        )
 
 
 def _run(job: _Job, env) -> Artifact:
@@ -410,7 +396,7 @@ def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history:
 
 def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
     """Which model to write: the QAT export, its start, or (budget missed) calibrate's budget search."""
-    from bertopt.artifacts import forget_outputs_under
+    from bertopt.outdir import forget_outputs_under
     from bertopt.export.stage import run_export
     from bertopt.qat.budget import CHECK_TEXTS, Chooser, fallback_calibrate, render
 
@@ -436,9 +422,7 @@ def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
         cands["start"] = Path(job.init_path)
 
     def fallback():
-        return fallback_calibrate(fp32_dir, tmp / "calibrate-budget", data=job.train_path, text_column=o.text_column,
-                                  eval_file=h.eval_file, label_column=o.label_column, min_cosine=o.min_cosine,
-                                  max_accuracy_drop=o.max_accuracy_drop, max_float=o.max_float, max_length=data.max_len)
+        return fallback_calibrate(fp32_dir, tmp / "calibrate-budget", o, data=job.train_path, eval_file=h.eval_file, max_length=data.max_len)
 
     with console.status(f"qat: measuring the QAT model{' and its start' if 'start' in cands else ''} on {source}"):
         rec = ch.choose(cands, fallback if budget else None)

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertopt.artifacts import forget_outputs_under
+from bertopt.outdir import forget_outputs_under
 from bertopt.ui import note
 
-def calibrated_start(model_dir: Path, base: Path, *, data: str, text_column: str | None, task: str, pooling: str, normalize: bool,
-                     max_length: int, opset: int, force: bool = False) -> Path:
-    """Export + calibrate ``model_dir`` into ``base``; returns the calibrate artifact folder."""
+def calibrated_start(model_dir: Path, base: Path, o, *, data: str, task: str, pooling: str, normalize: bool, force: bool = False) -> Path:
+    """Export + calibrate ``model_dir`` into ``base`` (text column, max length and opset as qat's options ``o``);
+    returns the calibrate artifact folder."""
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.export.stage import run_export
 
     exp = base / "export"
     cal = base / "calibrate"
     note(f"qat: no --init-from: starting from bertopt's own calibration of {model_dir} on {data} (calibrate's defaults)")
-    run_export(model_dir, exp, task=task, pooling=pooling, normalize=normalize, opset=opset, force=force)
-    run_calibrate(exp, cal, data=str(data), text_column=text_column, max_length=max_length, trt_cache=False, force=force)
+    run_export(model_dir, exp, task=task, pooling=pooling, normalize=normalize, opset=o.opset, force=force)
+    run_calibrate(exp, cal, data=str(data), text_column=o.text_column, max_length=o.max_length, trt_cache=False, force=force)
     forget_outputs_under(base)  # a temporary start, not an output: Ctrl-C later reports qat's own output
     return cal

@@ -87,7 +87,7 @@ class Checkpointer:
     def save(self, state: dict) -> None:
         import torch
 
-        from bertopt.artifacts import keep_note
+        from bertopt.outdir import keep_note
 
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True)
@@ -104,7 +104,7 @@ class Checkpointer:
         """Remove what bertopt wrote, never anything else; the folder only if bertopt made it and it is then empty."""
         import contextlib
 
-        from bertopt.artifacts import keep_note
+        from bertopt.outdir import keep_note
 
         keep_note(str(self.folder), None)
         for p in (self.path, self.meta, *self.folder.glob(CHECKPOINT_FILE + ".tmp-*"), *self.folder.glob(CHECKPOINT_META + ".tmp-*")):
