@@ -157,3 +157,49 @@ def test_restored_artifact_that_is_up_to_date_is_kept(exported_minilm, fused, tm
     assert f"restored {out}" in err and "up to date" in err, err[-2000:]
     assert (out / "manifest.json").read_bytes() == (fused / "manifest.json").read_bytes()
     assert hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 3: paths against the artifact
+@pytest.fixture(scope="module")
+def workdir_export(minilm_dir, tmp_path_factory) -> Path:
+    """``wd/m`` (the MiniLM, hard-linked) exported to ``wd/export``: its manifest records the model as ``../m``."""
+    from bertopt.artifacts import link_or_copy
+    from bertopt.export.stage import run_export
+
+    wd = tmp_path_factory.mktemp("wd")
+    shutil.copytree(minilm_dir, wd / "m", copy_function=link_or_copy)
+    run_export(wd / "m", wd / "export")
+    assert json.loads((wd / "export" / "manifest.json").read_text())["inputs"]["model"]["path"] == "../m"
+    return wd / "export"
+
+
+@pytest.mark.parametrize("decoy", [False, True])
+def test_qat_reads_the_model_path_against_the_artifact(workdir_export, classifier_dir, tmp_path, decoy):
+    """From another folder (one where ``../m`` is a different model, the classifier, when ``decoy``) qat
+    trains ``wd/m``: its plan names that folder (shown by the --label-column check, which fails before any
+    training because the export is a feature-extraction model, while the decoy is a classifier)."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    if decoy:
+        shutil.copytree(classifier_dir, tmp_path / "m", copy_function=os.link)
+    data = tmp_path / "t.txt"
+    data.write_text("one text\nanother text\n")
+    r = subprocess.run([sys.executable, "-m", "bertopt", "qat", str(workdir_export), "-o", str(tmp_path / "q"), "--data", str(data),
+                        "--label-column", "label"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    user_error(r, "--label-column", "feature-extraction")
+    assert str(workdir_export.parent / "m") in " ".join(r.stderr.split()), r.stderr[-2000:]
+    assert not (tmp_path / "q").exists()
+
+
+def test_qat_plan_from_another_folder_hashes_the_recorded_model(workdir_export, classifier_dir, tmp_path, monkeypatch):
+    from bertopt.qat.options import QatOptions
+    from bertopt.qat.stage import _plan
+
+    shutil.copytree(classifier_dir, tmp_path / "m", copy_function=os.link)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    data = tmp_path / "t.txt"
+    data.write_text("one text\n")
+    job = _plan(workdir_export, tmp_path / "q", QatOptions(data=str(data)), False)
+    recorded = json.loads((workdir_export / "manifest.json").read_text())["inputs"]["model"]["sha256"]
+    assert job.model_dir == workdir_export.parent / "m" and job.inputs["model"]["sha256"] == recorded

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.artifacts import (MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, input_path, load_artifact, up_to_date,
+                               write_artifact)
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
@@ -465,14 +466,14 @@ def _model_dir(input) -> tuple[Path, dict]:
         art = load_artifact(p, verify=False)
         if art.stage == "compress" and (p / "config.json").is_file():  # a compressed student: itself an HF folder
             return p, {"task": art.model_info.get("task"), "pooling": art.model_info.get("pooling")}
-        src = art.manifest.get("inputs", {}).get("model", {}).get("path")
-        if art.stage != "export" or not src or not (Path(src) / "config.json").is_file():
+        src = input_path(art, "model")  # recorded relative to the artifact (``../m``) inside a workdir
+        if art.stage != "export" or src is None or not (src / "config.json").is_file():
             raise BertoptError(
                 f"{p}: qat trains the PyTorch model, and this '{art.stage}' artifact does not lead back to one",
                 hint="pass the Hugging Face model folder (or the artifact `bertopt export` wrote from it)",
             )
         info = art.model_info
-        return Path(src), {"task": info.get("task"), "pooling": info.get("pooling"), "normalize": info.get("normalize")}
+        return src, {"task": info.get("task"), "pooling": info.get("pooling"), "normalize": info.get("normalize")}
     return p, {}
 
 
