@@ -418,6 +418,21 @@ class ArtifactWriter:
 
 
 @contextlib.contextmanager
+def scratch_folder(out: str | Path, what: str) -> Iterator[Path]:
+    """A working folder beside ``out`` (``.OUT.tmp-PID-WHAT-HEX``), removed when the block ends however it
+    ends; one a SIGKILL leaves is removed by the next write to ``out`` (its pid is dead), like a stage's own."""
+    out = Path(out)
+    _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    d = out.parent / f".{out.name}.tmp-{os.getpid()}-{what}-{uuid.uuid4().hex[:8]}"
+    _os_call(out, "create a working folder beside it", lambda: d.mkdir())
+    try:
+        yield d
+    finally:
+        forget_outputs_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params: dict) -> Iterator[ArtifactWriter]:
     """``with write_artifact(out, "fuse", inputs, params) as w: ...write into w.dir...``
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import glob
@@ -203,3 +204,44 @@ def test_qat_plan_from_another_folder_hashes_the_recorded_model(workdir_export, 
     job = _plan(workdir_export, tmp_path / "q", QatOptions(data=str(data)), False)
     recorded = json.loads((workdir_export / "manifest.json").read_text())["inputs"]["model"]["sha256"]
     assert job.model_dir == workdir_export.parent / "m" and job.inputs["model"]["sha256"] == recorded
+
+
+# --------------------------------------------------------------------------------------- 11: SIGTERM, qat's scratch folder
+def _qat_until_scratch(minilm_dir: Path, slabs_dir: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    """A real qat on the MiniLM (default start: its own export + calibrate), stopped once that start is being
+    written inside qat's working folder beside ``out``."""
+    p = subprocess.Popen([sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", str(slabs_dir / "train.csv"),
+                          "--text-column", "text", "--samples", "64", "--steps", "4", "--batch-size", "8", "--max-length", "16"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    scratch = []
+    while p.poll() is None and time.time() < deadline:
+        scratch = glob.glob(str(out.parent / f".{out.name}.tmp-{p.pid}-qat-start-*"))
+        if scratch and glob.glob(scratch[0] + "/.*.tmp-*/*"):  # the start's export is writing its model
+            break
+        time.sleep(0.05)
+    assert p.poll() is None and scratch, p.communicate()[1][-2000:]
+    return p, Path(scratch[0])
+
+
+def test_sigterm_is_handled_like_ctrl_c(minilm_dir, slabs_dir, tmp_path):
+    out = tmp_path / "qat"
+    before = set(glob.glob("/tmp/bertopt-qat-start-*"))
+    p, scratch = _qat_until_scratch(minilm_dir, slabs_dir, out)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert f"error: terminated (SIGTERM); interrupted: no partial artifact was left; {out} was not created" in err, err[-2000:]
+    assert not scratch.exists() and sorted(x.name for x in tmp_path.iterdir()) == []  # no working folder, lock or artifact
+    assert set(glob.glob("/tmp/bertopt-qat-start-*")) <= before
+
+
+def test_sigkilled_qat_scratch_is_removed_by_the_next_write(minilm_dir, slabs_dir, exported_minilm, tmp_path):
+    out = tmp_path / "qat"
+    p, scratch = _qat_until_scratch(minilm_dir, slabs_dir, out)
+    p.kill()
+    p.wait(timeout=60)
+    assert scratch.is_dir()  # what SIGKILL leaves: nothing can run on it
+    r = run_cli("fuse", str(exported_minilm), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not scratch.exists() and hidden_files(tmp_path) == []

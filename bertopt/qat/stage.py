@@ -85,23 +85,20 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
         _budget_gate(done)
         return done
     _require_modelopt()
-    import tempfile
-
+    from bertopt.artifacts import scratch_folder
     from bertopt.qat import dist
 
-    # a temporary folder for the calibrated start, the budget's held-out texts and the reference export
-    tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-") if job.auto_start or o.budget or job.init_path is not None else None
-    try:
+    # a working folder beside the output for the calibrated start, the budget's held-out texts and the
+    # reference export: removed on every exit, and by the next write to `out` after a SIGKILL
+    need = job.auto_start or o.budget or job.init_path is not None
+    with scratch_folder(job.out, "qat-start") if need else contextlib.nullcontext() as tmp:
         if tmp is not None:
-            _start(job, Path(tmp.name))
+            _start(job, tmp)
         env = dist.setup()
         try:
             art = _run(job, env)
         finally:
             env.close()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     _budget_gate(art)
     return art
 
