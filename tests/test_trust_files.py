@@ -245,3 +245,49 @@ def test_sigkilled_qat_scratch_is_removed_by_the_next_write(minilm_dir, slabs_di
     r = run_cli("fuse", str(exported_minilm), "-o", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert not scratch.exists() and hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 12: external data outside the model folder
+def _model_with_external_data(path: Path, location: str) -> None:
+    """A one-MatMul model whose weight is external data at ``location`` (relative to ``path``'s folder)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _unread(f: Path) -> None:
+    """Set ``f``'s access time before its modification time: a read of it (relatime) moves the access time."""
+    os.utime(f, (1_000_000, time.time()))
+
+
+@pytest.mark.parametrize("cmd", ["fuse", "build"])
+@pytest.mark.parametrize("where", ["parent", "absolute", "link", "dotdot-inside"])
+def test_external_data_outside_the_model_folder_is_never_read(tmp_path, cmd, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(64))
+    probe = tmp_path / "probe.bin"
+    probe.write_bytes(b"x")
+    _unread(probe)
+    probe.read_bytes()
+    if os.stat(probe).st_atime < 2_000_000:
+        pytest.skip("this file system does not record reads (noatime)")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "sub").mkdir()
+    (tmp_path / "m" / "link.bin").symlink_to(secret)
+    loc = {"parent": "../secret.bin", "absolute": str(secret), "link": "link.bin", "dotdot-inside": "sub/../../secret.bin"}[where]
+    _model_with_external_data(tmp_path / "m" / "model.onnx", loc)
+    _unread(secret)
+    r = run_cli(cmd, str(tmp_path / "m" / "model.onnx"), "-o", str(tmp_path / "out"))
+    user_error(r, "initializer 'w' keeps its data at location", "outside the model's folder")
+    assert os.stat(secret).st_atime < 2_000_000, "the file outside the model folder was read"
+    assert not (tmp_path / "out").exists() and hidden_files(tmp_path) == []
