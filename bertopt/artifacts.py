@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bertopt import __version__
-from bertopt.errors import BertoptError
+from bertopt.errors import BertoptError, clip
 from bertopt.manifest import read_manifest
 from bertopt.outdir import DISK_ERRNOS, _os_call, begin, check_out, os_error, output_lock, remove_stale_temps, restore_swapped
 
@@ -198,10 +198,35 @@ def check_onnx_readable(path: Path, where: str = "") -> None:
     import onnx
 
     try:
-        onnx.load(str(path), load_external_data=False)
+        m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise BertoptError(f"{path}: not a readable ONNX model{where} ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
                            hint="re-run the stage that wrote it, or re-export the model") from None
+    external_data_files(path, m, where)
+
+
+def external_data_files(path: Path, model: Any = None, where: str = "") -> list[Path]:
+    """The files holding ``path``'s external weights (those that exist). A ``location`` outside the model's
+    folder (absolute, ``..``, or a link out of it) is refused before anything there is opened or hashed."""
+    path = Path(path)
+    if model is None:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    folder = os.path.realpath(path.parent)
+    found: dict[str, Path] = {}
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key != "location" or e.value in found:
+                continue
+            rel = os.path.normpath(e.value) if e.value else ""
+            inside = rel and not os.path.isabs(rel) and rel != ".." and not rel.startswith(".." + os.sep)
+            if not inside or os.path.commonpath([folder, os.path.realpath(path.parent / rel)]) != folder:
+                raise BertoptError(f"{path}: initializer '{clip(t.name, 80)}' keeps its data at location '{clip(e.value, 120)}', "
+                                   f"outside the model's folder{where}; refusing to read it",
+                                   hint="external data must be a file beside the model (re-export it, or fix the location)")
+            found[e.value] = path.parent / rel
+    return [f for _, f in sorted(found.items()) if f.is_file()]
 
 
 # --------------------------------------------------------------------------------------- writing

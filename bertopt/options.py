@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
 from bertopt.errors import QUOTE_LIMIT, BertoptError, clip, quote
-from bertopt.params import (RENAMED, Cosine, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt,
-                            deprecated_name)
+from bertopt.params import (RENAMED, Cosine, Epochs, HalfOpenFraction, MaxLength, NonNegativeFloat, OpenFraction, PositiveFloat,
+                            PositiveInt, Steps, deprecated_name)
 
 CLI = "cli"  # parse(..., where=CLI): the values came from the command line, errors name --flags
 
@@ -92,7 +92,7 @@ def interval(b: dict[str, Any]) -> str | None:
 class StageOptions(BaseModel):
     """Base of every stage's options. ``STAGE`` is the stage name; ``PANELS`` orders the help panels."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan/inf in any float option: refused by name
     STAGE: ClassVar[str] = ""
     PANELS: ClassVar[tuple[str, ...]] = ()
 
@@ -241,8 +241,8 @@ class TrainingOptions(StageOptions):
     val_fraction: OpenFraction = opt(0.1, "Fraction of --data held out for early stopping.", panel="Data")
     samples: PositiveInt | None = opt(None, "Use only the first N texts of --data (default: all).", panel="Data")
     max_length: MaxLength = opt(128, "Truncate texts to this many tokens.", panel="Data")
-    epochs: PositiveFloat = opt(1.0, "Training epochs (fractions allowed).", panel="Training")
-    steps: PositiveInt | None = opt(None, "Training steps (overrides --epochs); a step is one batch per process.", panel="Training")
+    epochs: Epochs = opt(1.0, "Training epochs (fractions allowed).", panel="Training")
+    steps: Steps | None = opt(None, "Training steps (overrides --epochs); a step is one batch per process.", panel="Training")
     batch_size: PositiveInt = opt(32, "Batch size per process.", panel="Training")
     lr: PositiveFloat = opt(2e-5, "Peak AdamW learning rate (linear warmup, linear decay).", panel="Training")
     warmup_ratio: HalfOpenFraction = opt(0.1, "Fraction of the steps with a linear learning-rate warmup.", panel="Training")

@@ -10,6 +10,7 @@ import glob
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -238,3 +239,18 @@ def interrupted_message() -> str:
     if done:
         msg += "; finished before: " + ", ".join(done)
     return msg + kept
+
+
+@contextlib.contextmanager
+def scratch_folder(out: str | Path, what: str) -> Iterator[Path]:
+    """A working folder beside ``out`` (``.OUT.tmp-PID-WHAT-HEX``), removed when the block ends however it
+    ends; one a SIGKILL leaves is removed by the next write to ``out`` (its pid is dead), like a stage's own."""
+    out = Path(out)
+    _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    d = out.parent / f".{out.name}.tmp-{os.getpid()}-{what}-{uuid.uuid4().hex[:8]}"
+    _os_call(out, "create a working folder beside it", lambda: d.mkdir())
+    try:
+        yield d
+    finally:
+        forget_outputs_under(d)
+        shutil.rmtree(d, ignore_errors=True)

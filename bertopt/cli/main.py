@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import signal
 import sys
 from typing import Annotated, Optional
 
@@ -51,17 +52,32 @@ def _root(
         ui.set_quiet(True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI sends on cancel, what ``kill`` sends) raised where the process is, like Ctrl-C:
+    the same unwinding removes temporary folders and releases locks."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    """Say what was kept; exit 130 (Ctrl-C) or 143 (SIGTERM), the shell's codes for the two signals."""
+    report_interrupt(e)
+    sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
 def _interruptible(command):
-    """Ctrl-C inside a command: say what was kept, exit 130. (typer/click would turn the
+    """Ctrl-C or SIGTERM inside a command: say what was kept, exit 130/143. (typer/click would turn the
     KeyboardInterrupt into a silent exit 130 before ``main`` could see it.)"""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            report_interrupt()
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            _interrupted(e)
 
     return run
 
@@ -83,10 +99,13 @@ def report_error(e: BertoptError) -> None:
         err.print(f"hint: {clip(e.hint)}", style="yellow", markup=False)
 
 
-def report_interrupt() -> None:
+def report_interrupt(e: KeyboardInterrupt | None = None) -> None:
     from bertopt.outdir import interrupted_message
 
-    print(interrupted_message(), file=sys.stderr, flush=True)
+    msg = interrupted_message()
+    if isinstance(e, Terminated):
+        msg = "error: terminated (SIGTERM); " + msg
+    print(msg, file=sys.stderr, flush=True)
 
 
 def os_error_to_user_error(e: OSError) -> BertoptError | None:
@@ -102,14 +121,14 @@ def os_error_to_user_error(e: OSError) -> BertoptError | None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except BertoptError as e:
         report_error(e)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        report_interrupt()
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     except OSError as e:
         user = os_error_to_user_error(e)
         if user is None:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from bertopt.models import TASKS
 from bertopt.options import POOLING, TrainingOptions, opt
-from bertopt.params import PositiveFloat, PositiveInt
+from bertopt.params import Epochs, PositiveFloat, PositiveInt
 
 
 class CompressOptions(TrainingOptions):
@@ -21,7 +21,7 @@ class CompressOptions(TrainingOptions):
     task: Literal[TASKS] | None = opt(None, "feature-extraction or sequence-classification (default: from config.json).", panel="Data")
     pooling: POOLING = opt("auto", "Sentence embedding the output loss compares: auto, mean, cls, none.", panel="Data")
     # a smaller student trains longer and faster than qat's copy of the teacher
-    epochs: PositiveFloat = TrainingOptions.with_default("epochs", 3.0)
+    epochs: Epochs = TrainingOptions.with_default("epochs", 3.0)
     lr: PositiveFloat = TrainingOptions.with_default("lr", 1e-4)
 
     def params(self, *, task: str, pooling: str, layers: list[int], ffn_size: int, prunes_ffn: bool) -> dict[str, Any]:

@@ -110,14 +110,14 @@ def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = Fa
     the model output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks
     one by default). A graph with no encoder layer is a warning, with ``strict`` an error."""
     from bertopt import ui
-    from bertopt.artifacts import check_onnx_readable, describe_input, load_artifact, up_to_date, write_artifact
+    from bertopt.artifacts import check_onnx_readable, describe_input, external_data_files, load_artifact, up_to_date, write_artifact
 
     o = FuseOptions.of(options, kwargs)
     art = load_artifact(input)
     src = art.model_path
     check_onnx_readable(src, f" (output 'model' of {art.path})")
     inputs = {"model": describe_input(input)}
-    data_files = _external_data_files(src)
+    data_files = external_data_files(src)
     for i, f in enumerate(data_files):
         inputs[f"model_data{i or ''}"] = describe_input(f)
     params = o.params()
@@ -221,18 +221,6 @@ def _say_fused(report: FuseReport, par: dict, choice, verbose: bool) -> None:
     if verbose:
         for line in zero_fired_lines(report):
             ui.note(line)
-
-
-def _external_data_files(path: Path) -> list[Path]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    locs = set()
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                locs.add(e.value)
-    return [path.parent / loc for loc in sorted(locs) if (path.parent / loc).is_file()]
 
 
 def _save(model, path: Path, w) -> None:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertopt.artifacts import MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date, write_artifact
+from bertopt.artifacts import (MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, input_path, load_artifact, up_to_date,
+                               write_artifact)
 from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
@@ -85,23 +86,20 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
         gate(done)
         return done
     _require_modelopt()
-    import tempfile
-
+    from bertopt.outdir import scratch_folder
     from bertopt.qat import dist
 
-    # a temporary folder for the calibrated start, the budget's held-out texts and the reference export
-    tmp = tempfile.TemporaryDirectory(prefix="bertopt-qat-start-") if job.auto_start or o.budget or job.init_path is not None else None
-    try:
+    # a working folder beside the output for the calibrated start, the budget's held-out texts and the
+    # reference export: removed on every exit, and by the next write to `out` after a SIGKILL
+    need = job.auto_start or o.budget or job.init_path is not None
+    with scratch_folder(job.out, "qat-start") if need else contextlib.nullcontext() as tmp:
         if tmp is not None:
-            _start(job, Path(tmp.name))
+            _start(job, tmp)
         env = dist.setup()
         try:
             art = _run(job, env)
         finally:
             env.close()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     gate(art)
     return art
 
@@ -449,14 +447,14 @@ def _model_dir(input) -> tuple[Path, dict]:
         art = load_artifact(p, verify=False)
         if art.stage == "compress" and (p / "config.json").is_file():  # a compressed student: itself an HF folder
             return p, {"task": art.model_info.get("task"), "pooling": art.model_info.get("pooling")}
-        src = art.manifest.get("inputs", {}).get("model", {}).get("path")
-        if art.stage != "export" or not src or not (Path(src) / "config.json").is_file():
+        src = input_path(art, "model")  # recorded relative to the artifact (``../m``) inside a workdir
+        if art.stage != "export" or src is None or not (src / "config.json").is_file():
             raise BertoptError(
                 f"{p}: qat trains the PyTorch model, and this '{art.stage}' artifact does not lead back to one",
                 hint="pass the Hugging Face model folder (or the artifact `bertopt export` wrote from it)",
             )
         info = art.model_info
-        return Path(src), {"task": info.get("task"), "pooling": info.get("pooling"), "normalize": info.get("normalize")}
+        return src, {"task": info.get("task"), "pooling": info.get("pooling"), "normalize": info.get("normalize")}
     return p, {}
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertopt.errors import BertoptError
+from bertopt.params import MAX_STEPS
 from bertopt.qat.batches import Encoded, Schedule, collate, eval_batches
 from bertopt.qat.dist import DistEnv
 from bertopt.qat.losses import LossWeights, distill_loss, pool
@@ -279,6 +280,9 @@ def _plan(train_data: Encoded, cfg: TrainConfig, env: DistEnv) -> tuple[Schedule
             hint="use more data or a smaller --batch-size",
         )
     total = cfg.steps if cfg.steps else max(1, math.ceil(cfg.epochs * sched.steps_per_epoch))
+    if total > MAX_STEPS:  # --epochs within its range, but times a large --data
+        raise BertoptError(f"--epochs {cfg.epochs:g} of {len(train_data)} texts in batches of {cfg.batch_size} is {total:,} steps "
+                           f"(at most {MAX_STEPS:,})", hint="fewer --epochs, a larger --batch-size, or --steps N")
     return sched, total, cfg.eval_every or max(1, round(total / 10))
 
 
