@@ -194,7 +194,7 @@ def test_cli_build(ort_fp32, exported_minilm, tmp_path):
 def test_tensorrt_int8_preparation_of_the_real_qdq_minilm(qdq_minilm, exported_minilm, feeds):
     """What a TensorRT int8 build feeds the parser, checked on ONNX Runtime: the Q/DQ MiniLM moved to
     opset 19 with FP16 scales and float rest, LayerNorm/Softmax in FP32, as faithful as the Q/DQ graph."""
-    from bertopt.backends.tensorrt import expected_int8_gemms, prepare_onnx
+    from bertopt.backends.tensorrt.prepare import expected_int8_gemms, prepare_onnx
 
     p = prepare_onnx(qdq_minilm, None, ("LayerNormalization", "Softmax"))
     assert p.precision == "int8" and p.fp16["opset_to"] == 19

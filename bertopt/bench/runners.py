@@ -75,7 +75,7 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
         id2label=info.get("id2label"),
     )
     if build.get("backend") == "tensorrt":
-        from bertopt.backends.tensorrt import TensorRTRunner
+        from bertopt.backends.tensorrt.runner import TensorRTRunner
 
         trt = TensorRTRunner(art)
         refuses, max_batch, max_seq = profile_limits(build.get("profiles") or [])
