@@ -11,6 +11,7 @@ import pytest
 
 from bertopt.artifacts import load_artifact
 from bertopt.backends import onnxruntime as ortb
+from bertopt.backends.ort_tune import candidate_configs
 from bertopt.backends.stage import run_build
 from bertopt.data import load_tokenizer, tokenize
 from bertopt.errors import BertoptError
@@ -135,7 +136,7 @@ def test_session_search_measures_and_keeps_the_fastest(exported_minilm, tmp_path
     assert decision["load_average"]["cores"] == ortb.physical_cores()
     saved = json.loads((d / "session.json").read_text())
     assert saved == decision["session"]
-    assert set(decision["winners"]) <= set(ortb.candidate_configs(ortb.default_session_config()))
+    assert set(decision["winners"]) <= set(candidate_configs(ortb.default_session_config()))
     ortb.make_session(d / "model.onnx", saved)  # loads the way it was measured
 
 
