@@ -34,7 +34,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def cpu_half(work: Path, *, samples: int, export: Path | None = None, verbose: bool = False) -> dict:
     """export (unless an export artifact is given) -> fuse (tensorrt) -> calibrate -> prepare both engine inputs."""
     from bertopt.backends.options import DEFAULT_KEEP_FP32
-    from bertopt.backends.tensorrt import prepare_onnx
+    from bertopt.backends.tensorrt.prepare import prepare_onnx
     from bertopt.calibrators.stage import run_calibrate
     from bertopt.export.stage import run_export
     from bertopt.passes.stage import run_fuse
@@ -107,7 +107,7 @@ def compare_runners(runner, reference, feeds: list[dict], atol: float, rtol: flo
 
 
 def bench_engine(engine_dir: Path, tokenizer_dir: Path, iters: int) -> dict:
-    from bertopt.backends.tensorrt import TensorRTRunner
+    from bertopt.backends.tensorrt.runner import TensorRTRunner
 
     runner = TensorRTRunner(engine_dir)
     feeds_all = eval_feeds(tokenizer_dir, max(BATCHES), 1)[0]

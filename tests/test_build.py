@@ -11,6 +11,7 @@ import pytest
 
 from bertopt.artifacts import load_artifact
 from bertopt.backends import onnxruntime as ortb
+from bertopt.backends.ort_tune import candidate_configs
 from bertopt.backends.stage import run_build
 from bertopt.data import load_tokenizer, tokenize
 from bertopt.errors import BertoptError
@@ -135,7 +136,7 @@ def test_session_search_measures_and_keeps_the_fastest(exported_minilm, tmp_path
     assert decision["load_average"]["cores"] == ortb.physical_cores()
     saved = json.loads((d / "session.json").read_text())
     assert saved == decision["session"]
-    assert set(decision["winners"]) <= set(ortb.candidate_configs(ortb.default_session_config()))
+    assert set(decision["winners"]) <= set(candidate_configs(ortb.default_session_config()))
     ortb.make_session(d / "model.onnx", saved)  # loads the way it was measured
 
 
@@ -194,7 +195,7 @@ def test_cli_build(ort_fp32, exported_minilm, tmp_path):
 def test_tensorrt_int8_preparation_of_the_real_qdq_minilm(qdq_minilm, exported_minilm, feeds):
     """What a TensorRT int8 build feeds the parser, checked on ONNX Runtime: the Q/DQ MiniLM moved to
     opset 19 with FP16 scales and float rest, LayerNorm/Softmax in FP32, as faithful as the Q/DQ graph."""
-    from bertopt.backends.tensorrt import expected_int8_gemms, prepare_onnx
+    from bertopt.backends.tensorrt.prepare import expected_int8_gemms, prepare_onnx
 
     p = prepare_onnx(qdq_minilm, None, ("LayerNormalization", "Softmax"))
     assert p.precision == "int8" and p.fp16["opset_to"] == 19

@@ -12,14 +12,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bertopt.backends import profiles as prof
-from bertopt.backends import tensorrt as trtb
 from bertopt.backends.fp16 import convert_to_fp16
 from bertopt.backends.onnxruntime import make_session
 from bertopt.backends.stage import run_build
+from bertopt.backends.tensorrt import ENGINE_FILE, PRECISION_MAP_FILE, cuda_device_count, default_timing_cache, tensorrt_available
+from bertopt.backends.tensorrt.engine import build_loaders, timing_cache_state
+from bertopt.backends.tensorrt.inspector import check_int8, parse_layer_info, precision_map, tensor_precision, unique_layers
+from bertopt.backends.tensorrt.prepare import asymmetric_qdq, expected_int8_gemms, prepare_onnx
+from bertopt.backends.tensorrt.runner import TensorRTRunner
 from bertopt.errors import BertoptError, MissingDependencyError
 from conftest import run_cli
 
-HAVE_TRT = trtb.tensorrt_available()
+HAVE_TRT = tensorrt_available()
 gpu = pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU")
 
 
@@ -224,7 +228,7 @@ def test_fp16_qdq_moves_to_opset_19_with_half_scales():
     tiny = _tiny_attention_model(qdq=True)
     next(t for t in tiny.graph.initializer if t.name == "ws").CopyFrom(numpy_helper.from_array(np.array(1e-5, np.float32), "ws"))
     assert convert_to_fp16(tiny)[1].qdq_scales_subnormal == 1
-    assert trtb.expected_int8_gemms(m16) == ["gemm"]
+    assert expected_int8_gemms(m16) == ["gemm"]
     ref = _run(m, feeds)[0]
     out = _run(m16, feeds)[0]
     assert np.abs(out - ref).max() < 2e-2
@@ -254,15 +258,15 @@ def make_session_from_proto(m):
 def test_prepare_checks_precision_against_the_graph(exported_minilm, tmp_path):
     src = exported_minilm / "model.onnx"
     with pytest.raises(BertoptError) as e:
-        trtb.prepare_onnx(src, "int8", ("LayerNormalization",))
+        prepare_onnx(src, "int8", ("LayerNormalization",))
     assert "Q/DQ" in e.value.message and "TensorRT 11 removed implicit INT8" in e.value.hint
     q = tmp_path / "q.onnx"
     onnx.save(_tiny_attention_model(qdq=True), q)
     with pytest.raises(BertoptError, match="this graph is INT8"):
-        trtb.prepare_onnx(q, "fp16", ())
-    p = trtb.prepare_onnx(q, None, ("LayerNormalization", "Softmax"))
+        prepare_onnx(q, "fp16", ())
+    p = prepare_onnx(q, None, ("LayerNormalization", "Softmax"))
     assert p.precision == "int8" and p.expected_int8 == ["gemm"] and p.fp16["opset_to"] == 19
-    p32 = trtb.prepare_onnx(src, "fp32", ())
+    p32 = prepare_onnx(src, "fp32", ())
     assert p32.fp16 is None and p32.expected_int8 == []
 
 
@@ -272,14 +276,14 @@ def test_prepare_rejects_asymmetric_qdq(tmp_path):
     zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), "zp"))
     q = tmp_path / "asym.onnx"
     onnx.save(m, q)
-    assert trtb.asymmetric_qdq(m) == ["qx", "dqx", "dqw"]
+    assert asymmetric_qdq(m) == ["qx", "dqx", "dqw"]
     with pytest.raises(BertoptError) as e:
-        trtb.prepare_onnx(q, "int8", ())
+        prepare_onnx(q, "int8", ())
     assert "symmetric" in e.value.message and "ActivationSymmetric" in e.value.hint
     u8 = _tiny_attention_model(qdq=True)
     u8.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), "zpu"))
     next(n for n in u8.graph.node if n.name == "qx").input[2] = "zpu"
-    assert trtb.asymmetric_qdq(u8) == ["qx"]
+    assert asymmetric_qdq(u8) == ["qx"]
 
 
 def test_prepare_rejects_ort_contrib_ops(tmp_path, exported_minilm):
@@ -288,7 +292,7 @@ def test_prepare_rejects_ort_contrib_ops(tmp_path, exported_minilm):
     fused = tmp_path / "ort.onnx"
     ort_optimize(exported_minilm / "model.onnx", fused, "ORT_ENABLE_EXTENDED")
     with pytest.raises(BertoptError) as e:
-        trtb.prepare_onnx(fused, "fp16", ())
+        prepare_onnx(fused, "fp16", ())
     assert "com.microsoft" in e.value.message and "ONNX Runtime" in e.value.hint
 
 
@@ -322,20 +326,20 @@ def test_parse_and_check_int8(style):
         _layer("/ln", "Normalization", "FP32", style, meta=["/ln"], ptype="Normalization"),
     ]
     info = {"Layers": layers, ("Bindings" if style == 10 else "I/O Tensors"): []}
-    recs = trtb.parse_layer_info(json.dumps(info))
+    recs = parse_layer_info(json.dumps(info))
     assert [r.precision for r in recs] == ["INT8", "INT8", "FP16", "FP16", "FP32"]
-    pmap = trtb.precision_map(recs)
+    pmap = precision_map(recs)
     assert pmap["gemm_precisions"] == {"INT8": 2, "FP16": 1} and pmap["opaque_layers"] == 1
-    check = trtb.check_int8(recs, expected)
+    check = check_int8(recs, expected)
     assert not check.ok
     assert check.fell_back == {"/l0/ffn/MatMul": "FP16"}
     assert sorted(check.int8) == ["/l0/k/MatMul", "/l0/q/MatMul"] and check.unverified == ["/l1/q/MatMul"]
-    good = trtb.check_int8(recs, expected[:2])
+    good = check_int8(recs, expected[:2])
     assert good.ok and good.to_json()["int8"] == 2
 
 
 def test_tensor_precision_strings():
-    tp = trtb.tensor_precision
+    tp = tensor_precision
     assert tp({"Format/Datatype": "Channel major INT8 format where channel % 16 == 0"}) == "INT8"
     assert tp({"Format/Datatype": "Row major linear FP32"}) == "FP32"
     assert tp({"Format/Datatype": "Half"}) == "FP16"
@@ -345,11 +349,11 @@ def test_tensor_precision_strings():
 
 def test_layer_names_only_is_an_error():
     with pytest.raises(BertoptError, match="layer names only"):
-        trtb.parse_layer_info(json.dumps({"Layers": ["a", "b"]}))
+        parse_layer_info(json.dumps({"Layers": ["a", "b"]}))
 
 
 def test_expected_int8_gemms_on_fp32_graph(exported_minilm):
-    assert trtb.expected_int8_gemms(onnx.load(str(exported_minilm / "model.onnx"), load_external_data=False)) == []
+    assert expected_int8_gemms(onnx.load(str(exported_minilm / "model.onnx"), load_external_data=False)) == []
 
 
 def test_precision_map_counts_each_layer_once_across_profiles():
@@ -358,11 +362,11 @@ def test_precision_map_counts_each_layer_once_across_profiles():
     one = [_layer("/l0/q/MatMul", "CaskGemmMatrixMultiply", "INT8", 10, meta=["/l0/q/MatMul"], ptype="MatrixMultiply"),
            _layer("/l0/ffn/MatMul", "CaskGemmMatrixMultiply", "FP16", 10, meta=["/l0/ffn/MatMul"], ptype="MatrixMultiply")]
     copies = [dict(x, Name=f"{x['Name']} [profile {k}]") for k in (1, 2) for x in one]
-    recs = trtb.parse_layer_info(json.dumps({"Layers": one + copies}))
+    recs = parse_layer_info(json.dumps({"Layers": one + copies}))
     assert len(recs) == 6
-    pmap = trtb.precision_map(recs)
+    pmap = precision_map(recs)
     assert pmap["gemm_precisions"] == {"INT8": 1, "FP16": 1} and len(pmap["layers"]) == 2
-    assert [r.name for r in trtb.unique_layers(recs)] == ["/l0/q/MatMul", "/l0/ffn/MatMul"]
+    assert [r.name for r in unique_layers(recs)] == ["/l0/q/MatMul", "/l0/ffn/MatMul"]
 
 
 # ===================================================================================== Polygraphy, without TensorRT
@@ -378,7 +382,7 @@ def test_polygraphy_loaders_compose_without_tensorrt(tmp_path):
     q = tmp_path / "q.onnx"
     onnx.save(_tiny_attention_model(qdq=True), q)  # inputs X and mask
     profiles = prof.parse_profiles("batch=1:4:8,seq=8;batch=1:1:2,seq=1:8:8", 8)
-    loaders = trtb.build_loaders(q, profiles, ["X", "mask", "token_type_ids"], load_timing_cache=str(tmp_path / "c"),
+    loaders = build_loaders(q, profiles, ["X", "mask", "token_type_ids"], load_timing_cache=str(tmp_path / "c"),
                                  save_timing_cache=str(tmp_path / "c"), profiling_verbosity="DETAILED")
     assert isinstance(loaders.network, NetworkFromOnnxPath) and loaders.network.strongly_typed
     assert isinstance(loaders.config, CreateConfig) and isinstance(loaders.engine_bytes, EngineBytesFromNetwork)
@@ -412,14 +416,14 @@ def test_timing_cache_state(tmp_path):
             return Cache(data)
 
     path = tmp_path / "cache.bin"
-    assert trtb.timing_cache_state(path, Config()) == "absent"
+    assert timing_cache_state(path, Config()) == "absent"
     for data, state in ((b"this-gpu", "usable"), (b"other-gpu", "foreign"), (b"garbage", "foreign"), (b"", "absent")):
         path.write_bytes(data)
-        assert trtb.timing_cache_state(path, Config()) == state, data
+        assert timing_cache_state(path, Config()) == state, data
 
 
 def test_no_cuda_here_is_zero_devices():
-    assert trtb.cuda_device_count() == 0 and not trtb.tensorrt_available()
+    assert cuda_device_count() == 0 and not tensorrt_available()
 
 
 def test_fp16_underflowing_qdq_scale_is_raised_to_fp16_normal_min():
@@ -446,7 +450,7 @@ def test_missing_tensorrt_is_a_user_error_with_a_hint(tmp_path):
     r = run_cli("build", str(q), "-o", str(tmp_path / "e2"), "--backend", "tensorrt", "--profile", "batch=1:4:8,seq=8")
     assert r.returncode == 1 and "error:" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(MissingDependencyError):
-        trtb.TensorRTRunner(tmp_path)
+        TensorRTRunner(tmp_path)
 
 
 def test_trt_options_are_validated_before_tensorrt(exported_minilm, tmp_path):
@@ -458,7 +462,7 @@ def test_trt_options_are_validated_before_tensorrt(exported_minilm, tmp_path):
 
 def test_default_timing_cache_location(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert trtb.default_timing_cache() == tmp_path / "bertopt" / "trt-timing.cache"
+    assert default_timing_cache() == tmp_path / "bertopt" / "trt-timing.cache"
 
 
 # ===================================================================================== GPU
@@ -499,9 +503,9 @@ def test_gpu_int8_engine(engine_int8, exported_minilm, slabs_texts):
     build = engine_int8.manifest["build"]
     assert build["backend"] == "tensorrt" and build["precision"] == "int8" and build["int8_check"]["ok"]
     assert build["gemm_precisions"].get("INT8", 0) + len(build["int8_check"]["unverified"]) > 0
-    pmap = json.loads((engine_int8.path / trtb.PRECISION_MAP_FILE).read_text())
+    pmap = json.loads((engine_int8.path / PRECISION_MAP_FILE).read_text())
     assert pmap["layers"] and build["timing_cache"]["saved_bytes"] > 0
-    runner = trtb.TensorRTRunner(engine_int8)
+    runner = TensorRTRunner(engine_int8)
     feeds = tokenize(load_tokenizer(exported_minilm / "tokenizer"), slabs_texts[:8], list(runner.input_names), 64)
     out = runner(feeds)
     ref = make_session(exported_minilm / "model.onnx").run(["sentence_embedding"], feeds)[0]
@@ -548,9 +552,9 @@ def test_gpu_engine_triton_repository(engine_int8, tmp_path):
     triton.write_repository(engine_int8, target)
     c = text_format.Parse((target / "config.pbtxt").read_text(), mc.ModelConfig())
     build = engine_int8.manifest["build"]
-    assert c.platform == "tensorrt_plan" and c.default_model_filename == trtb.ENGINE_FILE
-    assert (target / "1" / trtb.ENGINE_FILE).read_bytes() == (engine_int8.path / trtb.ENGINE_FILE).read_bytes()
+    assert c.platform == "tensorrt_plan" and c.default_model_filename == ENGINE_FILE
+    assert (target / "1" / ENGINE_FILE).read_bytes() == (engine_int8.path / ENGINE_FILE).read_bytes()
     assert c.max_batch_size == build["max_batch"] and list(c.instance_group[0].profile) == [str(i) for i in range(len(build["profiles"]))]
-    runner = trtb.TensorRTRunner(engine_int8)
+    runner = TensorRTRunner(engine_int8)
     assert [t.name for t in c.input] == list(runner.input_names) and sorted(t.name for t in c.output) == sorted(runner.output_names)
     runner.close()

@@ -32,7 +32,7 @@ from bertopt.errors import BertoptError
 # ``artifacts.up_to_date``; a backend's Triton model writer can sit beside it in a table like this one.
 BUILDERS: dict[str, str] = {
     "onnxruntime": "bertopt.backends.onnxruntime_stage:build_stage",
-    "tensorrt": "bertopt.backends.tensorrt:build_stage",
+    "tensorrt": "bertopt.backends.tensorrt.stage:build_stage",
     "openvino": "bertopt.backends.openvino.stage:build_stage",
     "auto": "bertopt.backends.auto:build_stage",
 }

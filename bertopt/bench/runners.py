@@ -75,22 +75,35 @@ def open_runner(path: str | Path, threads: int | None, name: str | None = None, 
         id2label=info.get("id2label"),
     )
     if build.get("backend") == "tensorrt":
-        from bertopt.backends.tensorrt import TensorRTRunner
-
-        trt = TensorRTRunner(art)
-        refuses, max_batch, max_seq = profile_limits(build.get("profiles") or [])
-        if max_seq:
-            common["max_length"] = min(common["max_length"], max_seq)
-        return Runner(backend="tensorrt", precision=build.get("precision", "int8"), outputs=list(trt.output_names),
-                      run=trt, run_device_only=getattr(trt, "run_device_only", None), refuses=refuses, max_batch=max_batch, **common)
+        return _tensorrt_runner(art, build, common)
     if build.get("backend") == "openvino":
-        from bertopt.backends.openvino.runner import OpenVINORunner
+        return _openvino_runner(art, build, common, threads)
+    return _onnxruntime_runner(art, build, common, threads, spinning)
 
-        ovr = OpenVINORunner.from_artifact(art, threads)
-        if "logits" in ovr.output_names:
-            common["task"] = "sequence-classification"
-        common["input_names"] = tuple(ovr.input_names)
-        return Runner(backend="openvino", precision=build.get("precision", "fp32"), outputs=list(ovr.output_names), run=ovr, **common)
+
+def _tensorrt_runner(art, build: dict, common: dict) -> Runner:
+    from bertopt.backends.tensorrt.runner import TensorRTRunner
+
+    trt = TensorRTRunner(art)
+    refuses, max_batch, max_seq = profile_limits(build.get("profiles") or [])
+    if max_seq:
+        common["max_length"] = min(common["max_length"], max_seq)
+    return Runner(backend="tensorrt", precision=build.get("precision", "int8"), outputs=list(trt.output_names),
+                  run=trt, run_device_only=getattr(trt, "run_device_only", None), refuses=refuses, max_batch=max_batch, **common)
+
+
+def _openvino_runner(art, build: dict, common: dict, threads: int | None) -> Runner:
+    from bertopt.backends.openvino.runner import OpenVINORunner
+
+    ovr = OpenVINORunner.from_artifact(art, threads)
+    if "logits" in ovr.output_names:
+        common["task"] = "sequence-classification"
+    common["input_names"] = tuple(ovr.input_names)
+    return Runner(backend="openvino", precision=build.get("precision", "fp32"), outputs=list(ovr.output_names), run=ovr, **common)
+
+
+def _onnxruntime_runner(art, build: dict, common: dict, threads: int | None, spinning: bool) -> Runner:
+    """The artifact's model in an ONNX Runtime session configured by its ``session.json``."""
     from bertopt.backends.onnxruntime import load_session_config, make_session
 
     model_path = art.model_path

@@ -98,7 +98,7 @@ def _convert(src: Path, xml: Path) -> None:
 def _compile_all(d: Path, buckets: list[Bucket], props: dict, src: Path, precision: str, hint: str) -> dict:
     """Compile the dynamic model and every bucket into ``d/cache``; their properties, precisions and INT8 checks.
     Fails when a GEMM the Q/DQ graph quantizes runs in float, or a layer runs in bf16/f16 that was not asked for."""
-    from bertopt.backends.tensorrt import expected_int8_gemms
+    from bertopt.backends.tensorrt.prepare import expected_int8_gemms
     from bertopt.graph import load
 
     expected = expected_int8_gemms(load(src)) if precision == "int8" else []
