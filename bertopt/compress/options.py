@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from bertopt.models import TASKS
-from bertopt.options import POOLING, TrainingOptions, opt
+from bertopt.distill.options import TrainingOptions
+from bertopt.options import POOLING, opt
 from bertopt.params import PositiveFloat, PositiveInt
 
 

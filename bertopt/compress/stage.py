@@ -3,7 +3,7 @@
 Steps: the teacher's layers are chosen (``--layers``, ``--select``), its FFN neurons ranked on the
 training text and the top ``--ffn-size`` kept (``prune``); the student is a plain model of the
 teacher's class with a smaller config, initialised from the kept weights; it then learns from the
-teacher on the training text with qat's distillation loop (``bertopt.qat.train``: output logits KL
+teacher on the training text with qat's distillation loop (``bertopt.distill.train``: output logits KL
 or embedding cosine, hidden states of each kept layer against the teacher layer it came from, the
 task loss with labels), early stopping on held-out text, resumable checkpoints, data-parallel under
 ``torchrun``. The best held-out state is written as a Hugging Face folder (config.json +
@@ -59,7 +59,7 @@ def run_compress(input: str | Path, out: str | Path, options: CompressOptions | 
         skipped("compress", job.out)
         return done
 
-    from bertopt.qat import dist
+    from bertopt.distill import dist
 
     env = dist.setup()
     try:
@@ -139,9 +139,9 @@ def _keep_layers(layers, select, n_teacher) -> list[int]:
 def _run(job: _Job, env) -> Artifact:
     import torch
 
-    from bertopt.qat import batches
-    from bertopt.qat.dist import rank0_writes
-    from bertopt.qat.train import distil, fmt_eval
+    from bertopt.distill import batches
+    from bertopt.distill.dist import rank0_writes
+    from bertopt.distill.train import distil, fmt_eval
 
     o = job.o
     torch.manual_seed(o.seed)
@@ -179,7 +179,7 @@ def _student(job: _Job, env, data):
 
     from bertopt.compress import prune
     from bertopt.export.torch_model import load_torch_model
-    from bertopt.qat import batches
+    from bertopt.distill import batches
 
     o = job.o
     teacher = load_torch_model(job.model_dir, job.task).to(env.device)

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertopt.errors import BertoptError
-from bertopt.qat.batches import Encoded, Schedule, collate, eval_batches
-from bertopt.qat.dist import DistEnv
-from bertopt.qat.losses import LossWeights, distill_loss, pool
+from bertopt.distill.batches import Encoded, Schedule, collate, eval_batches
+from bertopt.distill.dist import DistEnv
+from bertopt.distill.losses import LossWeights, distill_loss, pool
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"  # the fingerprint, read before any tensor
