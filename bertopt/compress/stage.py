@@ -112,7 +112,11 @@ def _plan(input, out, o: CompressOptions, verbose: bool) -> _Job:
     if o.label_column and task != "sequence-classification":
         raise BertoptError(f"--label-column '{o.label_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
-    inputs = {"model": describe_input(model_dir), "data": describe_data(resolve_path(o.data))}
+    if not o.data:
+        raise BertoptError("--data: no training file given", hint="pass --data FILE (repeat it for several files)")
+    # the first file is "data" as before; more are "data_2", "data_3", ... (each hashed into the fingerprint)
+    inputs = {"model": describe_input(model_dir)} | {"data" if i == 0 else f"data_{i + 1}": describe_data(resolve_path(p))
+                                                     for i, p in enumerate(o.data)}
     if o.val_data:
         inputs["val_data"] = describe_data(resolve_path(o.val_data))
     params = o.params(task=task, pooling=pooling, layers=keep, ffn_size=ffn_size, prunes_ffn=ffn_size < full_ffn)
@@ -146,7 +150,7 @@ def _run(job: _Job, env) -> Artifact:
     o = job.o
     torch.manual_seed(o.seed)
     # data read and checked before anything is written
-    data = batches.load_training_data(job.model_dir, job.cfg, o, resolve_path(o.data), o.samples)
+    data = batches.load_training_data(job.model_dir, job.cfg, o, [resolve_path(p) for p in o.data], o.samples)
     teacher, student, neurons, before, after = _student(job, env, data)
     if env.main:
         note(f"compress: student keeps teacher layers {job.keep} of {before['layers']}, FFN {job.ffn_size} of {before['ffn_size']}: "
