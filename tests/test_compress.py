@@ -189,13 +189,29 @@ def test_bad_inputs_write_nothing(minilm_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "gpt", "plain"]
 
 
-def test_recipes_validate():
+def test_recipes_validate(tmp_path):
+    """Both compress recipes load; the embedding one beside the BBC files `make run-compressed` writes first."""
+    import shutil
+    import subprocess
+    import sys
+
     from bertopt.recipe import load_recipe
 
-    root = Path(__file__).resolve().parents[1] / "recipes"
-    for name in ("minilm-slabs-compressed.yaml", "minilm-compressed.yaml"):
-        r = load_recipe(root / name)
-        assert r["steps"][0]["stage"] == "compress"
+    root = Path(__file__).resolve().parents[1]
+    assert load_recipe(root / "recipes" / "minilm-slabs-compressed.yaml")["steps"][0]["stage"] == "compress"
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(root / "recipes" / "minilm-compressed.yaml", tmp_path / "recipes")
+    r = subprocess.run([sys.executable, str(root / "examples" / "bbc_news_split.py"), "--out", str(tmp_path / ".cache-bbc" / "data")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = load_recipe(tmp_path / "recipes" / "minilm-compressed.yaml")["steps"]
+    data = steps[0]["options"]["data"]
+    assert steps[0]["stage"] == "compress" and len(data) == 3 and data[0].startswith("pkg:")
+    assert [Path(p).name for p in data[1:]] == ["train_passages.csv", "train_titles.csv"] and all(Path(p).is_file() for p in data[1:])
+    assert [s["name"] for s in steps if s["stage"] == "build"] == ["build", "base-build"]
+    (tmp_path / ".cache-bbc" / "data" / "train_titles.csv").unlink()
+    with pytest.raises(Exception, match=r"steps\[0\] \(compress\)\.data\[2\]: .*train_titles.csv: no such file"):
+        load_recipe(tmp_path / "recipes" / "minilm-compressed.yaml")
 
 
 def _short(out, minilm_dir, *extra):
