@@ -62,7 +62,7 @@ run-qat-classifier: classifier
 	$(BIN)/bertopt run recipes/minilm-slabs-qat.yaml
 
 # A smaller model before INT8 (bertopt compress): the embeddings from text only, and the classifier.
-run-compressed: venv
+run-compressed: venv $(BBC_DATA)/train.csv
 	$(BIN)/bertopt run recipes/minilm-compressed.yaml
 
 run-compressed-classifier: classifier

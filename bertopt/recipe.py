@@ -165,6 +165,12 @@ def _resolve_paths(file: Path, where: str, options: dict, seen: set[str], base: 
     input files must exist."""
     for k in PATH_OPTIONS & options.keys():
         v = options[k]
+        if isinstance(v, list):  # several files (compress --data a.csv --data b.csv): each resolved and checked
+            options[k] = [str(_path(x, base)) if isinstance(x, str) and not x.startswith("pkg:") else x for x in v]
+            for j, x in enumerate(v):
+                if k in INPUT_FILE_OPTIONS and isinstance(x, str):
+                    _check_exists(file, f"{where}.{k}[{j}]", x, base)
+            continue
         if isinstance(v, str) and v.startswith("@"):
             if v[1:] not in seen:
                 raise _err(file, f"{where}.{k}", f"'{v}' names no earlier step",

@@ -15,7 +15,8 @@ Beside them, for embedding models (same split, so nothing trained or stopped on 
 ``test_pairs.csv`` (``title,body``: each test article's headline and the rest of it, for
 ``bench --pairs FILE --query-column title --doc-column body``: title -> article retrieval) and
 ``train_passages.csv`` / ``validation_passages.csv`` (``text``: the bodies of the train/validation
-articles cut into passages of whole paragraphs, at most ``PASSAGE_WORDS`` words, for ``compress --data``).
+articles cut into passages of whole paragraphs, at most ``PASSAGE_WORDS`` words, for ``compress --data``)
+and ``train_titles.csv`` (``text``: the train articles' headlines, short texts like the queries).
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(p,) for f, _ in files[part] for p in passages(_read(f).strip().partition("\n")[2])]
         _write_csv(a.out / f"{part}_passages.csv", ["text"], rows)
         print(f"{a.out / f'{part}_passages.csv'}: {len(rows)} passages")
+    titles = [(title_body(f)[0],) for f, _ in files["train"]]
+    _write_csv(a.out / "train_titles.csv", ["text"], titles)
+    print(f"{a.out / 'train_titles.csv'}: {len(titles)} titles")
     return 0
 
 

@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from bertopt.errors import BertoptError  # noqa: E402
-from bertopt.qat.batches import bucketed_batches  # noqa: E402
+from bertopt.distill.batches import bucketed_batches  # noqa: E402
 
 ID2LABEL = {0: "benign", 1: "injection"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}

@@ -135,7 +135,7 @@ def test_layer_selection_rules():
 
 
 def test_compress_checkpoints_keep_user_files(tmp_path):
-    from bertopt.qat.train import Checkpointer
+    from bertopt.distill.train import Checkpointer
 
     user = tmp_path / "mine"
     user.mkdir()
@@ -189,13 +189,29 @@ def test_bad_inputs_write_nothing(minilm_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "gpt", "plain"]
 
 
-def test_recipes_validate():
+def test_recipes_validate(tmp_path):
+    """Both compress recipes load; the embedding one beside the BBC files `make run-compressed` writes first."""
+    import shutil
+    import subprocess
+    import sys
+
     from bertopt.recipe import load_recipe
 
-    root = Path(__file__).resolve().parents[1] / "recipes"
-    for name in ("minilm-slabs-compressed.yaml", "minilm-compressed.yaml"):
-        r = load_recipe(root / name)
-        assert r["steps"][0]["stage"] == "compress"
+    root = Path(__file__).resolve().parents[1]
+    assert load_recipe(root / "recipes" / "minilm-slabs-compressed.yaml")["steps"][0]["stage"] == "compress"
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(root / "recipes" / "minilm-compressed.yaml", tmp_path / "recipes")
+    r = subprocess.run([sys.executable, str(root / "examples" / "bbc_news_split.py"), "--out", str(tmp_path / ".cache-bbc" / "data")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = load_recipe(tmp_path / "recipes" / "minilm-compressed.yaml")["steps"]
+    data = steps[0]["options"]["data"]
+    assert steps[0]["stage"] == "compress" and len(data) == 3 and data[0].startswith("pkg:")
+    assert [Path(p).name for p in data[1:]] == ["train_passages.csv", "train_titles.csv"] and all(Path(p).is_file() for p in data[1:])
+    assert [s["name"] for s in steps if s["stage"] == "build"] == ["build", "base-build"]
+    (tmp_path / ".cache-bbc" / "data" / "train_titles.csv").unlink()
+    with pytest.raises(Exception, match=r"steps\[0\] \(compress\)\.data\[2\]: .*train_titles.csv: no such file"):
+        load_recipe(tmp_path / "recipes" / "minilm-compressed.yaml")
 
 
 def _short(out, minilm_dir, *extra):
@@ -255,3 +271,49 @@ def test_killed_run_resumes_to_the_same_weights(minilm_dir, tmp_path):
     assert not ckpt.parent.exists()
     a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_embedding_losses_on_real_minilm_outputs(minilm_dir, slabs_texts):
+    """Teacher against itself: every embedding loss is 0; against a 2-layer cut of it: cosine, MSE and the
+    in-batch similarity loss are positive, and the similarity loss is the mean squared gap of the two cosine matrices."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from bertopt.compress.prune import build_student
+    from bertopt.distill.losses import LossWeights, distill_loss, pool
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    teacher = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    student, _ = build_student(teacher, [2, 5], 1536, None)
+    b = dict(tok(slabs_texts[:6], padding=True, truncation=True, max_length=48, return_tensors="pt"))
+    w = LossWeights(hidden=0.0, embedding="cosine+mse", similarity=1.0)
+    with torch.no_grad():
+        t, s = teacher(**b), student.eval()(**b)
+        _, same = distill_loss(t, t, b, "feature-extraction", "mean", w)
+        _, diff = distill_loss(s, t, b, "feature-extraction", "mean", w)
+        _, cos_only = distill_loss(s, t, b, "feature-extraction", "mean", LossWeights(hidden=0.0))
+    assert same["output"] < 1e-6 and same["similarity"] < 1e-9
+    assert diff["output"] > cos_only["output"] > 0.005 and diff["similarity"] > 0
+    su = torch.nn.functional.normalize(pool(s.last_hidden_state, b["attention_mask"], "mean"), dim=-1)
+    tu = torch.nn.functional.normalize(pool(t.last_hidden_state, b["attention_mask"], "mean"), dim=-1)
+    gap = (su @ su.T - tu @ tu.T) ** 2
+    assert diff["similarity"] == pytest.approx(float(gap.sum() / (6 * 5)), rel=1e-4)  # the diagonal is 0 on both sides
+
+
+def test_several_data_files_and_neighbour_stopping(minilm_dir, tmp_path):
+    """Two --data files, the embedding losses; early stopping keeps the evaluation with the most neighbours kept."""
+    from bertopt.compress.stage import run_compress
+
+    second = tmp_path / "news.csv"
+    second.write_text("text\n" + "".join(f"Passage {i}: shares in the company rose after its {i}th quarterly report.\n" for i in range(40)))
+    out = tmp_path / "s"
+    run_compress(minilm_dir, out, data=[TRAIN, str(second)], text_column="text", samples=40, layers=2, steps=4, eval_every=2, batch_size=8,
+                 max_length=32, embedding_loss="cosine+mse", similarity_weight=1.0, lr=3e-4)
+    m = json.loads((out / "manifest.json").read_text())
+    assert {"data", "data_2"} <= m["inputs"].keys() and m["inputs"]["data_2"]["path"].endswith("news.csv")
+    assert m["params"]["embedding_loss"] == "cosine+mse" and m["params"]["select_on"] == "neighbours"
+    hist = json.loads((out / "compress_history.json").read_text())
+    assert [h["step"] for h in hist] == [0, 2, 4] and all(0 < h["neighbours"] <= 1 for h in hist)
+    assert "similarity" in hist[1]["train_parts"]
+    assert m["metrics"]["validation"]["neighbours"] == max(h["neighbours"] for h in hist)
+    assert m["metrics"]["validation"]["n"] == 8  # a tenth of the 80 texts held out

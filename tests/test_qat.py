@@ -236,7 +236,7 @@ def test_init_from_another_model_is_refused(calibrated_classifier, minilm_dir, s
 
 
 def test_early_stopping_counts_only_real_improvements():
-    from bertopt.qat.train import _improves
+    from bertopt.distill.train import _improves
 
     # with labels: (accuracy, -loss); one more correct held-out text always counts
     assert _improves((0.9891, -0.0600), (0.9886, -0.0551), 0.01)

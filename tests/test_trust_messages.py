@@ -317,9 +317,9 @@ def test_cli_non_finite_and_absurd_training_options_refused_before_any_work(mini
 
 def test_epochs_times_a_large_data_file_is_refused_before_training():
     """--epochs within its range, but 10,000 epochs of 2,000 texts in batches of 1 is 2e7 steps."""
-    from bertopt.qat.batches import Encoded
-    from bertopt.qat.dist import DistEnv
-    from bertopt.qat.train import TrainConfig, _plan
+    from bertopt.distill.batches import Encoded
+    from bertopt.distill.dist import DistEnv
+    from bertopt.distill.train import TrainConfig, _plan
 
     data = Encoded([[101, 7, 102]] * 2000, None, 0, True)
     with pytest.raises(BertoptError, match=r"--epochs 10000 of 2000 texts in batches of 1 is 20,000,000 steps") as e:

@@ -3,7 +3,7 @@
 Steps: the teacher's layers are chosen (``--layers``, ``--select``), its FFN neurons ranked on the
 training text and the top ``--ffn-size`` kept (``prune``); the student is a plain model of the
 teacher's class with a smaller config, initialised from the kept weights; it then learns from the
-teacher on the training text with qat's distillation loop (``bertopt.qat.train``: output logits KL
+teacher on the training text with qat's distillation loop (``bertopt.distill.train``: output logits KL
 or embedding cosine, hidden states of each kept layer against the teacher layer it came from, the
 task loss with labels), early stopping on held-out text, resumable checkpoints, data-parallel under
 ``torchrun``. The best held-out state is written as a Hugging Face folder (config.json +
@@ -59,7 +59,7 @@ def run_compress(input: str | Path, out: str | Path, options: CompressOptions | 
         skipped("compress", job.out)
         return done
 
-    from bertopt.qat import dist
+    from bertopt.distill import dist
 
     env = dist.setup()
     try:
@@ -112,7 +112,11 @@ def _plan(input, out, o: CompressOptions, verbose: bool) -> _Job:
     if o.label_column and task != "sequence-classification":
         raise BertoptError(f"--label-column '{o.label_column}' given, but {model_dir} is a {task} model",
                            hint="labels train classifiers; for an encoder, distil from the teacher on text alone (drop --label-column)")
-    inputs = {"model": describe_input(model_dir), "data": describe_data(resolve_path(o.data))}
+    if not o.data:
+        raise BertoptError("--data: no training file given", hint="pass --data FILE (repeat it for several files)")
+    # the first file is "data" as before; more are "data_2", "data_3", ... (each hashed into the fingerprint)
+    inputs = {"model": describe_input(model_dir)} | {"data" if i == 0 else f"data_{i + 1}": describe_data(resolve_path(p))
+                                                     for i, p in enumerate(o.data)}
     if o.val_data:
         inputs["val_data"] = describe_data(resolve_path(o.val_data))
     params = o.params(task=task, pooling=pooling, layers=keep, ffn_size=ffn_size, prunes_ffn=ffn_size < full_ffn)
@@ -139,14 +143,14 @@ def _keep_layers(layers, select, n_teacher) -> list[int]:
 def _run(job: _Job, env) -> Artifact:
     import torch
 
-    from bertopt.qat import batches
-    from bertopt.qat.dist import rank0_writes
-    from bertopt.qat.train import distil, fmt_eval
+    from bertopt.distill import batches
+    from bertopt.distill.dist import rank0_writes
+    from bertopt.distill.train import distil, fmt_eval
 
     o = job.o
     torch.manual_seed(o.seed)
     # data read and checked before anything is written
-    data = batches.load_training_data(job.model_dir, job.cfg, o, resolve_path(o.data), o.samples)
+    data = batches.load_training_data(job.model_dir, job.cfg, o, [resolve_path(p) for p in o.data], o.samples)
     teacher, student, neurons, before, after = _student(job, env, data)
     if env.main:
         note(f"compress: student keeps teacher layers {job.keep} of {before['layers']}, FFN {job.ffn_size} of {before['ffn_size']}: "
@@ -179,7 +183,7 @@ def _student(job: _Job, env, data):
 
     from bertopt.compress import prune
     from bertopt.export.torch_model import load_torch_model
-    from bertopt.qat import batches
+    from bertopt.distill import batches
 
     o = job.o
     teacher = load_torch_model(job.model_dir, job.task).to(env.device)

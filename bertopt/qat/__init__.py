@@ -3,14 +3,10 @@
 The FP32 Hugging Face model teaches its fake-quantized copy (nvidia-modelopt quantizers placed by
 the same rules as ``bertopt calibrate``), on text alone or text + labels; the student is exported
 through the legacy exporter as a Q/DQ ONNX model that takes the same path through fuse/build/bench
-as a calibrated one.
+as a calibrated one. The distillation loop it trains with is ``bertopt.distill``.
 
 - ``placement``: the modelopt quant config (which quantizers exist, which stay float);
-- ``batches``:   tokenized texts, length-bucketed batches, the per-step schedule (resumable, sharded);
-- ``losses``:    distillation (logits with temperature, hidden states, attention) + task loss;
 - ``ranges``:    quantizer ranges taken from a ``bertopt calibrate`` artifact;
-- ``dist``:      torch.distributed (torchrun) detection and helpers;
-- ``train``:     the training loop: progress bar, held-out evaluation, early stopping, checkpoints;
 - ``onnx_qdq``:  Q/DQ ONNX export, weight folding to int8, parity against the fake-quant model;
 - ``stage``:     ``run_qat``, the stage function the CLI and recipes call.
 """

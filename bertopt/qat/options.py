@@ -8,7 +8,8 @@ from pydantic import model_validator
 
 from bertopt.errors import BertoptError
 from bertopt.models import TASKS
-from bertopt.options import POOLING, BudgetOptions, TrainingOptions, opt
+from bertopt.distill.options import TrainingOptions
+from bertopt.options import POOLING, BudgetOptions, opt
 from bertopt.params import Cosine, NonNegativeFloat, Opset, PositiveInt
 
 

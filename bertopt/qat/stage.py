@@ -30,7 +30,7 @@ from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
-from bertopt.qat.batches import TrainingData
+from bertopt.distill.batches import TrainingData
 from bertopt.qat.options import QatOptions
 from bertopt.qat.placement import DEFAULT_EXCLUDE_MODULES
 from bertopt.ui import console, note, skipped
@@ -86,8 +86,8 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
         gate(done)
         return done
     _require_modelopt()
+    from bertopt.distill import dist
     from bertopt.outdir import scratch_folder
-    from bertopt.qat import dist
 
     # a working folder beside the output for the calibrated start, the budget's held-out texts and the
     # reference export: removed on every exit, and by the next write to `out` after a SIGKILL
@@ -201,7 +201,7 @@ def _start(job: _Job, tmp: Path) -> None:
 def _run(job: _Job, env) -> Artifact:
     import torch
 
-    from bertopt.qat import batches
+    from bertopt.distill import batches
 
     torch.manual_seed(job.o.seed)
     # without --val-data, 10 texts is the least that leaves some held out for early stopping
@@ -220,7 +220,8 @@ def _student(job: _Job, env, data: TrainingData):
     import torch
 
     from bertopt.export.torch_model import load_torch_model
-    from bertopt.qat import batches, placement
+    from bertopt.distill import batches
+    from bertopt.qat import placement
 
     o = job.o
     with console.status(f"qat: loading {job.model_dir}") if env.main else contextlib.nullcontext():
@@ -263,7 +264,7 @@ def _student(job: _Job, env, data: TrainingData):
 
 def _apply_start(job: _Job, env, data: TrainingData, student, teacher, probe_rows) -> dict:
     """The calibrated model's ranges (equalization, float layers) onto the student; checked equivalent in float."""
-    from bertopt.qat import batches
+    from bertopt.distill import batches
     from bertopt.qat.ranges import apply_ranges, check_equivalent, match_ranges
 
     init = apply_ranges(student, match_ranges(job.init_path, teacher))
@@ -278,7 +279,7 @@ def _apply_start(job: _Job, env, data: TrainingData, student, teacher, probe_row
 
 def _train(job: _Job, env, data: TrainingData, student, teacher):
     """Distillation (+ task loss) with early stopping and checkpoints; returns the history and the checkpointer."""
-    from bertopt.qat.train import distil, fmt_eval
+    from bertopt.distill.train import distil, fmt_eval
 
     history, ckpt = distil(student, teacher, data, job.o, stage="qat", out=job.out, inputs=job.inputs, params=job.params, env=env,
                            task=job.task, pooling=job.pooling, attention_weight=job.o.attention_weight)
@@ -291,7 +292,7 @@ def _train(job: _Job, env, data: TrainingData, student, teacher):
 
 def _export(job: _Job, env, data: TrainingData, student, history, qsum, init, ckpt) -> Artifact:
     """Rank 0 exports and writes the artifact; the others wait and read the result."""
-    from bertopt.qat.dist import rank0_writes
+    from bertopt.distill.dist import rank0_writes
 
     def write() -> None:
         _write(job, student.to("cpu"), data, history=history, qsum=qsum, init=init)

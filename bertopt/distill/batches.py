@@ -122,7 +122,8 @@ class TrainingData:
 
 
 def load_training_data(model_dir, cfg: dict, o, path, limit: int | None, min_texts: int = 1) -> TrainingData:
-    """``path`` (``o.text_column``/``o.label_column``, first ``limit`` texts) tokenized for ``model_dir``;
+    """``path`` (a file or a list of files, read in order: ``o.text_column``/``o.label_column``, first
+    ``limit`` texts of each) tokenized for ``model_dir``;
     the held-out split is ``o.val_data`` or a seeded ``o.val_fraction`` of the texts (``o``: TrainingOptions)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -133,7 +134,7 @@ def load_training_data(model_dir, cfg: dict, o, path, limit: int | None, min_tex
     from bertopt.paths import resolve_path
 
     type_ids = "token_type_ids" in SUPPORTED[cfg["model_type"]]
-    train_td = load_texts(path, text_column=o.text_column, label_column=o.label_column, limit=limit, min_texts=min_texts)
+    train_td = _load_all(path, o, limit, min_texts)
     labels = class_labels(train_td, cfg) if o.label_column else None
     if o.val_data:
         val_td = load_texts(resolve_path(o.val_data), text_column=o.text_column, label_column=o.label_column)
@@ -151,6 +152,18 @@ def load_training_data(model_dir, cfg: dict, o, path, limit: int | None, min_tex
     tr_rows, held_rows = split_rows(len(enc), o.val_fraction, o.seed)
     return TrainingData(tokenizer, max_len, enc.subset(tr_rows), enc.subset(held_rows), [train_td.texts[i] for i in held_rows],
                         None if labels is None else [int(labels[i]) for i in held_rows])
+
+
+def _load_all(path, o, limit: int | None, min_texts: int):
+    """One ``TextData`` of every file in ``path`` (one path or a list), in order."""
+    from bertopt.data import TextData, load_texts
+
+    parts = [load_texts(p, text_column=o.text_column, label_column=o.label_column, limit=limit, min_texts=min_texts)
+             for p in (path if isinstance(path, list) else [path])]
+    if len(parts) == 1:
+        return parts[0]
+    labels = [y for t in parts for y in t.labels] if o.label_column else None
+    return TextData(parts[0].path, [x for t in parts for x in t.texts], labels)
 
 
 def class_labels(td, cfg: dict) -> np.ndarray:

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertopt.errors import BertoptError
+from bertopt.distill.batches import Encoded, Schedule, collate, eval_batches
+from bertopt.distill.dist import DistEnv
+from bertopt.distill.losses import LossWeights, distill_loss, pool
 from bertopt.params import MAX_STEPS
-from bertopt.qat.batches import Encoded, Schedule, collate, eval_batches
-from bertopt.qat.dist import DistEnv
-from bertopt.qat.losses import LossWeights, distill_loss, pool
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"  # the fingerprint, read before any tensor
@@ -39,6 +39,8 @@ class TrainConfig:
     patience: int = 3
     min_delta: float = 0.01
     seed: int = 0
+    select_on: str = "loss"  # encoders: "neighbours" keeps the state with the best held-out neighbour agreement@neighbours_k
+    neighbours_k: int = 10
 
 
 # --------------------------------------------------------------------------------------- checkpoints
@@ -139,17 +141,19 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossWeights, batch_size: int, env: DistEnv) -> dict:
+def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossWeights, cfg: TrainConfig, env: DistEnv) -> dict:
     """Held-out metrics over all ranks: ``loss`` (output distillation + task), teacher agreement /
-    cosine, and accuracy when labels are known (see ``_score`` for what early stopping keeps)."""
+    cosine, accuracy when labels are known, and for encoders with ``cfg.select_on == "neighbours"`` the
+    neighbour agreement@k with the teacher (see ``_score`` for what early stopping keeps)."""
     import torch
     import torch.nn.functional as F
 
     was_training = model.training
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, agreement-or-cosine*n, correct, n
+    pooled = []
     with torch.inference_mode():
-        for rows, ref in zip(eval_batches(held, batch_size, env.world, env.rank), refs):
+        for rows, ref in zip(eval_batches(held, cfg.batch_size * 2, env.world, env.rank), refs):
             b = collate(held, rows, env.device)
             out = model(**_model_inputs(b))
             n = len(rows)
@@ -171,6 +175,7 @@ def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossW
                 else:
                     loss = w.output * (1 - cos).mean()
                     sums[1] += float(cos.sum())
+                    pooled.append(pool(out.last_hidden_state, b["attention_mask"], pooling).float())
             sums[0] += float(loss) * n
             sums[3] += n
     model.train(was_training)
@@ -183,7 +188,20 @@ def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossW
             res["accuracy"] = tot[2] / n
     else:
         res["cosine"] = tot[1] / n
+        if cfg.select_on == "neighbours" and pooled:
+            res["neighbours"] = _neighbours(torch.cat(pooled), torch.cat(refs), cfg.neighbours_k, env)
     return res
+
+
+def _neighbours(got, ref, k: int, env: DistEnv) -> float:
+    """Neighbour agreement@k of the held-out embeddings with the teacher's (under torchrun: within each
+    rank's share of the held-out texts, averaged)."""
+    from bertopt.bench.quality import neighbour_agreement
+
+    n = len(got)
+    local = neighbour_agreement(ref.cpu().numpy(), got.cpu().numpy(), min(k, n - 1)) if n > 1 else 0.0
+    tot = env.all_sum([local * n, float(n)])
+    return tot[0] / max(tot[1], 1.0)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -213,7 +231,7 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
     refs = teacher_reference(teacher, held, task, pooling, cfg.batch_size * 2, env)
 
     def held_out() -> dict:
-        return evaluate(student, held, refs, task, pooling, weights, cfg.batch_size * 2, env)
+        return evaluate(student, held, refs, task, pooling, weights, cfg, env)
 
     state, start, history, best, bad = _resume(ckpt, student, opt, lr_sched, total, name, env, held_out)
     stopped_early = start < total and bad >= cfg.patience
@@ -349,9 +367,13 @@ def _step(model, student, teacher, b: dict, opt, lr_sched, *, task, pooling, wei
 
 
 def _score(ev: dict) -> tuple:
-    """What early stopping maximises: held-out accuracy when labels are known (the held-out loss breaks
-    ties), else the held-out distillation loss (lower is better)."""
-    return (ev["accuracy"], -ev["loss"]) if "accuracy" in ev else (-ev["loss"],)
+    """What early stopping maximises: held-out accuracy when labels are known, else neighbour agreement
+    with the teacher when measured (the held-out loss breaks ties), else the held-out distillation loss
+    (lower is better)."""
+    for key in ("accuracy", "neighbours"):
+        if key in ev:
+            return ev[key], -ev["loss"]
+    return (-ev["loss"],)
 
 
 def _improves(score: tuple, best: tuple, min_delta: float) -> bool:
@@ -371,6 +393,8 @@ def _status(history: list, best: dict | None) -> str:
     bits = [f"val {h['loss']:.4f}"]
     if "accuracy" in h:
         bits.append(f"acc {h['accuracy']:.4f}")
+    if "neighbours" in h:
+        bits.append(f"nb@10 {h['neighbours']:.3f}")
     if best is not None:
         bits.append(f"best@{best['step']}")
     return " ".join(bits)
@@ -400,10 +424,13 @@ def distil(student, teacher, data, o, *, stage: str, out: Path, inputs: dict, pa
     from bertopt.artifacts import fingerprint
     from bertopt.paths import resolve_path
 
+    # compress's embedding options (qat has none: its student is the teacher's shape, and keeps the defaults)
     weights = LossWeights(output=o.output_weight, hidden=o.hidden_weight, attention=attention_weight,
-                          task=o.task_weight if o.label_column else 0.0, temperature=o.temperature)
+                          task=o.task_weight if o.label_column else 0.0, temperature=o.temperature,
+                          embedding=getattr(o, "embedding_loss", "cosine"), similarity=getattr(o, "similarity_weight", 0.0))
     cfg = TrainConfig(epochs=o.epochs if not o.steps else 1.0, steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=o.warmup_ratio,
-                      eval_every=o.eval_every, patience=o.patience, min_delta=o.min_delta, seed=o.seed)
+                      eval_every=o.eval_every, patience=o.patience, min_delta=o.min_delta, seed=o.seed,
+                      select_on=getattr(o, "select_on", "loss"))
     ckpt_dir = resolve_path(o.checkpoint_dir) if o.checkpoint_dir else out.parent / f".{out.name}.{stage}-checkpoint"
     ckpt = Checkpointer(ckpt_dir, fingerprint(f"{stage}-checkpoint", inputs, params | {"world_size": env.world}), owned=not o.checkpoint_dir)
     if not o.resume and env.main:
@@ -417,7 +444,7 @@ def distil(student, teacher, data, o, *, stage: str, out: Path, inputs: dict, pa
 def fmt_eval(e: dict) -> str:
     """A held-out evaluation in one line: loss, accuracy, teacher agreement, cosine."""
     bits = [f"loss {e['loss']:.4f}"]
-    for k in ("accuracy", "teacher_agreement", "cosine"):
+    for k in ("accuracy", "teacher_agreement", "cosine", "neighbours"):
         if k in e:
             bits.append(f"{k} {e[k]:.4f}")
     return ", ".join(bits)

@@ -2,7 +2,11 @@
 
 - output: classifiers - KL(teacher || student) of the temperature-softened logits, times T^2
   (Hinton et al.); encoders - 1 - cosine of the sentence embeddings (mean/cls pooled as the model
-  pools; per token when it does not), the metric ``bench`` reports for embeddings;
+  pools; per token when it does not), the metric ``bench`` reports for embeddings, and/or (``embedding``
+  ``mse``) the MSE of the pooled embeddings divided by the teacher's mean square (sentence-transformers'
+  distillation loss, which also keeps the vector norms);
+- similarity (encoders, optional): MSE between the student's and the teacher's in-batch cosine
+  similarity matrices of the pooled embeddings (off the diagonal): what neighbour ranks are made of;
 - hidden: MSE of every layer's hidden states over real (unpadded) tokens, divided by the teacher's
   mean square for that layer so that the weight means the same for every model (TinyBERT-style);
 - attention: KL of every layer's attention probabilities over real query rows (optional);
@@ -21,6 +25,8 @@ class LossWeights:
     attention: float = 0.0
     task: float = 1.0
     temperature: float = 2.0
+    embedding: str = "cosine"  # encoders: cosine, mse, or cosine+mse on the pooled sentence embedding
+    similarity: float = 0.0
 
     @property
     def needs_hidden(self) -> bool:
@@ -65,9 +71,12 @@ def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str,
     else:
         if pooling == "none":
             cos = F.cosine_similarity(student_out.last_hidden_state[valid], teacher_out.last_hidden_state[valid], dim=-1)
+            kd = (1 - cos).mean()
         else:
-            cos = F.cosine_similarity(pool(student_out.last_hidden_state, mask, pooling), pool(teacher_out.last_hidden_state, mask, pooling), dim=-1)
-        kd = (1 - cos).mean()
+            kd, sim = _embedding_loss(pool(student_out.last_hidden_state, mask, pooling), pool(teacher_out.last_hidden_state, mask, pooling), w)
+            if sim is not None:
+                parts["similarity"] = sim
+                total = total + w.similarity * sim
     parts["output"] = kd
     total = total + w.output * kd
     if w.needs_hidden:
@@ -90,3 +99,20 @@ def distill_loss(student_out, teacher_out, batch: dict, task: str, pooling: str,
         parts["attention"] = att
         total = total + w.attention * att
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _embedding_loss(s, t, w: LossWeights) -> tuple:
+    """(output loss, similarity loss or None) of the pooled student ``s`` vs teacher ``t`` embeddings [batch, hidden]."""
+    import torch
+    import torch.nn.functional as F
+
+    kd = 0.0
+    if "cosine" in w.embedding:
+        kd = kd + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    if "mse" in w.embedding:
+        kd = kd + ((s - t) ** 2).mean() / (t**2).mean().clamp(min=1e-12)
+    if w.similarity <= 0 or len(s) < 2:
+        return kd, None
+    su, tu = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    return kd, (((su @ su.T) - (tu @ tu.T)) ** 2)[off].mean()
