@@ -373,7 +373,7 @@ def up_to_date(out: str | Path, stage: str, inputs: dict[str, dict], params: dic
     check_out(out)
     begin(out)
     with output_lock(Path(out)):  # another process writing `out` now: fail before the work, not after it
-        restore_swapped(Path(out))
+        restore_swapped(real_out(out))
         if force or not is_up_to_date(Path(out), stage, inputs, params):
             return None
         art = load_artifact(out)
@@ -446,7 +446,7 @@ class ArtifactWriter:
 def scratch_folder(out: str | Path, what: str) -> Iterator[Path]:
     """A working folder beside ``out`` (``.OUT.tmp-PID-WHAT-HEX``), removed when the block ends however it
     ends; one a SIGKILL leaves is removed by the next write to ``out`` (its pid is dead), like a stage's own."""
-    out = Path(out)
+    out = real_out(out)
     _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
     d = out.parent / f".{out.name}.tmp-{os.getpid()}-{what}-{uuid.uuid4().hex[:8]}"
     _os_call(out, "create a working folder beside it", lambda: d.mkdir())
@@ -466,7 +466,7 @@ def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params:
     process holds an exclusive lock on ``out`` (a second writer fails at once, naming it), and it
     first removes temporary folders that killed writers of ``out`` left behind.
     """
-    out = Path(out)
+    named, out = Path(out), real_out(out)
     check_out(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise BertoptError(
@@ -476,6 +476,8 @@ def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params:
     _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
     with output_lock(out):
         remove_stale_temps(out)
+        if named != out:  # what older versions left beside the link (they replaced it)
+            remove_stale_temps(named)
         w = ArtifactWriter(out, stage, inputs, params)
         _os_call(out, "create a temporary folder beside it", lambda: w.dir.mkdir(parents=True))
         try:
@@ -549,7 +551,14 @@ _LOCKS: dict[Path, int] = {}  # output folder -> fd of its lock file, held by th
 
 
 def _lock_key(out: Path) -> Path:
-    return Path(os.path.abspath(out))
+    return Path(os.path.abspath(real_out(out)))
+
+
+def real_out(out: str | Path) -> Path:
+    """The folder an output path names: for ``-o LINK`` (a symlink) the folder it points to, so that the
+    artifact is written through the link (the link stays a link, the bytes land where it points)."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if os.path.islink(out) else out
 
 
 def acquire_lock(out: Path) -> bool:
@@ -673,7 +682,7 @@ def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
     removed = []
     for kind in ("tmp", "old"):
         for p in _stale(out, kind, legacy_age):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             removed.append(p)
     if removed:
         from bertopt.ui import note

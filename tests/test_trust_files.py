@@ -291,3 +291,38 @@ def test_external_data_outside_the_model_folder_is_never_read(tmp_path, cmd, whe
     user_error(r, "initializer 'w' keeps its data at location", "outside the model's folder")
     assert os.stat(secret).st_atime < 2_000_000, "the file outside the model folder was read"
     assert not (tmp_path / "out").exists() and hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 13: -o LINK
+def test_output_symlink_is_written_through(exported_minilm, tmp_path):
+    """``-o LINK`` (a link to an empty folder elsewhere): the artifact lands where the link points and the
+    link stays a link; a rewrite does the same and leaves no ``.LINK.old-*``; a stale ``.LINK.old-*``
+    link that an older bertopt left is removed as the note says (the link, not what it points to)."""
+    from bertopt.artifacts import load_artifact
+
+    disk, user = tmp_path / "disk2", tmp_path / "user"
+    (disk / "target").mkdir(parents=True)
+    user.mkdir()
+    link = user / "LINK"
+    link.symlink_to(disk / "target")
+    (disk / "kept").mkdir()
+    (disk / "kept" / "x.txt").write_text("keep me")
+    (user / f".LINK.old-{_dead_pid()}-deadbeef").symlink_to(disk / "kept")
+    r = run_cli("fuse", str(exported_minilm), "-o", str(link))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert link.is_symlink() and os.readlink(link) == str(disk / "target")
+    first = load_artifact(disk / "target").manifest["created"]
+    assert "removed 1 temporary folder(s)" in " ".join(r.stderr.split())
+    assert sorted(p.name for p in user.iterdir()) == ["LINK"] and (disk / "kept" / "x.txt").read_text() == "keep me"
+    time.sleep(1.1)
+    r = run_cli("fuse", str(exported_minilm), "-o", str(link), "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert link.is_symlink() and load_artifact(link).manifest["created"] != first
+    assert sorted(p.name for p in user.iterdir()) == ["LINK"] and sorted(p.name for p in disk.iterdir()) == ["kept", "target"]
+
+
+def test_output_symlink_to_a_file_is_refused(exported_minilm, tmp_path):
+    (tmp_path / "f.txt").write_text("user file")
+    (tmp_path / "LINK").symlink_to(tmp_path / "f.txt")
+    user_error(run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "LINK")), "is a file, not an artifact folder")
+    assert (tmp_path / "f.txt").read_text() == "user file" and (tmp_path / "LINK").is_symlink() and hidden_files(tmp_path) == []
