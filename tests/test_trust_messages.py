@@ -338,3 +338,25 @@ def test_recipe_and_compare_refuse_non_finite_numbers(tmp_path):
     _user_error(run_cli("compare", str(old), str(old), "--max-accuracy-drop", "inf"), "--max-accuracy-drop: must be a finite number")
     assert run_cli("compare", str(old), str(old), "--max-accuracy-drop", "nan").returncode == 2  # typer's min=0 refuses nan
     _user_error(run_cli("compare", str(old), str(old), "--max-latency-regression", "inf%"), "--max-latency-regression: must be a finite")
+
+
+# ------------------------------------------------------------------------------- 10: bench points that cannot fit in memory
+def test_cli_bench_point_that_cannot_fit_is_refused_before_timing(exported_minilm, tmp_path):
+    out = tmp_path / "bench"
+    r = run_cli("bench", str(exported_minilm), "-o", str(out), "--batch", "1,100000", "--seq", "16,512", "--iters", "1", "--repeats", "1",
+                "--warmup", "0")
+    flat = _user_error(r, "bench: batch=100000 seq=512 needs about", f"TB for {exported_minilm.name}", "is available", "grid points do not fit")
+    assert "these fit: 1x16, 1x512" in flat and not out.exists()
+
+
+def test_bench_memory_estimate_names_the_largest_point(exported_minilm, minilm_dir):
+    from bertopt.bench.memory import check_grid_fits, model_shape, point_bytes
+
+    dims, weights = model_shape(exported_minilm)
+    assert dims == {"hidden_size": 384, "num_layers": 6, "num_heads": 12} and 80e6 < weights < 100e6
+    assert model_shape(minilm_dir)[0] == dims
+    room = weights + point_bytes(dims, 8, 128)
+    check_grid_fits([exported_minilm], [1, 8], [128], available=room)  # fits exactly: no error
+    with pytest.raises(BertoptError, match=r"batch=9 seq=128 needs about .* for " + exported_minilm.name) as e:
+        check_grid_fits([exported_minilm], [1, 8, 9], [128], available=room)
+    assert "these fit: 1x128, 8x128" in e.value.hint
