@@ -160,6 +160,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
             },
         )
     mpath = path / MANIFEST
+    if not mpath.is_file() and (hf := _hf_files(path)):
+        raise BertoptError(f"{path}: looks like a Hugging Face model folder ({', '.join(hf)}) but has no config.json",
+                           hint="save the model with `model.save_pretrained(DIR)` (it writes config.json beside the weights), "
+                                "or copy config.json from where the model came from")
     if not mpath.is_file():
         raise BertoptError(
             f"{path}: no {MANIFEST}: not a bertopt artifact folder",
@@ -180,6 +184,15 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
                     hint="re-run the stage that wrote this folder (recipes: `bertopt run --force`)",
                 )
     return art
+
+
+_HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+             "vocab.txt", "modules.json", "sentence_bert_config.json")
+
+
+def _hf_files(folder: Path) -> list[str]:
+    """The Hugging Face model files in ``folder`` (weights, tokenizer, sentence-transformers config), if any."""
+    return [n for n in _HF_FILES if (folder / n).is_file()][:4] if folder.is_dir() else []
 
 
 # The manifest's fields and the JSON types bertopt writes for them (None where a field may be null);

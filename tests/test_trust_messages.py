@@ -360,3 +360,31 @@ def test_bench_memory_estimate_names_the_largest_point(exported_minilm, minilm_d
     with pytest.raises(BertoptError, match=r"batch=9 seq=128 needs about .* for " + exported_minilm.name) as e:
         check_grid_fits([exported_minilm], [1, 8, 9], [128], available=room)
     assert "these fit: 1x128, 8x128" in e.value.hint
+
+
+# ------------------------------------------------------------------------------- 15: build without a tokenizer, bench without config.json
+def test_cli_build_without_a_tokenizer_warns_and_encode_refuses_by_name(exported_minilm, tmp_path):
+    import bertopt
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    os.link(exported_minilm / "model.onnx", bare / "model.onnx")
+    out = tmp_path / "built"
+    r = run_cli("build", str(bare / "model.onnx"), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"warning: build: no tokenizer beside {bare / 'model.onnx'}" in _flat(r.stderr) and "bertopt.load(...).encode" in _flat(r.stderr)
+    m = bertopt.load(out)
+    with pytest.raises(BertoptError, match="no tokenizer next to the model") as e:
+        m.encode(["a text"])
+    assert "tokenizer/" in e.value.hint
+
+
+def test_cli_bench_hf_folder_without_config_says_what_is_missing(minilm_dir, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for f in minilm_dir.iterdir():
+        if f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    r = run_cli("bench", str(folder), "--batch", "1", "--seq", "16", "--iters", "1")
+    flat = _user_error(r, f"{folder}: looks like a Hugging Face model folder (model.safetensors", "but has no config.json")
+    assert "manifest.json" not in flat and "save_pretrained" in flat
