@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertopt import __version__
-from bertopt.errors import BertoptError, clip
+from bertopt.errors import BertoptError
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -140,6 +140,7 @@ class Artifact:
 
 def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     """Open an artifact folder (or a bare ``.onnx`` file a user brought) and check its hashes."""
+    from bertopt.models import hf_files
     from bertopt.paths import resolve_path
 
     path = resolve_path(path)
@@ -160,7 +161,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
             },
         )
     mpath = path / MANIFEST
-    if not mpath.is_file() and (hf := _hf_files(path)):
+    if not mpath.is_file() and (hf := hf_files(path)):
         raise BertoptError(f"{path}: looks like a Hugging Face model folder ({', '.join(hf)}) but has no config.json",
                            hint="save the model with `model.save_pretrained(DIR)` (it writes config.json beside the weights), "
                                 "or copy config.json from where the model came from")
@@ -184,15 +185,6 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
                     hint="re-run the stage that wrote this folder (recipes: `bertopt run --force`)",
                 )
     return art
-
-
-_HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
-             "vocab.txt", "modules.json", "sentence_bert_config.json")
-
-
-def _hf_files(folder: Path) -> list[str]:
-    """The Hugging Face model files in ``folder`` (weights, tokenizer, sentence-transformers config), if any."""
-    return [n for n in _HF_FILES if (folder / n).is_file()][:4] if folder.is_dir() else []
 
 
 # The manifest's fields and the JSON types bertopt writes for them (None where a field may be null);
@@ -270,31 +262,9 @@ def check_onnx_readable(path: Path, where: str = "") -> None:
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise BertoptError(f"{path}: not a readable ONNX model{where} ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
                            hint="re-run the stage that wrote it, or re-export the model") from None
+    from bertopt.graph import external_data_files
+
     external_data_files(path, m, where)
-
-
-def external_data_files(path: Path, model: Any = None, where: str = "") -> list[Path]:
-    """The files holding ``path``'s external weights (those that exist). A ``location`` outside the model's
-    folder (absolute, ``..``, or a link out of it) is refused before anything there is opened or hashed."""
-    path = Path(path)
-    if model is None:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    folder = os.path.realpath(path.parent)
-    found: dict[str, Path] = {}
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key != "location" or e.value in found:
-                continue
-            rel = os.path.normpath(e.value) if e.value else ""
-            inside = rel and not os.path.isabs(rel) and rel != ".." and not rel.startswith(".." + os.sep)
-            if not inside or os.path.commonpath([folder, os.path.realpath(path.parent / rel)]) != folder:
-                raise BertoptError(f"{path}: initializer '{clip(t.name, 80)}' keeps its data at location '{clip(e.value, 120)}', "
-                                   f"outside the model's folder{where}; refusing to read it",
-                                   hint="external data must be a file beside the model (re-export it, or fix the location)")
-            found[e.value] = path.parent / rel
-    return [f for _, f in sorted(found.items()) if f.is_file()]
 
 
 _check_onnx_readable = check_onnx_readable
