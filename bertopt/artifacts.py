@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bertopt import __version__
-from bertopt.errors import BertoptError, clip
+from bertopt.errors import BertoptError
 from bertopt.manifest import read_manifest
-from bertopt.outdir import DISK_ERRNOS, _os_call, begin, check_out, os_error, output_lock, remove_stale_temps, restore_swapped
+from bertopt.outdir import (DISK_ERRNOS, _os_call, begin, check_out, os_error, output_lock, real_out, remove_stale_temps,
+                            restore_swapped)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -139,6 +140,7 @@ class Artifact:
 
 def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     """Open an artifact folder (or a bare ``.onnx`` file a user brought) and check its hashes."""
+    from bertopt.models import hf_files
     from bertopt.paths import resolve_path
 
     path = resolve_path(path)
@@ -159,6 +161,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
             },
         )
     mpath = path / MANIFEST
+    if not mpath.is_file() and (hf := hf_files(path)):
+        raise BertoptError(f"{path}: looks like a Hugging Face model folder ({', '.join(hf)}) but has no config.json",
+                           hint="save the model with `model.save_pretrained(DIR)` (it writes config.json beside the weights), "
+                                "or copy config.json from where the model came from")
     if not mpath.is_file():
         raise BertoptError(
             f"{path}: no {MANIFEST}: not a bertopt artifact folder",
@@ -202,31 +208,11 @@ def check_onnx_readable(path: Path, where: str = "") -> None:
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise BertoptError(f"{path}: not a readable ONNX model{where} ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
                            hint="re-run the stage that wrote it, or re-export the model") from None
+    from bertopt.graph import external_data_files
+
     external_data_files(path, m, where)
 
 
-def external_data_files(path: Path, model: Any = None, where: str = "") -> list[Path]:
-    """The files holding ``path``'s external weights (those that exist). A ``location`` outside the model's
-    folder (absolute, ``..``, or a link out of it) is refused before anything there is opened or hashed."""
-    path = Path(path)
-    if model is None:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    folder = os.path.realpath(path.parent)
-    found: dict[str, Path] = {}
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key != "location" or e.value in found:
-                continue
-            rel = os.path.normpath(e.value) if e.value else ""
-            inside = rel and not os.path.isabs(rel) and rel != ".." and not rel.startswith(".." + os.sep)
-            if not inside or os.path.commonpath([folder, os.path.realpath(path.parent / rel)]) != folder:
-                raise BertoptError(f"{path}: initializer '{clip(t.name, 80)}' keeps its data at location '{clip(e.value, 120)}', "
-                                   f"outside the model's folder{where}; refusing to read it",
-                                   hint="external data must be a file beside the model (re-export it, or fix the location)")
-            found[e.value] = path.parent / rel
-    return [f for _, f in sorted(found.items()) if f.is_file()]
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -315,7 +301,7 @@ def up_to_date(out: str | Path, stage: str, inputs: dict[str, dict], params: dic
     check_out(out)
     begin(out)
     with output_lock(Path(out)):  # another process writing `out` now: fail before the work, not after it
-        restore_swapped(Path(out))
+        restore_swapped(real_out(out))
         if force or not is_up_to_date(Path(out), stage, inputs, params):
             return None
         art = load_artifact(out)
@@ -393,7 +379,7 @@ def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params:
     process holds an exclusive lock on ``out`` (a second writer fails at once, naming it), and it
     first removes temporary folders that killed writers of ``out`` left behind.
     """
-    out = Path(out)
+    named, out = Path(out), real_out(out)
     check_out(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise BertoptError(
@@ -403,6 +389,8 @@ def write_artifact(out: str | Path, stage: str, inputs: dict[str, dict], params:
     _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
     with output_lock(out):
         remove_stale_temps(out)
+        if named != out:  # what older versions left beside the link (they replaced it)
+            remove_stale_temps(named)
         w = ArtifactWriter(out, stage, inputs, params)
         _os_call(out, "create a temporary folder beside it", lambda: w.dir.mkdir(parents=True))
         try:

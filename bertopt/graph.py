@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from bertopt.errors import BertoptError
+from bertopt.errors import BertoptError, clip
 
 MS_DOMAIN = "com.microsoft"
 QMAX = 127  # INT8 narrow symmetric range (TensorRT's): scale = amax / QMAX
@@ -150,6 +150,27 @@ def external_data(path: Path) -> bool:
     import onnx
 
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in load(path).graph.initializer)
+
+
+def external_data_files(path: Path, model: Any = None, where: str = "") -> list[Path]:
+    """The files holding ``path``'s external weights (those that exist). A ``location`` outside the model's
+    folder (absolute, ``..``, or a link out of it) is refused before anything there is opened or hashed."""
+    path = Path(path)
+    model = load(path) if model is None else model
+    folder = os.path.realpath(path.parent)
+    found: dict[str, Path] = {}
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key != "location" or e.value in found:
+                continue
+            rel = os.path.normpath(e.value) if e.value else ""
+            inside = rel and not os.path.isabs(rel) and rel != ".." and not rel.startswith(".." + os.sep)
+            if not inside or os.path.commonpath([folder, os.path.realpath(path.parent / rel)]) != folder:
+                raise BertoptError(f"{path}: initializer '{clip(t.name, 80)}' keeps its data at location '{clip(e.value, 120)}', "
+                                   f"outside the model's folder{where}; refusing to read it",
+                                   hint="external data must be a file beside the model (re-export it, or fix the location)")
+            found[e.value] = path.parent / rel
+    return [f for _, f in sorted(found.items()) if f.is_file()]
 
 
 def precision(model_or_path: Any) -> str:

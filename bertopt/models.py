@@ -52,6 +52,15 @@ def read_config(model_dir: Path) -> dict:
     return cfg
 
 
+_HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+             "vocab.txt", "modules.json", "sentence_bert_config.json")
+
+
+def hf_files(folder: Path) -> list[str]:
+    """The Hugging Face model files in ``folder`` (weights, tokenizer, sentence-transformers config), if any."""
+    return [n for n in _HF_FILES if (folder / n).is_file()][:4] if folder.is_dir() else []
+
+
 def is_hf_folder(path: Path) -> bool:
     """A Hugging Face model folder: config.json, and no manifest.json unless ``bertopt compress`` wrote
     it (a compress artifact is a Hugging Face folder with a manifest)."""

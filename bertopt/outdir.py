@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bertopt.errors import BertoptError
 
@@ -64,33 +64,47 @@ _LOCKS: dict[Path, int] = {}  # output folder -> fd of its lock file, held by th
 
 
 def _lock_key(out: Path) -> Path:
-    return Path(os.path.abspath(out))
+    return Path(os.path.abspath(real_out(out)))
+
+
+def real_out(out: str | Path) -> Path:
+    """The folder an output path names: for ``-o LINK`` (a symlink) the folder it points to, so that the
+    artifact is written through the link (the link stays a link, the bytes land where it points)."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if os.path.islink(out) else out
 
 
 def acquire_lock(out: Path) -> bool:
     """Take the exclusive lock on ``out`` (``fcntl.flock`` on ``.<name>.lock`` beside it, non-blocking);
-    True when newly taken, False when this process holds it already. Another holder -> BertoptError.
-
-    The holder removes the lock file when it releases it; a process that opened the file just before
-    retries on the new one (the inode check), so two processes never both hold the lock.
-    """
-    import fcntl
-
+    True when newly taken, False when this process holds it already. Another holder -> BertoptError."""
     key = _lock_key(out)
     if key in _LOCKS or os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes (and locks)
         return False
     if not key.parent.is_dir():
         _os_call(key, "create its parent folder", lambda: key.parent.mkdir(parents=True, exist_ok=True))
-    lock = key.parent / f".{key.name}.lock"
+    busy = BertoptError(f"another bertopt process is writing {out}",
+                        hint="wait for it to finish, or write to another folder (-o); two runs must not write the same output at once")
+    _LOCKS[key] = flock_file(key.parent / f".{key.name}.lock", f"{os.getpid()}\n", lambda _: busy, key)
+    return True
+
+
+def flock_file(lock: Path, holder: str, busy: Callable[[str], BertoptError], about: Path) -> int:
+    """An exclusive, non-blocking ``flock`` on the file ``lock`` (created), ``holder`` written into it; the fd.
+    Held elsewhere -> ``busy(what the holder wrote)``. The holder removes the file when it releases it; a
+    process that opened the file just before retries on the new one (the inode check), so two processes
+    never both hold the lock. Closing the fd (or the process ending, however it ends) releases it."""
+    import fcntl
+
     while True:
-        fd = _os_call(key, "create its lock file beside it", lambda: os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+        fd = _os_call(about, "create its lock file", lambda: os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
-            raise BertoptError(f"another bertopt process is writing {out}",
-                               hint="wait for it to finish, or write to another folder (-o); "
-                                    "two runs must not write the same output at once") from None
+            try:
+                text = os.read(fd, 4096).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
+            raise busy(text) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -99,9 +113,8 @@ def acquire_lock(out: Path) -> bool:
             break
         os.close(fd)  # the holder removed the file between our open and flock: take the new one
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _LOCKS[key] = fd
-    return True
+    os.write(fd, holder.encode())
+    return fd
 
 
 def release_lock(out: Path) -> None:
@@ -190,7 +203,7 @@ def remove_stale_temps(out: Path, legacy_age: float = 3600.0) -> list[Path]:
     removed = []
     for kind in ("tmp", "old"):
         for p in _stale(out, kind, legacy_age):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             removed.append(p)
     if removed:
         from bertopt.ui import note
@@ -245,7 +258,7 @@ def interrupted_message() -> str:
 def scratch_folder(out: str | Path, what: str) -> Iterator[Path]:
     """A working folder beside ``out`` (``.OUT.tmp-PID-WHAT-HEX``), removed when the block ends however it
     ends; one a SIGKILL leaves is removed by the next write to ``out`` (its pid is dead), like a stage's own."""
-    out = Path(out)
+    out = real_out(out)
     _os_call(out, "create its parent folder", lambda: out.parent.mkdir(parents=True, exist_ok=True))
     d = out.parent / f".{out.name}.tmp-{os.getpid()}-{what}-{uuid.uuid4().hex[:8]}"
     _os_call(out, "create a working folder beside it", lambda: d.mkdir())

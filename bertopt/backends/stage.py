@@ -72,6 +72,12 @@ def run_build(input: str | Path, out: str | Path, options: BuildOptions | None =
 
     check_onnx_readable(src, f" (output 'model' of {art.path})")
     check_encoder(src, src, "build", o.strict)  # a warning (strict: an error) for a graph with no encoder layer
+    if art.tokenizer_dir is None:  # the engine builds, but text cannot reach it through bertopt
+        from bertopt.ui import console
+
+        console.print(f"warning: build: no tokenizer beside {src} (no {art.path / 'tokenizer'}): the artifact will run on token ids, "
+                      "but bertopt.load(...).encode and bench's text checks need one; build from the "
+                      "`bertopt export` artifact, or put a tokenizer/ folder beside the model", style="yellow", markup=False)
     data_path = resolve_path(o.data) if o.data else None
     if data_path is not None and not data_path.is_file():
         raise BertoptError(f"{data_path}: no such data file", hint="pass a .txt/.csv/.tsv/.jsonl file of real texts")

@@ -91,7 +91,9 @@ def run_bench(input: Sequence[str | Path], out: str | Path | None = None, option
         return report
 
     from bertopt.bench import tasks
+    from bertopt.bench.memory import check_grid_fits
 
+    check_grid_fits([_resolve(p) for p in input], [int(b) for b in o.batch], [int(s) for s in o.seq])
     fid_texts, ev = _texts(o.data, o.eval, o.text_column, o.label_column, o.samples, o.eval_samples)
     pairs = tasks.load_pairs(o)
     tasks.check_k(o, fid_texts, tasks.labelled_texts(fid_texts, ev))

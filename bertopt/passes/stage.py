@@ -110,7 +110,8 @@ def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = Fa
     the model output whose parity is printed (all outputs are checked; :mod:`bertopt.outputs` picks
     one by default). A graph with no encoder layer is a warning, with ``strict`` an error."""
     from bertopt import ui
-    from bertopt.artifacts import check_onnx_readable, describe_input, external_data_files, load_artifact, up_to_date, write_artifact
+    from bertopt.artifacts import check_onnx_readable, describe_input, load_artifact, up_to_date, write_artifact
+    from bertopt.graph import external_data_files
 
     o = FuseOptions.of(options, kwargs)
     art = load_artifact(input)
