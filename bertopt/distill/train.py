@@ -188,8 +188,8 @@ def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossW
             res["accuracy"] = tot[2] / n
     else:
         res["cosine"] = tot[1] / n
-        if cfg.select_on == "neighbours" and pooled:
-            res["neighbours"] = _neighbours(torch.cat(pooled), torch.cat(refs), cfg.neighbours_k, env)
+        if cfg.select_on == "neighbours" and pooling != "none":  # every rank takes part in the sum, an empty share too
+            res["neighbours"] = _neighbours(torch.cat(pooled) if pooled else None, torch.cat(refs) if refs else None, cfg.neighbours_k, env)
     return res
 
 
@@ -198,7 +198,7 @@ def _neighbours(got, ref, k: int, env: DistEnv) -> float:
     rank's share of the held-out texts, averaged)."""
     from bertopt.bench.quality import neighbour_agreement
 
-    n = len(got)
+    n = 0 if got is None else len(got)
     local = neighbour_agreement(ref.cpu().numpy(), got.cpu().numpy(), min(k, n - 1)) if n > 1 else 0.0
     tot = env.all_sum([local * n, float(n)])
     return tot[0] / max(tot[1], 1.0)
