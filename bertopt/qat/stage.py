@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertopt.artifacts import (MANIFEST, MODEL_FILE, Artifact, describe_data, describe_input, input_path, load_artifact, up_to_date,
+from bertopt.artifacts import (MODEL_FILE, Artifact, describe_data, describe_input, load_artifact, up_to_date,
                                write_artifact)
 from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
+from bertopt.qat import helpers
 from bertopt.distill.batches import TrainingData
 from bertopt.qat.options import QatOptions
 from bertopt.qat.placement import DEFAULT_EXCLUDE_MODULES
@@ -135,7 +136,7 @@ def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
     """Resolve the options against the model (task, head, what stays float) and check what can be
     checked before any work: the inputs and params that make the fingerprint."""
     out = resolve_path(out)
-    model_dir, src = _model_dir(input)
+    model_dir, src = helpers.model_dir(input)
     cfg = read_config(model_dir)
     task = resolve_task(cfg, o.task, known=src)
     pooling, normalize = resolve_head(model_dir, task, o.pooling, o.normalize, known=src)
@@ -169,7 +170,7 @@ def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
 
 def _require_modelopt() -> None:
     try:
-        with _quiet():  # modelopt warns about untested transformers versions at import
+        with helpers.quiet():  # modelopt warns about untested transformers versions at import
             import modelopt.torch.quantization as mtq  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError(
@@ -251,7 +252,7 @@ def _student(job: _Job, env, data: TrainingData):
                 model(**b)
 
     qcfg = placement.quant_config(job.exclude, o.quantize_bmm)
-    with console.status("qat: inserting quantizers and calibrating their ranges") if env.main else contextlib.nullcontext(), _quiet():
+    with console.status("qat: inserting quantizers and calibrating their ranges") if env.main else contextlib.nullcontext(), helpers.quiet():
         student = mtq.quantize(student, qcfg, forward_loop=calibrate_loop)
     init = None
     if job.init_path is not None:
@@ -326,7 +327,7 @@ def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict,
     axes = dynamic_axes(input_names, outs)
     with write_artifact(job.out, "qat", job.inputs, job.params) as w:
         onnx_path = w.add_output("model", MODEL_FILE)
-        sample = _feeds(data.tokenizer, data.held_texts[:2], input_names, pad_to=16)
+        sample = helpers.feeds(data.tokenizer, data.held_texts[:2], input_names, pad_to=16)
         with console.status(f"qat: exporting Q/DQ ONNX (legacy exporter, opset {o.opset})"), w.timed("export"):
             try:
                 onnx_qdq.export_qdq(wrapper, tuple(torch.from_numpy(sample[n]) for n in input_names), onnx_path, input_names, outs, axes, o.opset)
@@ -336,7 +337,7 @@ def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict,
             post = onnx_qdq.postprocess(onnx_path)
         with console.status("qat: parity check (ONNX Runtime int8 kernels vs the fake-quant torch model)"), w.timed("parity"):
             texts = data.held_texts[:PARITY_SAMPLES]
-            feeds = [_feeds(data.tokenizer, texts[i : i + 16], input_names, max_length=data.max_len) for i in range(0, len(texts), 16)]
+            feeds = [helpers.feeds(data.tokenizer, texts[i : i + 16], input_names, max_length=data.max_len) for i in range(0, len(texts), 16)]
             parity = onnx_qdq.torch_onnx_parity(wrapper, onnx_path, feeds, outs, task, output=o.output)
         note(f"qat: parity compared on output {parity['compared_output']}")
         if parity["cosine_mean"] < o.parity_min_mean_cosine:
@@ -438,49 +439,3 @@ def _choose(job: _Job, qat_onnx: Path, data: TrainingData) -> dict:
                          f"est. +{fb['est_latency_ms']} ms per 128-token sequence" if fb and rec["chosen"] == "calibrate-budget" else ""),
                       markup=False)
     return rec
-
-
-# --------------------------------------------------------------------------------------- helpers
-def _model_dir(input) -> tuple[Path, dict]:
-    """The HF folder to train, and what an export artifact says about it (task, pooling, normalize)."""
-    p = resolve_path(input)
-    if (p / MANIFEST).is_file():
-        art = load_artifact(p, verify=False)
-        if art.stage == "compress" and (p / "config.json").is_file():  # a compressed student: itself an HF folder
-            return p, {"task": art.model_info.get("task"), "pooling": art.model_info.get("pooling")}
-        src = input_path(art, "model")  # recorded relative to the artifact (``../m``) inside a workdir
-        if art.stage != "export" or src is None or not (src / "config.json").is_file():
-            raise BertoptError(
-                f"{p}: qat trains the PyTorch model, and this '{art.stage}' artifact does not lead back to one",
-                hint="pass the Hugging Face model folder (or the artifact `bertopt export` wrote from it)",
-            )
-        info = art.model_info
-        return src, {"task": info.get("task"), "pooling": info.get("pooling"), "normalize": info.get("normalize")}
-    return p, {}
-
-
-def _feeds(tokenizer, texts, input_names, pad_to: int | None = None, max_length: int = 128):
-    from bertopt.data import tokenize
-
-    return tokenize(tokenizer, texts, input_names, max_length=pad_to or max_length, pad_to=pad_to)
-
-
-class _quiet:
-    """Silence modelopt's prints ("Inserted N quantizers", plugin registrations) and warnings."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore")
-        self._o = contextlib.redirect_stdout(io.StringIO())
-        self._o.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._o.__exit__(*exc)
-        self._w.__exit__(*exc)
-        return False
