@@ -63,7 +63,7 @@ def model_shape(path: Path) -> tuple[dict | None, int]:
         weights = model.stat().st_size if model.is_file() else 0
     dims = {k: info.get(k) for k in ("hidden_size", "num_layers", "num_heads")}
     ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims.values())
-    return (dims if ok else None), weights
+    return (dims | {"max_length": info.get("max_length")} if ok else None), weights
 
 
 def _size(n: float) -> str:
@@ -87,6 +87,8 @@ def check_grid_fits(paths: list[Path], batches: list[int], seqs: list[int], avai
             continue
         for b in batches:
             for s in seqs:
+                if isinstance(dims["max_length"], int) and s > dims["max_length"]:
+                    continue  # beyond the position embeddings: refused with that reason when the runners open
                 need = weights + point_bytes(dims, b, s)
                 if need > available:
                     too_big.append((need, b, s, p))
