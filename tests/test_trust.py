@@ -149,7 +149,7 @@ def _steps(model: Path, *steps: str) -> str:
     (["- stage: export\n", "- stage: calibrate\n  data: DATA\n  method: minmax\n"], "steps[1] (calibrate).method", "'max'"),
     (["- stage: export\n", "- stage: qat\n  data: DATA\n  lr: -1\n"], "steps[1] (qat).lr", "greater than 0"),
     (["- stage: export\n", "- stage: qat\n  data: DATA\n  val_fraction: 1.5\n"], "steps[1] (qat).val_fraction", "less than 1"),
-    (["- stage: export\n", "- stage: build\n  backend: tensorrtx\n"], "steps[1] (build).backend", "'onnxruntime' or 'tensorrt'"),
+    (["- stage: export\n", "- stage: build\n  backend: tensorrtx\n"], "steps[1] (build).backend", "'onnxruntime', 'tensorrt', 'openvino' or 'auto'"),
     (["- stage: export\n  exporter: torchscript\n"], "steps[0] (export).exporter", "'legacy' or 'dynamo'"),
     (["- stage: export\n", "- stage: bench\n  inputs: [export, biuld]\n"], "steps[1] (bench).inputs[1]", "'biuld' is neither a step"),
     (["- stage: fuse\n  input: export\n", "- stage: export\n"], "steps[0] (fuse).input", "'export' is a later step"),
