@@ -353,13 +353,15 @@ def test_bench_memory_estimate_names_the_largest_point(exported_minilm, minilm_d
     from bertopt.bench.memory import check_grid_fits, model_shape, point_bytes
 
     dims, weights = model_shape(exported_minilm)
-    assert dims == {"hidden_size": 384, "num_layers": 6, "num_heads": 12} and 80e6 < weights < 100e6
-    assert model_shape(minilm_dir)[0] == dims
+    assert dims == {"hidden_size": 384, "num_layers": 6, "num_heads": 12, "max_length": 512} and 80e6 < weights < 100e6
+    assert {k: model_shape(minilm_dir)[0][k] for k in ("hidden_size", "num_layers", "num_heads")} == {k: dims[k] for k in dims if k != "max_length"}
     room = weights + point_bytes(dims, 8, 128)
     check_grid_fits([exported_minilm], [1, 8], [128], available=room)  # fits exactly: no error
     with pytest.raises(BertoptError, match=r"batch=9 seq=128 needs about .* for " + exported_minilm.name) as e:
         check_grid_fits([exported_minilm], [1, 8, 9], [128], available=room)
     assert "these fit: 1x128, 8x128" in e.value.hint
+    # beyond the 512 positions is not estimated: the runners refuse it with that reason
+    check_grid_fits([exported_minilm], [1], [128, 100000], available=room)
 
 
 # ------------------------------------------------------------------------------- 15: build without a tokenizer, bench without config.json
