@@ -127,6 +127,24 @@ def user_error(r: "subprocess.CompletedProcess", *needles: str) -> None:
         assert n in err[0], (n, err[0])
 
 
+def flat(text: str) -> str:
+    """stderr with rich's line wrapping undone (it wraps at 160 columns off a terminal)."""
+    return " ".join(text.split())
+
+
+def error_text(r: "subprocess.CompletedProcess", *needles: str, code: int = 1) -> str:
+    """The `error:` message and its hint (wrapping undone), after checking the exit code, that no traceback
+    was printed, and that every needle is in the message (before its `hint:`)."""
+    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr + r.stdout
+    text = flat(r.stderr)
+    assert "error: " in text and " hint: " in text, r.stderr[-2000:]
+    err = text[text.index("error: "):text.index(" hint: ")]
+    for n in needles:
+        assert n in err, (n, err)
+    return text[text.index("error: "):]
+
+
 def hidden_files(folder: Path) -> list[str]:
     """Temporary/lock files bertopt would leave beside its outputs."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")))

