@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,34 @@ def test_unreadable_ir_is_an_error_with_a_hint(ov_recipe, tmp_path):
     with pytest.raises(BertoptError, match="OpenVINO cannot read this IR") as e:
         OpenVINORunner(bad / "openvino_model.xml")
     assert "rebuild" in e.value.hint
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda b: b["compile_properties"].update(CACHE_DIR="/tmp/bertopt-forged-cache-dir"), "compile property 'CACHE_DIR' is not one bertopt writes"),
+    (lambda b: b["compile_properties"].update(INFERENCE_NUM_THREADS="all"), "are not values bertopt writes"),
+    (lambda b: b["compile_properties"].update(PERFORMANCE_HINT="THROUGHPUT"), "are not values bertopt writes"),
+    (lambda b: b.update(buckets=["1x100000"]), "build.buckets: --shapes"),
+    (lambda b: b.update(buckets="1x16"), "build.buckets must be a list"),
+])
+def test_a_forged_manifest_makes_openvino_compile_only_what_bertopt_writes(ov_recipe, tmp_path, edit, words):
+    """The manifest's compile properties and buckets are input: only bertopt's own keys and values reach OpenVINO."""
+    art = tmp_path / "forged"
+    shutil.copytree(ov_recipe["build-ovb"], art)
+    m = json.loads((art / "manifest.json").read_text())
+    edit(m["build"])
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BertoptError, match=words) as e:
+        bertopt.load(art)
+    assert "rebuild the artifact" in e.value.hint and not Path("/tmp/bertopt-forged-cache-dir").exists()
+
+
+def test_recorded_threads_are_capped_at_the_host(ov_recipe):
+    import os
+
+    b = load_artifact(ov_recipe["build-ovb"]).manifest["build"]
+    props = oc.checked_properties(b["compile_properties"] | {"INFERENCE_NUM_THREADS": 3000}, None, "m")
+    assert props["INFERENCE_NUM_THREADS"] == os.cpu_count() and props["INFERENCE_PRECISION_HINT"] == "f32"
+    assert oc.checked_properties(b["compile_properties"], 1, "m")["INFERENCE_NUM_THREADS"] == 1
 
 
 # ------------------------------------------------------------------------------------- drop-in

@@ -185,8 +185,10 @@ def openvino_model(art: Artifact) -> TritonModel:
 
     build = art.manifest.get("build") or {}
     inputs, outputs, batched = openvino_io(art.model_path)
-    props = build.get("compile_properties") or {}
-    threads = int(props.get("INFERENCE_NUM_THREADS") or physical_cores())
+    from bertopt.backends.openvino.compile import checked_properties
+
+    props = checked_properties(build.get("compile_properties") or {}, None, str(art.path / "manifest.json"))
+    threads = int(props["INFERENCE_NUM_THREADS"])
     notes = [f"IR converted with OpenVINO {str(build.get('openvino', '?')).split('-')[0]}; the build's compiled-shape cache stays "
              "in the build folder (Triton compiles the IR with dynamic shapes)"]
     if build.get("inference_precision", "f32") == "f32":

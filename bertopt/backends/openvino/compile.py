@@ -32,6 +32,31 @@ def properties(threads: int, inference_precision: str = "f32") -> dict[str, Any]
             "INFERENCE_PRECISION_HINT": inference_precision}
 
 
+def checked_properties(recorded: Any, threads: int | None, source: str) -> dict[str, Any]:
+    """The compile properties an artifact's manifest records, accepted only as :func:`properties` writes them
+    (an artifact is input from anywhere: OpenVINO properties also set cache folders, devices and any number of
+    threads); threads capped at the host's cores, ``threads`` (the caller's) taking precedence."""
+    import os
+
+    hint = ("bertopt writes only PERFORMANCE_HINT=LATENCY, NUM_STREAMS=1, INFERENCE_NUM_THREADS and INFERENCE_PRECISION_HINT "
+            "(f32, bf16, f16); rebuild the artifact with `bertopt build --backend openvino`")
+    if not isinstance(recorded, dict):
+        raise BertoptError(f"{source}: build.compile_properties must be an object, got {type(recorded).__name__}", hint=hint)
+    base = properties(1)
+    for key, value in recorded.items():
+        if key not in base:
+            raise BertoptError(f"{source}: compile property '{key}' is not one bertopt writes; refusing to pass it to OpenVINO", hint=hint)
+    n = recorded.get("INFERENCE_NUM_THREADS", 0)
+    prec = recorded.get("INFERENCE_PRECISION_HINT", "f32")
+    if (recorded.get("PERFORMANCE_HINT", "LATENCY") != "LATENCY" or recorded.get("NUM_STREAMS", 1) != 1 or prec not in ("f32", "bf16", "f16")
+            or isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise BertoptError(f"{source}: build.compile_properties {recorded} are not values bertopt writes; refusing to pass them to OpenVINO",
+                           hint=hint)
+    from bertopt.backends.onnxruntime import physical_cores
+
+    return properties(threads or min(n or physical_cores(), os.cpu_count() or 1), prec)
+
+
 def core(cache_dir: Path | None):
     """An ``ov.Core`` that caches compiled blobs in ``cache_dir`` (None: no cache)."""
     import openvino as ov

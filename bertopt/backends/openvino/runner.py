@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from bertopt.backends.openvino import CACHE_DIR, IR_FILE
-from bertopt.backends.openvino.compile import compile_for, core, properties, read_ir
+from bertopt.backends.openvino.compile import checked_properties, compile_for, core, properties, read_ir
 from bertopt.backends.openvino.shapes import Bucket, select_bucket
 from bertopt.errors import BertoptError
 
@@ -50,11 +50,12 @@ class OpenVINORunner:
 
     @classmethod
     def from_artifact(cls, art, threads: int | None = None) -> "OpenVINORunner":
+        from bertopt.backends.openvino.shapes import recorded_buckets
+
         build = art.manifest.get("build", {})
-        props = dict(build.get("compile_properties") or properties(threads or 2))
-        if threads:
-            props["INFERENCE_NUM_THREADS"] = int(threads)
-        buckets = [Bucket(int(b), int(s)) for b, s in (x.split("x") for x in build.get("buckets") or [])]
+        source = str(art.path / "manifest.json")
+        props = checked_properties(build.get("compile_properties") or properties(threads or 2), threads, source)
+        buckets = recorded_buckets(build.get("buckets") or [], int(art.model_info.get("max_length") or 512), source)
         return cls(art.path / IR_FILE, buckets, props, art.path / CACHE_DIR)
 
     def compiled(self, bucket: Bucket | None):

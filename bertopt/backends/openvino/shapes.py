@@ -91,6 +91,21 @@ def plan_buckets(lengths: Sequence[int], max_length: int, cover: int = 0) -> lis
     return [Bucket(1, p.seq[2]) for p in profs]
 
 
+def recorded_buckets(recorded, max_length: int, source: str) -> list[Bucket]:
+    """The buckets a build's manifest lists, held to what ``--shapes`` accepts (sizes, the model's positions, at
+    most the explicit plus the planned count): a forged manifest makes OpenVINO compile nothing else."""
+    hint = "rebuild the artifact with `bertopt build --backend openvino`"
+    if not isinstance(recorded, list) or not all(isinstance(b, str) for b in recorded):
+        raise BertoptError(f"{source}: build.buckets must be a list of BATCHxSEQ strings", hint=hint)
+    if len(recorded) > MAX_BUCKETS + PLAN_MAX:
+        raise BertoptError(f"{source}: build.buckets lists {len(recorded)} buckets, more than a build writes", hint=hint)
+    spec = ",".join(recorded)
+    try:
+        return sorted({_parse_bucket(item.strip(), spec, max_length) for item in recorded}, key=_cost)
+    except BertoptError as e:
+        raise BertoptError(f"{source}: build.buckets: {e.message}", hint=hint) from None
+
+
 def merge(explicit: Sequence[Bucket], planned: Sequence[Bucket]) -> list[Bucket]:
     return sorted(set(explicit) | set(planned), key=_cost)
 
