@@ -31,7 +31,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 # ------------------------------------------------------------------------------------- CPU half
-def cpu_half(work: Path, *, samples: int, export: Path | None = None, verbose: bool = False) -> dict:
+def cpu_half(work: Path, *, samples: int, export: Path | None = None) -> dict:
     """export (unless an export artifact is given) -> fuse (tensorrt) -> calibrate -> prepare both engine inputs."""
     from bertopt.backends.options import DEFAULT_KEEP_FP32
     from bertopt.backends.tensorrt.prepare import prepare_onnx

@@ -275,15 +275,14 @@ def _path(value: str, base: Path) -> Path:
     return resolve_path(value, base=base)
 
 
-def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bool = False, only: list[str] | None = None,
-               verbose: bool = False) -> list[dict]:
+def run_recipe(path: str | Path, *, workdir: str | Path | None = None, force: bool = False, only: list[str] | None = None) -> list[dict]:
     """Run every step (or ``only`` those named); returns one summary row per step. The workdir is locked
     for the run (:func:`workdir_lock`): a second run on it is refused at once, naming the holder."""
     recipe = load_recipe(path, workdir)
     wd = recipe["workdir"]
     check_workdir(recipe["file"], wd, create=True)
     with workdir_lock(wd, recipe["file"]):
-        return _run_steps(recipe, force, only, verbose)
+        return _run_steps(recipe, force, only)
 
 
 WORKDIR_LOCK = ".bertopt-run.lock"
@@ -319,7 +318,7 @@ def workdir_lock(wd: Path, recipe_file: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _run_steps(recipe: dict, force: bool, only: list[str] | None, verbose: bool) -> list[dict]:
+def _run_steps(recipe: dict, force: bool, only: list[str] | None) -> list[dict]:
     from bertopt.ui import console
 
     wd = recipe["workdir"]
@@ -344,11 +343,11 @@ def _run_steps(recipe: dict, force: bool, only: list[str] | None, verbose: bool)
         t0 = time.perf_counter()
         fn = stages.get(step["stage"])
         if step["stage"] == "bench":
-            result = fn([str(p) for p in inputs], out, force=force, verbose=verbose, **opts)
+            result = fn([str(p) for p in inputs], out, force=force, **opts)
             rows.append({"step": step["name"], "stage": "bench", "status": "skipped" if result.get("cached") else "done", "seconds": round(time.perf_counter() - t0, 1),
                          "out": str(out), "report": result})
         else:
-            art = fn(str(inputs[0]), out, force=force, verbose=verbose, **opts)
+            art = fn(str(inputs[0]), out, force=force, **opts)
             rows.append({"step": step["name"], "stage": step["stage"], "status": "skipped" if art.skipped else "built",
                          "seconds": round(time.perf_counter() - t0, 1), "out": str(out), "metrics": art.manifest.get("metrics", {})})
     return rows

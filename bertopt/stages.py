@@ -1,6 +1,7 @@
 """The stage functions, by name: what the CLI commands and the recipe runner both call.
 
-Contract of a stage function ``run_<stage>(input, out, options=None, *, force=False, verbose=False, **kwargs)``:
+Contract of a stage function ``run_<stage>(input, out, options=None, *, force=False, **kwargs)``
+(``--verbose`` is :mod:`bertopt.log`'s level, not a parameter):
 - ``input`` is an artifact folder, a bare ``.onnx`` or (compress, export, qat) a Hugging Face folder;
   ``out`` the artifact folder to write.
 - its options are one typed object, ``options(<stage>)`` (a :class:`bertopt.options.StageOptions`):

@@ -24,6 +24,7 @@ from conftest import run_cli
 # CLI parameters that are not stage parameters, and why.
 CLI_ONLY = {
     "quiet": "output only (ui.set_quiet), no effect on the artifact",
+    "verbose": "output only (bertopt.log's level, set by BertoptCommand), no effect on the artifact",
     "help": "click's",
 }
 CLI_ONLY_PER_COMMAND = {"bench": {"report": "--report DIR: the command draws the HTML page from the stage's result"}}
@@ -34,7 +35,6 @@ RECIPE_ELSEWHERE = {
     "input": "the step's 'input' ('inputs' for bench)",
     "out": "<workdir>/<step name>",
     "force": "bertopt run --force",
-    "verbose": "bertopt run --verbose",
     "json_path": "bertopt run --json (the bench step's numbers are in its artifact and the run summary)",
 }
 
@@ -44,7 +44,7 @@ def _commands():
 
 
 # What a stage function with an options class takes besides the options' fields.
-RUN_ARGS = ["input", "out", "force", "verbose"]
+RUN_ARGS = ["input", "out", "force"]
 RUN_ARGS_PER_STAGE = {"bench": ["json_path"]}  # where the command's --json goes (run_bench writes it, also for a cached report)
 
 
@@ -68,7 +68,8 @@ def test_every_stage_has_an_options_class():
 @pytest.mark.parametrize("name", list(stages.STAGES))
 def test_a_stage_with_options_takes_them_as_one_object_or_as_keywords(name):
     params = inspect.signature(stages.get(name)).parameters
-    assert list(params)[:3] == ["input", "out", "options"] and {"force", "verbose"} <= set(params)
+    assert list(params)[:3] == ["input", "out", "options"] and "force" in params
+    assert "verbose" not in params, "--verbose is bertopt.log's level, set once by the CLI, not a parameter"
     assert any(p.kind is p.VAR_KEYWORD for p in params.values()), "Python callers pass the options as keywords"
     cls = stages.options(name)
     assert cls.STAGE == name and not {"input", "out", "options", "force", "verbose"} & set(cls.model_fields)
@@ -261,6 +262,28 @@ def test_a_stage_prints_progress_lines_in_ci_and_nothing_with_quiet(exported_min
         q = run_cli(*args, str(exported_minilm), "-o", str(tmp_path / "fuse"), env=env)
         assert q.returncode == 0 and q.stderr == "", q.stderr
         assert "MultiHeadAttention" in q.stdout or "attention" in q.stdout.lower()  # the result still prints
+
+
+def test_verbose_is_the_loggers_level_set_once_per_command(tmp_path):
+    """-v sets bertopt.log's level when the command starts (and a command without -v resets it); a debug
+    line prints only then, on the same stderr console and in the same plain form as a note."""
+    from bertopt import log, ui
+
+    missing = str(tmp_path / "nothing-here")
+    for args, want in ((["fuse", missing, "-o", str(tmp_path / "o"), "-v"], True), (["fuse", missing, "-o", str(tmp_path / "o")], False)):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code != 0 and isinstance(r.exception, BertoptError)  # the stage ran (and refused the input)
+        assert log.verbose() is want
+    try:
+        with ui.console.capture() as quiet:
+            log.logger.debug("fuse: [x] fired 0 times")
+        log.set_verbose()
+        with ui.console.capture() as loud:
+            log.logger.debug("fuse: [x] fired 0 times")
+            ui.note("fuse: [x] fired 0 times")
+    finally:
+        log.set_verbose(False)
+    assert quiet.get() == "" and loud.get() == "fuse: [x] fired 0 times\n" * 2
 
 
 @pytest.mark.parametrize("where, kwargs, message", [

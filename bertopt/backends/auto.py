@@ -21,7 +21,7 @@ TEXTS = 128  # texts of --data timed per batch size
 REPEATS = 3
 
 
-def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path, *, force: bool, verbose: bool) -> Artifact:
+def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path, *, force: bool) -> Artifact:
     from bertopt.backends.stage import builder, stage_inputs
 
     inputs = stage_inputs(art, src, data_path)
@@ -35,7 +35,7 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
         for backend in CANDIDATES:
             sub = BuildOptions.parse(_candidate_options(o, backend))
             try:
-                built[backend] = builder(backend)(art, src, work / backend, sub, data_path, force=True, verbose=verbose)
+                built[backend] = builder(backend)(art, src, work / backend, sub, data_path, force=True)
             except BertoptError as e:
                 if backend == "onnxruntime":
                     raise

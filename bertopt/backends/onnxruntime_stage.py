@@ -8,10 +8,11 @@ from bertopt.artifacts import MODEL_FILE, Artifact, load_artifact, up_to_date, w
 from bertopt.backends.hf_folder import write_hf_folder
 from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
+from bertopt.log import logger, verbose
 from bertopt.ui import note, skipped
 
 
-def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path | None, *, force: bool, verbose: bool) -> Artifact:
+def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path | None, *, force: bool) -> Artifact:
     """ORT keeps the graph's own precision (Q/DQ -> int8) and only checks ``o.precision`` against it."""
     from bertopt.backends import onnxruntime as ortb
     from bertopt.backends.stage import graph_inputs, stage_inputs, text_feeds
@@ -56,11 +57,11 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
             "tune_texts": str(data_path) if tune_feeds else None,
             **decision,
         }
-    _report(out, detected, decision, verbose)
+    _report(out, detected, decision)
     return load_artifact(out)
 
 
-def _report(out: Path, precision: str, d: dict, verbose: bool) -> None:
+def _report(out: Path, precision: str, d: dict) -> None:
     cfg = d["session"]
     entries = ", ".join(f"{k}={v}" for k, v in cfg.get("session_config_entries", {}).items()) or "defaults"
     note(f"build: {out / MODEL_FILE}  backend=onnxruntime precision={precision} offline={d['offline_optimization']} "
@@ -73,7 +74,7 @@ def _report(out: Path, precision: str, d: dict, verbose: bool) -> None:
         if (load.get("before") or 0) > load.get("cores", 1):
             note(f"build: the machine was busy while measuring (load {load['before']} on {load['cores']} cores): the choice "
                  "reflects that; re-run --tune on the machine state you deploy to")
-    if verbose:
+    if verbose():
         before, after = d["ops_before"], d["ops_after"]
         changed = {k: (before.get(k, 0), after.get(k, 0)) for k in sorted(set(before) | set(after)) if before.get(k, 0) != after.get(k, 0)}
-        note("build: ORT offline optimization changed op counts: " + (", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing"))
+        logger.debug("build: ORT offline optimization changed op counts: " + (", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing"))

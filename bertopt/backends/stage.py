@@ -28,7 +28,7 @@ from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
 
 # backend -> "module:function" that builds it, imported on first use. Each one is
-# ``build_stage(art, src, out, options, data_path, *, force, verbose) -> Artifact`` and starts with
+# ``build_stage(art, src, out, options, data_path, *, force) -> Artifact`` and starts with
 # ``artifacts.up_to_date``; a backend's Triton model writer can sit beside it in a table like this one.
 BUILDERS: dict[str, str] = {
     "onnxruntime": "bertopt.backends.onnxruntime_stage:build_stage",
@@ -38,7 +38,7 @@ BUILDERS: dict[str, str] = {
 }
 
 
-def run_build(input: str | Path, out: str | Path, options: BuildOptions | None = None, *, force: bool = False, verbose: bool = False,
+def run_build(input: str | Path, out: str | Path, options: BuildOptions | None = None, *, force: bool = False,
               **kwargs: Any) -> Artifact:
     """Build ``input`` (an ONNX artifact or bare ``.onnx``) for ``backend`` into the artifact ``out``.
 
@@ -85,7 +85,7 @@ def run_build(input: str | Path, out: str | Path, options: BuildOptions | None =
     from bertopt.backends import triton
 
     repo_model = triton.check_repository(resolve_path(o.triton), o.triton_name, out, force) if o.triton else None  # before any work
-    built = builder(o.backend)(art, src, out, o, data_path, force=force, verbose=verbose)
+    built = builder(o.backend)(art, src, out, o, data_path, force=force)
     if repo_model is not None:
         triton.write_repository(built, repo_model, force=force)
     return built

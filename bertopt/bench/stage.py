@@ -62,7 +62,7 @@ def default_threads() -> int:
 
 
 def run_bench(input: Sequence[str | Path], out: str | Path | None = None, options: BenchOptions | None = None, *,
-              json_path: str | Path | None = None, force: bool = False, verbose: bool = False, **kwargs: Any) -> dict:
+              json_path: str | Path | None = None, force: bool = False, **kwargs: Any) -> dict:
     """Benchmark ``input`` artifacts; the first is the reference. Returns the report dict.
 
     The options are a :class:`~bertopt.bench.options.BenchOptions` (``options=``) or its fields as

@@ -30,7 +30,6 @@ class Job:
     model: Any  # onnx.ModelProto, FP32
     o: CalibrateOptions  # from_ranges replaces it with the placement and equalization the file records
     exclude: list[str]
-    verbose: bool
     choice: Any = None  # the output compared (bertopt.outputs)
     user_exclude: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
@@ -302,7 +301,7 @@ class Job:
             rep = {"schema": "bertopt.calibrate-report/1", "metric": "output error with only that GEMM quantized",
                    "fidelity": self.metrics.get("fidelity"), "layers": self.report_rows}
             w.add_output("report", REPORT_FILE).write_text(json.dumps(rep, indent=1) + "\n")
-            _render_report(self.report_rows, self.verbose)
+            _render_report(self.report_rows)
         w.copy_tokenizer(self.art.tokenizer_dir)
         w.model = dict(self.art.model_info) | {"precision": "int8", "quantization": "qdq"}
         w.metrics = self.metrics
@@ -376,14 +375,17 @@ class Job:
         return doc
 
 
-def _render_report(rows: Sequence[dict], verbose: bool) -> None:
+def _render_report(rows: Sequence[dict]) -> None:
     from rich.table import Table
 
+    from bertopt.log import verbose
+
+    every = verbose()  # --verbose: all rows, else the ten most sensitive
     table = Table(title="calibrate: per-GEMM sensitivity (output error with only that GEMM quantized)", title_justify="left")
     for col in ("rank", "GEMM", "rel. error (mean)", "cosine min"):
         table.add_column(col, justify="right" if col != "GEMM" else "left")
-    for r in rows if verbose else rows[:10]:
+    for r in rows if every else rows[:10]:
         table.add_row(str(r["rank"]), r["node"], f"{r['rel_error_mean']:.2e}", f"{r['cosine_min']:.5f}")
     console.print(table)
-    if not verbose and len(rows) > 10:
+    if not every and len(rows) > 10:
         note(f"calibrate: {len(rows) - 10} more rows in report.json (--verbose prints all)")

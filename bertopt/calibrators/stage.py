@@ -42,7 +42,7 @@ STAGE = "calibrate"
 
 
 def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions | None = None, *, force: bool = False,
-                  verbose: bool = False, **kwargs: Any) -> Artifact:
+                  **kwargs: Any) -> Artifact:
     """Calibrate ``input`` (an export/fuse artifact or a bare .onnx with tokenizer/ beside it) on
     the texts of ``data``; write the Q/DQ model, ranges.json and calibration.cache to ``out``.
 
@@ -83,7 +83,7 @@ def run_calibrate(input: str | Path, out: str | Path, options: CalibrateOptions 
 
     choice = choose_for_onnx(model, requested=o.output, task=art.task, hidden_size=art.model_info.get("hidden_size"),
                              where=str(art.model_path))
-    job = Job(art=art, model=model, o=o, exclude=o.excluded(), verbose=verbose, choice=choice, user_exclude=list(o.exclude or []))
+    job = Job(art=art, model=model, o=o, exclude=o.excluded(), choice=choice, user_exclude=list(o.exclude or []))
     with write_artifact(out, STAGE, inputs, params) as w:
         if o.ranges is not None:
             job.from_ranges(o.ranges)

@@ -25,11 +25,11 @@ EXTRA = {
 }
 
 
-def _bench_and_show(run, args, out, options, extra, *, force, verbose) -> None:
+def _bench_and_show(run, args, out, options, extra, *, force) -> None:
     from bertopt.errors import QualityGateError
 
     try:
-        result = run(args[0], extra["out"], options=options, json_path=extra["json_out"], force=force, verbose=verbose)
+        result = run(args[0], extra["out"], options=options, json_path=extra["json_out"], force=force)
     except QualityGateError as e:
         # the numbers first, so a CI log shows what failed; then the gate error (exit 3)
         if getattr(e, "report", None) is not None:

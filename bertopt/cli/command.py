@@ -4,6 +4,7 @@
   with a deprecation note; they do not appear in ``--help``.
 - ``-q/--quiet`` (``cli.options.Quiet``, declared by every command) takes effect here: it silences
   progress and notes on stderr; errors and the command's results (stdout) still print.
+- ``-v/--verbose`` likewise: it sets :mod:`bertopt.log`'s level (``logger.debug`` lines show), once.
 - ``--help`` groups the options into the panels a command module lists in ``PANELS`` (typer's
   ``rich_help_panel``; a command generated from an options class brings its own) and lays them out in two columns, so nothing is cut off at 80 columns
   (typer's own six-column table truncates long option names there).
@@ -68,10 +69,11 @@ class BertoptCommand(TyperCommand):
         return super().parse_args(ctx, out)
 
     def invoke(self, ctx):
-        from bertopt import ui
+        from bertopt import log, ui
 
         if ctx.params.get("quiet"):  # every command declares `quiet: Quiet`; it takes effect here, before the stage runs
             ui.set_quiet(True)
+        log.set_verbose(bool(ctx.params.get("verbose")))  # -v: the logger's level, once for the whole command
         return super().invoke(ctx)
 
     # --- help -------------------------------------------------------------------------------------

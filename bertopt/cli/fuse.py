@@ -12,11 +12,11 @@ from __future__ import annotations
 from bertopt.cli.options import command_from
 
 
-def _fuse_and_print(run, args, out, options, extra, *, force, verbose) -> None:
+def _fuse_and_print(run, args, out, options, extra, *, force) -> None:
     from bertopt.passes.stage import summary_table
     from bertopt.ui import stdout
 
-    stdout.print(summary_table(run(*args, out, options=options, force=force, verbose=verbose)))
+    stdout.print(summary_table(run(*args, out, options=options, force=force)))
 
 
 command = command_from(

@@ -15,7 +15,8 @@ JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write mach
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more, e.g. which passes fired zero times and why.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Redo the work even when the output is up to date.")]
 QUIET_HELP = "Print only errors and the results (no progress, no notes)."
-# Every command declares ``quiet: Quiet = False``; BertoptCommand (cli/command.py) applies it before the command runs.
+# Every command declares ``quiet: Quiet = False`` (stage commands and run also ``verbose: Verbose``); BertoptCommand
+# (cli/command.py) applies both before the command runs: -v sets bertopt.log's level, nothing is passed down.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 
 
@@ -78,9 +79,9 @@ def command_from(stage: str, *, arguments: dict[str, object], extra: dict[str, t
       list fields repeatable, ``Literal`` fields as choices), then ``extra`` command-only options
       (name -> (annotation, default)), then ``--out``, ``--force``, ``--verbose``, ``--quiet``;
     - it parses the fields into the options object (``where=CLI``: errors name the --flags) and calls
-      ``run(*arguments, out, options=..., force=, verbose=, **extra)`` (``run``: the stage function,
+      ``run(*arguments, out, options=..., force=, **extra)`` (``run``: the stage function,
       imported when the command runs, so ``--help`` stays light), or
-      ``call(run, arguments, out, options, extra, force=, verbose=)`` when given.
+      ``call(run, arguments, out, options, extra, force=)`` when given.
     The range of a number (from the field's type) is shown in ``--help`` as click shows its own.
     """
     from bertopt import stages
@@ -107,16 +108,16 @@ def command_from(stage: str, *, arguments: dict[str, object], extra: dict[str, t
     def command(**kw):
         args = [kw.pop(n) for n in arguments]
         out_path = kw.pop("out") if out is not None else None
-        force, verbose = kw.pop("force"), kw.pop("verbose")
-        kw.pop("quiet")  # applied by BertoptCommand.invoke
+        force = kw.pop("force")
+        kw.pop("quiet"), kw.pop("verbose")  # applied by BertoptCommand.invoke
         more = {n: kw.pop(n) for n in (extra or {})}
         for n in split:
             kw[n] = _split(n, kw[n], fields[n])
         options = options_cls.parse(kw, where=CLI)
         target = stages.get(stage)  # imported now, not when the CLI starts
         if call is not None:
-            return call(target, args, out_path, options, more, force=force, verbose=verbose)
-        return target(*args, *([out_path] if out is not None else []), options=options, force=force, verbose=verbose, **more)
+            return call(target, args, out_path, options, more, force=force)
+        return target(*args, *([out_path] if out is not None else []), options=options, force=force, **more)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}

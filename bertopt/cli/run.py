@@ -19,7 +19,7 @@ def command(
     check: Annotated[bool, typer.Option("--check", help="Validate the recipe and exit.")] = False,
     json_out: JsonOut = None,
     force: Force = False,
-    verbose: Verbose = False,
+    verbose: Verbose = False,  # applied by BertoptCommand.invoke (bertopt.log's level)
     quiet: Quiet = False,
 ) -> None:
 
@@ -36,7 +36,7 @@ def command(
     from bertopt.errors import QualityGateError
 
     try:
-        rows = run_recipe(recipe, workdir=workdir, force=force, only=only, verbose=verbose)
+        rows = run_recipe(recipe, workdir=workdir, force=force, only=only)
     except QualityGateError as e:
         if getattr(e, "report", None) is not None:  # a bench step's gate: its numbers before the error
             render(e.report)

@@ -33,7 +33,7 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 COMPRESSIBLE = ("bert", "roberta", "xlm-roberta", "electra")
 
 
-def run_compress(input: str | Path, out: str | Path, options: CompressOptions | None = None, *, force: bool = False, verbose: bool = False,
+def run_compress(input: str | Path, out: str | Path, options: CompressOptions | None = None, *, force: bool = False,
                  **kwargs: Any) -> Artifact:
     """Compress the HF model ``input`` (the teacher) into a smaller HF model folder ``out`` (the student).
 
@@ -54,7 +54,7 @@ def run_compress(input: str | Path, out: str | Path, options: CompressOptions | 
       ``.<out>.compress-checkpoint`` beside ``out``), resumed when a killed run is started again.
     """
     o = CompressOptions.of(options, kwargs)
-    job = _plan(input, out, o, verbose)
+    job = _plan(input, out, o)
     if (done := up_to_date(job.out, "compress", job.inputs, job.params, force)) is not None:
         skipped("compress", job.out)
         return done
@@ -82,10 +82,9 @@ class _Job:
     ffn_size: int
     inputs: dict
     params: dict
-    verbose: bool
 
 
-def _plan(input, out, o: CompressOptions, verbose: bool) -> _Job:
+def _plan(input, out, o: CompressOptions) -> _Job:
     """Resolve the options against the teacher (task, head, kept layers, FFN size) and check them before any work."""
     out = resolve_path(out)
     model_dir = resolve_path(input)
@@ -121,7 +120,7 @@ def _plan(input, out, o: CompressOptions, verbose: bool) -> _Job:
         inputs["val_data"] = describe_data(resolve_path(o.val_data))
     params = o.params(task=task, pooling=pooling, layers=keep, ffn_size=ffn_size, prunes_ffn=ffn_size < full_ffn)
     return _Job(o=o, out=out, model_dir=model_dir, cfg=cfg, task=task, pooling=pooling, keep=keep, ffn_size=ffn_size, inputs=inputs,
-                params=params, verbose=verbose)
+                params=params)
 
 
 def _keep_layers(layers, select, n_teacher) -> list[int]:

@@ -39,7 +39,7 @@ PARITY_TEXTS = [
 ]
 
 
-def run_export(input: str | Path, out: str | Path, options: ExportOptions | None = None, *, force: bool = False, verbose: bool = False,
+def run_export(input: str | Path, out: str | Path, options: ExportOptions | None = None, *, force: bool = False,
                **kwargs: Any) -> Artifact:
     """Export ``input`` (HF folder) to ``out``/model.onnx, parity-checked on ONNX Runtime.
 

@@ -102,7 +102,7 @@ def parity_failure(par: dict, quantized: bool) -> tuple[str, dict] | None:
 
 
 # ----------------------------------------------------------------------------------- stage
-def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = False, verbose: bool = False, **kwargs: Any):
+def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = False, **kwargs: Any):
     """Fuse an exported artifact (or a bare .onnx) for ``target``; write the fused artifact to ``out``.
 
     The options are a :class:`~bertopt.passes.options.FuseOptions` (``options=``) or its fields as
@@ -145,7 +145,7 @@ def run_fuse(input, out, options: FuseOptions | None = None, *, force: bool = Fa
                 f"{out}: the fused model disagrees with {src}: output '{worst[0]}' {what}",
                 hint="this is a bertopt bug: please report it with the input model; nothing was written",
             )
-    _say_fused(report, par, choice, verbose)
+    _say_fused(report, par, choice)
     return load_artifact(out)
 
 
@@ -208,9 +208,10 @@ def _fuse_into(w, model, src: Path, art, target: str, ort_fusions: str, options:
     return fused, report, par
 
 
-def _say_fused(report: FuseReport, par: dict, choice, verbose: bool) -> None:
-    """Warnings (families that missed, parity on synthetic ids), the compared output, zero-fired passes."""
+def _say_fused(report: FuseReport, par: dict, choice) -> None:
+    """Warnings (families that missed, parity on synthetic ids), the compared output, zero-fired passes (--verbose)."""
     from bertopt import ui
+    from bertopt.log import logger
 
     for msg in report.warnings:
         ui.console.print(f"warning: {msg}", style="yellow", markup=False)
@@ -219,9 +220,8 @@ def _say_fused(report: FuseReport, par: dict, choice, verbose: bool) -> None:
     if choice is not None:
         cmp = par["compared_output"]
         ui.note(f"fuse: comparing output {choice.describe()}: max |diff| {cmp.get('max_abs_diff', 0):.2e} (every output is checked)")
-    if verbose:
-        for line in zero_fired_lines(report):
-            ui.note(line)
+    for line in zero_fired_lines(report):
+        logger.debug(line)
 
 
 def _save(model, path: Path, w) -> None:

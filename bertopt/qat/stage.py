@@ -28,6 +28,7 @@ from bertopt.artifacts import (MODEL_FILE, Artifact, describe_data, describe_inp
                                write_artifact)
 from bertopt.budget import gate
 from bertopt.errors import BertoptError, MissingDependencyError
+from bertopt.log import logger
 from bertopt.models import SUPPORTED, dynamic_axes, model_summary, output_names, read_config, resolve_head, resolve_task
 from bertopt.paths import resolve_path
 from bertopt.qat import helpers
@@ -39,7 +40,7 @@ from bertopt.ui import console, note, skipped
 PARITY_SAMPLES = 64
 
 
-def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = None, *, force: bool = False, verbose: bool = False,
+def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = None, *, force: bool = False,
             **kwargs: Any) -> Artifact:
     """Quantization-aware training of ``input`` (an HF folder, or an export artifact of one) into ``out``.
 
@@ -81,7 +82,7 @@ def run_qat(input: str | Path, out: str | Path, options: QatOptions | None = Non
       a killed run resumes from the last one when started again (``resume=False`` starts over).
     """
     o = QatOptions.of(options, kwargs)
-    job = _plan(input, out, o, verbose)
+    job = _plan(input, out, o)
     if (done := up_to_date(job.out, "qat", job.inputs, job.params, force)) is not None:
         skipped("qat", job.out)
         gate(done)
@@ -120,7 +121,6 @@ class _Job:
     inputs: dict
     params: dict
     init_path: Path | None  # the calibrated model QAT starts from (--init-from, or the calibrated start)
-    verbose: bool
     train_path: Path  # --data, or a copy without the budget's held-out texts
     train_limit: int | None
     tmp: Path | None = None  # set when QAT's export is measured against its start (and a budget)
@@ -132,7 +132,7 @@ class _Job:
         return not self.o.init_from and self.o.start == "calibrate"
 
 
-def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
+def _plan(input, out, o: QatOptions) -> _Job:
     """Resolve the options against the model (task, head, what stays float) and check what can be
     checked before any work: the inputs and params that make the fingerprint."""
     out = resolve_path(out)
@@ -165,7 +165,7 @@ def _plan(input, out, o: QatOptions, verbose: bool) -> _Job:
         raise BertoptError(f"--output '{o.output}': the exported {task} model has no such output", hint="its outputs are: " + ", ".join(outs))
     return _Job(o=o, out=out, model_dir=model_dir, cfg=cfg, task=task, pooling=pooling, normalize=bool(normalize), exclude=exclude,
                 inputs=inputs, params=o.params(task=task, pooling=pooling, normalize=normalize, exclude=exclude), init_path=init_path,
-                verbose=verbose, train_path=data_path, train_limit=o.samples)
+                train_path=data_path, train_limit=o.samples)
 
 
 def _require_modelopt() -> None:
@@ -388,8 +388,7 @@ def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history:
         "init_from": init,
         "written": written,
     }
-    if job.verbose:
-        note("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
+    logger.debug("qat: ORT kernels: " + json.dumps(kernels, sort_keys=True))
     w.copy_tokenizer(job.model_dir)
     w.add_output("history", "qat_history.json").write_text(json.dumps(history["history"], indent=1) + "\n")
 

@@ -18,7 +18,7 @@ from bertopt.ui import note, skipped
 PARITY_MIN = 0.99  # OpenVINO vs ONNX Runtime on the input graph: below this the conversion is broken, not rounded
 
 
-def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path | None, *, force: bool, verbose: bool) -> Artifact:
+def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path: Path | None, *, force: bool) -> Artifact:
     """OpenVINO runs the graph's own precision (Q/DQ -> INT8 layers); ``o.precision`` is checked against it."""
     from bertopt.backends.onnxruntime import physical_cores
     from bertopt.backends.stage import stage_inputs

@@ -12,7 +12,7 @@ from bertopt.backends.tensorrt.inspector import check_int8, parse_layer_info, pr
 from bertopt.backends.tensorrt.prepare import prepare_onnx
 from bertopt.errors import BertoptError
 
-def build_stage(art, src: Path, out: Path, o, data_path, *, force: bool, verbose: bool):
+def build_stage(art, src: Path, out: Path, o, data_path, *, force: bool):
     """``run_build(backend="tensorrt")`` (``o`` a ``BuildOptions``): options are validated before TensorRT is imported."""
     from bertopt.artifacts import load_artifact, up_to_date, write_artifact
     from bertopt.backends.stage import stage_inputs
@@ -58,7 +58,7 @@ def build_stage(art, src: Path, out: Path, o, data_path, *, force: bool, verbose
                 hint="TensorRT could not fuse their Q/DQ (check the per-layer precisions with --verbose, or re-calibrate with "
                      "Q/DQ on both MatMul inputs); nothing was written",
             )
-    _report_build(out, prepared, eb, pmap, profiles, check, layers, verbose)
+    _report_build(out, prepared, eb, pmap, profiles, check, layers)
     _ = trt
     return load_artifact(out)
 
@@ -113,7 +113,8 @@ def _write_engine(w, art, prepared, profiles, input_names, cache_path: Path):
     return eb, layers, pmap, check
 
 
-def _report_build(out: Path, prepared, eb, pmap, profiles, check, layers, verbose: bool) -> None:
+def _report_build(out: Path, prepared, eb, pmap, profiles, check, layers) -> None:
+    from bertopt.log import logger
     from bertopt.ui import note
 
     note(f"build: {out / ENGINE_FILE}  backend=tensorrt {eb.tensorrt_version} precision={prepared.precision} "
@@ -122,6 +123,5 @@ def _report_build(out: Path, prepared, eb, pmap, profiles, check, layers, verbos
         note(f"build: timing cache {eb.timing_cache['path']}: {eb.timing_cache['note']}")
     if check is not None and check.unverified:
         note(f"build: {len(check.unverified)} quantized GEMM(s) sit in fused Myelin regions the inspector does not itemize: unverified")
-    if verbose:
-        for layer in layers:
-            note(f"  {layer.precision:6s} {layer.layer_type:28s} {layer.name[:100]}")
+    for layer in layers:
+        logger.debug(f"  {layer.precision:6s} {layer.layer_type:28s} {layer.name[:100]}")
