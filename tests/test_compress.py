@@ -135,7 +135,7 @@ def test_layer_selection_rules():
 
 
 def test_compress_checkpoints_keep_user_files(tmp_path):
-    from bertopt.distill.train import Checkpointer
+    from bertopt.distill.checkpoint import Checkpointer
 
     user = tmp_path / "mine"
     user.mkdir()

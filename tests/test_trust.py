@@ -70,7 +70,7 @@ def test_checkpoint_load_is_weights_only(tmp_path):
     """Even with a matching fingerprint in checkpoint.json, a pickle that would run code is refused."""
     import torch
 
-    from bertopt.distill.train import Checkpointer
+    from bertopt.distill.checkpoint import Checkpointer
 
     marker = tmp_path / "PWNED"
     ck = Checkpointer(tmp_path / "ck", "fp-1")
@@ -104,7 +104,7 @@ def test_checkpoint_load_is_weights_only(tmp_path):
 
 
 def test_checkpoint_remove_deletes_only_its_own_files(tmp_path):
-    from bertopt.distill.train import Checkpointer
+    from bertopt.distill.checkpoint import Checkpointer
 
     user = tmp_path / "user"
     user.mkdir()

@@ -156,8 +156,7 @@ def _run(job: _Job, env) -> Artifact:
              f"{after['params'] / 1e6:.1f}M params (teacher {before['params'] / 1e6:.1f}M), encoder FLOPs/token "
              f"{after['flops_per_token_seq128'] / before['flops_per_token_seq128']:.2f}x; {len(data.train)} training / {len(data.held)} held-out texts"
              + (f", {env.world} processes ({env.backend})" if env.enabled else ""))
-    history, ckpt = distil(student, teacher, data, o, stage="compress", out=job.out, inputs=job.inputs, params=job.params, env=env,
-                           task=job.task, pooling=job.pooling, layer_map=job.keep)
+    history, ckpt = distil(student, teacher, data, o, job, env, stage="compress", layer_map=job.keep)
     b, i0 = history["best"], history["initial"]
     if env.main:
         note(f"compress: best held-out step {b['step']}/{history['total_steps']}: " + fmt_eval(b) + f" (pruned, before distillation: {fmt_eval(i0)})"

@@ -5,4 +5,5 @@
 - ``losses``:  distillation (logits with temperature, embeddings, hidden states, attention) + task loss;
 - ``dist``:    torch.distributed (torchrun) detection and helpers;
 - ``train``:   the training loop: progress bar, held-out evaluation, early stopping, checkpoints.
+- ``checkpoint``: the run's resumable checkpoint (atomic, fingerprinted, removes only its own files).
 """

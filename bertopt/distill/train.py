@@ -8,22 +8,17 @@ and ends with the same weights as a run that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from bertopt.errors import BertoptError
 from bertopt.distill.batches import Encoded, Schedule, collate, eval_batches
+from bertopt.distill.checkpoint import Checkpointer
 from bertopt.distill.dist import DistEnv
 from bertopt.distill.losses import LossWeights, distill_loss, pool
 from bertopt.params import MAX_STEPS
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_META = "checkpoint.json"  # the fingerprint, read before any tensor
-CREATED_MARKER = ".created-by-bertopt"
 
 
 @dataclass
@@ -43,81 +38,19 @@ class TrainConfig:
     neighbours_k: int = 10
 
 
-# --------------------------------------------------------------------------------------- checkpoints
-class Checkpointer:
-    """One resumable checkpoint, written atomically by rank 0 (by default a hidden sibling of the output folder).
+@dataclass
+class Distillation:
+    """One training run's fixed parts, read by the loop, its steps and the held-out evaluation."""
 
-    Safe to point at any folder (``--checkpoint-dir``): bertopt touches only its own files there
-    (``checkpoint.pt``, ``checkpoint.json`` and their temporary files) and removes the folder itself
-    only when bertopt created it and it is empty. Loading never runs code from the file: the
-    fingerprint in ``checkpoint.json`` is checked first, then the tensors are read with
-    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
-    """
-
-    def __init__(self, folder: Path, fingerprint: str, owned: bool = False):
-        self.folder = Path(folder)
-        self.path = self.folder / CHECKPOINT_FILE
-        self.meta = self.folder / CHECKPOINT_META
-        self.marker = self.folder / CREATED_MARKER
-        self.fingerprint = fingerprint
-        self.owned = owned  # the folder is bertopt's (the default hidden one), marker or not
-
-    def load(self) -> dict | None:
-        import torch
-
-        from bertopt.ui import note
-
-        if not self.path.is_file():
-            return None
-        try:
-            meta = json.loads(self.meta.read_text())
-        except (OSError, ValueError):
-            meta = None
-        if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
-            why = "it has no checkpoint.json" if meta is None else "it was written for other inputs, options or code"
-            note(f"not resuming from {self.path}: {why}; training starts over")
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a torn or foreign file is not resumable; start over
-            note(f"not resuming from {self.path}: not a loadable checkpoint ({type(e).__name__}); training starts over")
-            return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            note(f"not resuming from {self.path}: its contents do not match checkpoint.json; training starts over")
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
-        import torch
-
-        from bertopt.outdir import keep_note
-
-        if not self.folder.is_dir():
-            self.folder.mkdir(parents=True)
-            self.marker.write_text("created by bertopt qat; removed with the folder after a successful run\n")
-        tmp = self.path.with_name(CHECKPOINT_FILE + f".tmp-{os.getpid()}")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)
-        meta_tmp = self.meta.with_name(CHECKPOINT_META + f".tmp-{os.getpid()}")
-        meta_tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "step": state.get("step")}) + "\n")
-        os.replace(meta_tmp, self.meta)
-        keep_note(str(self.folder), f"QAT checkpoint kept in {self.folder}: run the same command again to resume")
-
-    def remove(self) -> None:
-        """Remove what bertopt wrote, never anything else; the folder only if bertopt made it and it is then empty."""
-        import contextlib
-
-        from bertopt.outdir import keep_note
-
-        keep_note(str(self.folder), None)
-        for p in (self.path, self.meta, *self.folder.glob(CHECKPOINT_FILE + ".tmp-*"), *self.folder.glob(CHECKPOINT_META + ".tmp-*")):
-            with contextlib.suppress(OSError):
-                p.unlink()
-        if self.owned or self.marker.is_file():
-            with contextlib.suppress(OSError):
-                self.marker.unlink()
-            with contextlib.suppress(OSError):
-                self.folder.rmdir()  # only succeeds when empty
+    student: Any  # trained in place
+    teacher: Any  # frozen
+    task: str
+    pooling: str
+    weights: LossWeights
+    cfg: TrainConfig
+    env: DistEnv
+    layer_map: list[int] | None = None  # compress: the teacher layer each student layer distils from (losses.distill_loss)
+    name: str = "qat"  # labels the progress bar and messages
 
 
 # --------------------------------------------------------------------------------------- teacher cache
@@ -141,13 +74,14 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def evaluate(model, held: Encoded, refs: list, task: str, pooling: str, w: LossWeights, cfg: TrainConfig, env: DistEnv) -> dict:
-    """Held-out metrics over all ranks: ``loss`` (output distillation + task), teacher agreement /
+def evaluate(run: Distillation, held: Encoded, refs: list) -> dict:
+    """The student's held-out metrics over all ranks: ``loss`` (output distillation + task), teacher agreement /
     cosine, accuracy when labels are known, and for encoders with ``cfg.select_on == "neighbours"`` the
     neighbour agreement@k with the teacher (see ``_score`` for what early stopping keeps)."""
     import torch
     import torch.nn.functional as F
 
+    model, task, pooling, w, cfg, env = run.student, run.task, run.pooling, run.weights, run.cfg, run.env
     was_training = model.training
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, agreement-or-cosine*n, correct, n
@@ -211,15 +145,11 @@ def _seed(cfg: TrainConfig, env: DistEnv, step: int) -> None:
     torch.manual_seed((cfg.seed * 1_000_003 + env.rank * 7919 + step) % (2**63))
 
 
-def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, pooling: str, weights: LossWeights,
-          cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer | None, show_progress: bool = True,
-          layer_map: list[int] | None = None, name: str = "qat") -> dict:
-    """Train ``student`` in place (it ends holding the best held-out weights); returns the history.
-
-    ``layer_map`` (``bertopt compress``): the teacher layer each student layer distils from (see
-    ``losses.distill_loss``); ``name`` labels the progress bar and messages."""
+def train(run: Distillation, train_data: Encoded, held: Encoded, ckpt: Checkpointer | None, show_progress: bool = True) -> dict:
+    """Train ``run.student`` in place (it ends holding the best held-out weights); returns the history."""
     from bertopt.ui import progress
 
+    student, cfg, env = run.student, run.cfg, run.env
     sched, total, eval_every = _plan(train_data, cfg, env)
     opt, lr_sched = _optimizer(student, cfg, total)
     model = student
@@ -228,50 +158,33 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
 
         model = DDP(student, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
 
-    refs = teacher_reference(teacher, held, task, pooling, cfg.batch_size * 2, env)
-
-    def held_out() -> dict:
-        return evaluate(student, held, refs, task, pooling, weights, cfg, env)
-
-    state, start, history, best, bad = _resume(ckpt, student, opt, lr_sched, total, name, env, held_out)
-    stopped_early = start < total and bad >= cfg.patience
+    refs = teacher_reference(run.teacher, held, run.task, run.pooling, cfg.batch_size * 2, env)
+    state, start, rec = _resume(run, ckpt, opt, lr_sched, total, lambda: evaluate(run, held, refs))
+    stopped_early = start < total and rec.bad >= cfg.patience
     t0 = time.perf_counter()
     _seed(cfg, env, start)
     model.train()
-    teacher.eval()
-    run_sum, run_n, parts_sum = 0.0, 0, {}
+    run.teacher.eval()
     with progress() if (show_progress and env.main) else _NoProgress() as p:
-        bar = p.add_task(f"{name} ({env.world} proc)" if env.enabled else name, total=total, completed=start, status=_status(history, best))
+        bar = p.add_task(f"{run.name} ({env.world} proc)" if env.enabled else run.name, total=total, completed=start, status=rec.status())
         step = start
         while step < total and not stopped_early:
-            b = collate(train_data, sched.rows(step), env.device)
-            loss, parts = _step(model, student, teacher, b, opt, lr_sched, task=task, pooling=pooling, weights=weights,
-                                layer_map=layer_map, max_grad_norm=cfg.max_grad_norm, name=name, step=step)
+            loss, parts = _step(run, model, collate(train_data, sched.rows(step), env.device), opt, lr_sched, step)
             step += 1
-            run_sum += loss
-            run_n += 1
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v
-            p.update(bar, advance=1, status=f"loss {run_sum / run_n:.4f} " + _status(history, best))
+            rec.add(loss, parts)
+            p.update(bar, advance=1, status=f"loss {rec.loss_sum / rec.n:.4f} " + rec.status())
             if step % eval_every == 0 or step == total:
-                ev = held_out()
-                train_loss = env.all_sum([run_sum, run_n])
-                history.append({"step": step, **ev, "train_loss": train_loss[0] / max(train_loss[1], 1),
-                                "train_parts": {k: v / max(run_n, 1) for k, v in parts_sum.items()}})
-                run_sum, run_n, parts_sum = 0.0, 0, {}
-                if _improves(_score(ev), best["score"], cfg.min_delta):
-                    best, bad = {"step": step, "score": _score(ev), "state": _snapshot(student)}, 0
-                else:
-                    bad += 1
-                stopped_early = bad >= cfg.patience and step < total
+                rec.evaluated(step, evaluate(run, held, refs), run)
+                stopped_early = rec.bad >= cfg.patience and step < total
                 if ckpt is not None and env.main and step < total and not stopped_early:
                     ckpt.save({"step": step, "model": student.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": lr_sched.state_dict(), "history": history, "best": best, "bad_evals": bad})
+                               "scheduler": lr_sched.state_dict(), "history": rec.history, "best": rec.best, "bad_evals": rec.bad})
                 env.barrier()
                 _seed(cfg, env, step)
-                p.update(bar, status=_status(history, best))
-    student.load_state_dict(best["state"])
+                p.update(bar, status=rec.status())
+    student.load_state_dict(rec.best["state"])
     student.eval()
+    history = rec.history
     return {
         "total_steps": total,
         "steps_run": step,
@@ -279,13 +192,46 @@ def train(student, teacher, train_data: Encoded, held: Encoded, *, task: str, po
         "steps_per_epoch": sched.steps_per_epoch,
         "eval_every": eval_every,
         "stopped_early": stopped_early,
-        "best_step": best["step"],
-        "best": {k: v for k, v in next(h for h in history if h["step"] == best["step"]).items() if k != "train_parts"},
+        "best_step": rec.best["step"],
+        "best": {k: v for k, v in next(h for h in history if h["step"] == rec.best["step"]).items() if k != "train_parts"},
         "initial": {k: v for k, v in history[0].items() if k not in ("train_loss", "train_parts")},
         "history": history,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "config": asdict(cfg) | {"world_size": env.world, "global_batch": cfg.batch_size * env.world},
     }
+
+
+@dataclass
+class _Record:
+    """The run between steps: the held-out history, the best state so far, evaluations without
+    improvement, and the training loss (and its parts) summed since the last evaluation."""
+
+    history: list
+    best: dict
+    bad: int = 0
+    loss_sum: float = 0.0
+    n: int = 0
+    parts: dict = field(default_factory=dict)
+
+    def add(self, loss: float, parts: dict) -> None:
+        self.loss_sum += loss
+        self.n += 1
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v
+
+    def evaluated(self, step: int, ev: dict, run: Distillation) -> None:
+        """Record a held-out evaluation at ``step``; keep the student's state when it improves."""
+        train_loss = run.env.all_sum([self.loss_sum, self.n])
+        self.history.append({"step": step, **ev, "train_loss": train_loss[0] / max(train_loss[1], 1),
+                             "train_parts": {k: v / max(self.n, 1) for k, v in self.parts.items()}})
+        self.loss_sum, self.n, self.parts = 0.0, 0, {}
+        if _improves(_score(ev), self.best["score"], run.cfg.min_delta):
+            self.best, self.bad = {"step": step, "score": _score(ev), "state": _snapshot(run.student)}, 0
+        else:
+            self.bad += 1
+
+    def status(self) -> str:
+        return _status(self.history, self.best)
 
 
 def _plan(train_data: Encoded, cfg: TrainConfig, env: DistEnv) -> tuple[Schedule, int, int]:
@@ -329,38 +275,39 @@ def _snapshot(student) -> dict:
     return {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
 
 
-def _resume(ckpt: Checkpointer | None, student, opt, lr_sched, total: int, name: str, env: DistEnv, held_out):
-    """(checkpoint state or None, start step, history, best, evaluations without improvement): from the
-    checkpoint when there is one, else from a held-out evaluation of the untrained student (step 0)."""
+def _resume(run: Distillation, ckpt: Checkpointer | None, opt, lr_sched, total: int, held_out) -> tuple[dict | None, int, _Record]:
+    """(checkpoint state or None, start step, the record): from the checkpoint when there is one, else
+    from a held-out evaluation of the untrained student (step 0)."""
     from bertopt.ui import note
 
     state = ckpt.load() if ckpt is not None else None
     if state is not None:
-        student.load_state_dict(state["model"])
+        run.student.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["scheduler"])
-        if env.main:
-            note(f"{name}: resuming from the checkpoint at step {state['step']}/{total} ({ckpt.path})")
-        return state, state["step"], state["history"], state["best"], state["bad_evals"]
+        if run.env.main:
+            note(f"{run.name}: resuming from the checkpoint at step {state['step']}/{total} ({ckpt.path})")
+        return state, state["step"], _Record(state["history"], state["best"], state["bad_evals"])
     ev = held_out()
-    return None, 0, [{"step": 0, **ev, "train_loss": None}], {"step": 0, "score": _score(ev), "state": _snapshot(student)}, 0
+    return None, 0, _Record([{"step": 0, **ev, "train_loss": None}], {"step": 0, "score": _score(ev), "state": _snapshot(run.student)})
 
 
-def _step(model, student, teacher, b: dict, opt, lr_sched, *, task, pooling, weights, layer_map, max_grad_norm, name, step) -> tuple[float, dict]:
-    """One optimizer step on batch ``b``: (the loss, its parts)."""
+def _step(run: Distillation, model, b: dict, opt, lr_sched, step: int) -> tuple[float, dict]:
+    """One optimizer step on batch ``b`` (``model``: the student, or its DDP wrapper): (the loss, its parts)."""
     import torch
 
+    w = run.weights
     inputs = _model_inputs(b)
     with torch.no_grad():
-        t_out = teacher(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
-    s_out = model(**inputs, output_hidden_states=weights.needs_hidden, output_attentions=weights.needs_attention)
-    loss, parts = distill_loss(s_out, t_out, b, task, pooling, weights, layer_map)
+        t_out = run.teacher(**inputs, output_hidden_states=w.needs_hidden, output_attentions=w.needs_attention)
+    s_out = model(**inputs, output_hidden_states=w.needs_hidden, output_attentions=w.needs_attention)
+    loss, parts = distill_loss(s_out, t_out, b, run.task, run.pooling, w, run.layer_map)
     if not torch.isfinite(loss.detach()):
-        raise BertoptError(f"{name}: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
+        raise BertoptError(f"{run.name}: the loss became {float(loss.detach())} at step {step}", hint="lower --lr, or check the data")
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(student.parameters(), max_grad_norm)
+    if run.cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.student.parameters(), run.cfg.max_grad_norm)
     opt.step()
     lr_sched.step()
     return float(loss.detach()), parts
@@ -416,29 +363,29 @@ class _NoProgress:
         pass
 
 
-def distil(student, teacher, data, o, *, stage: str, out: Path, inputs: dict, params: dict, env: DistEnv, task: str, pooling: str,
-           attention_weight: float = 0.0, layer_map: list[int] | None = None) -> tuple[dict, Checkpointer]:
+def distil(student, teacher, data, o, job, env: DistEnv, *, stage: str, layer_map: list[int] | None = None) -> tuple[dict, Checkpointer]:
     """The training run of qat and compress: the loss weights and schedule from ``o`` (TrainingOptions),
-    checkpoints in ``o.checkpoint_dir`` (default ``.<out>.<stage>-checkpoint`` beside ``out``) keyed by
-    the run's inputs and params; returns the history and the checkpointer (removed once written)."""
+    the task, head and checkpoint key from ``job`` (the stage's plan: ``out``, ``inputs``, ``params``,
+    ``task``, ``pooling``), checkpoints in ``o.checkpoint_dir`` (default ``.<out>.<stage>-checkpoint``
+    beside ``out``); returns the history and the checkpointer (removed once written)."""
     from bertopt.artifacts import fingerprint
     from bertopt.paths import resolve_path
 
-    # compress's embedding options (qat has none: its student is the teacher's shape, and keeps the defaults)
-    weights = LossWeights(output=o.output_weight, hidden=o.hidden_weight, attention=attention_weight,
+    # qat's options add the attention weight; compress's the embedding options (qat keeps their defaults)
+    weights = LossWeights(output=o.output_weight, hidden=o.hidden_weight, attention=o.distillation_weights().get("attention_weight", 0.0),
                           task=o.task_weight if o.label_column else 0.0, temperature=o.temperature,
                           embedding=getattr(o, "embedding_loss", "cosine"), similarity=getattr(o, "similarity_weight", 0.0))
     cfg = TrainConfig(epochs=o.epochs if not o.steps else 1.0, steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=o.warmup_ratio,
                       eval_every=o.eval_every, patience=o.patience, min_delta=o.min_delta, seed=o.seed,
                       select_on=getattr(o, "select_on", "loss"))
+    out = job.out
     ckpt_dir = resolve_path(o.checkpoint_dir) if o.checkpoint_dir else out.parent / f".{out.name}.{stage}-checkpoint"
-    ckpt = Checkpointer(ckpt_dir, fingerprint(f"{stage}-checkpoint", inputs, params | {"world_size": env.world}), owned=not o.checkpoint_dir)
+    ckpt = Checkpointer(ckpt_dir, fingerprint(f"{stage}-checkpoint", job.inputs, job.params | {"world_size": env.world}), owned=not o.checkpoint_dir)
     if not o.resume and env.main:
         ckpt.remove()
     env.barrier()
-    history = train(student, teacher, data.train, data.held, task=task, pooling=pooling, weights=weights, cfg=cfg, env=env, ckpt=ckpt,
-                    layer_map=layer_map, name=stage)
-    return history, ckpt
+    run = Distillation(student, teacher, job.task, job.pooling, weights, cfg, env, layer_map=layer_map, name=stage)
+    return train(run, data.train, data.held, ckpt), ckpt
 
 
 def fmt_eval(e: dict) -> str:

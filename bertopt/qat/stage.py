@@ -282,8 +282,7 @@ def _train(job: _Job, env, data: TrainingData, student, teacher):
     """Distillation (+ task loss) with early stopping and checkpoints; returns the history and the checkpointer."""
     from bertopt.distill.train import distil, fmt_eval
 
-    history, ckpt = distil(student, teacher, data, job.o, stage="qat", out=job.out, inputs=job.inputs, params=job.params, env=env,
-                           task=job.task, pooling=job.pooling, attention_weight=job.o.attention_weight)
+    history, ckpt = distil(student, teacher, data, job.o, job, env, stage="qat")
     b, i0 = history["best"], history["initial"]
     if env.main:
         note(f"qat: best held-out step {b['step']}/{history['total_steps']}: " + fmt_eval(b) + f" (before QAT: {fmt_eval(i0)})"
@@ -356,15 +355,16 @@ def _write(job: _Job, student, data: TrainingData, *, history: dict, qsum: dict,
 
                 shutil.copyfile(chosen["chosen_path"], onnx_path)
                 note(f"qat: writing '{chosen['chosen']}' ({chosen['chosen_path'].parent.name}): it is more faithful on held-out text than the QAT model")
-        _record(w, job, onnx_path, parity=parity, post=post, history=history, qsum=qsum, init=init, written="qat" if chosen is None else chosen["chosen"])
+        _record(w, job, parity=parity, post=post, history=history, qsum=qsum, init=init, written="qat" if chosen is None else chosen["chosen"])
         w.model = model_summary(job.cfg, task) | {"outputs": outs, "pooling": job.pooling, "normalize": job.normalize, "opset": o.opset,
                                                   "exporter": "legacy", "precision": "int8", "quantization": "qdq"}
 
 
-def _record(w, job: _Job, onnx_path: Path, *, parity: dict, post: dict, history: dict, qsum: dict, init: dict | None, written: str) -> None:
-    """The manifest's metrics, training and quantization blocks, the tokenizer and the history file."""
+def _record(w, job: _Job, *, parity: dict, post: dict, history: dict, qsum: dict, init: dict | None, written: str) -> None:
+    """The manifest's metrics, training and quantization blocks, the tokenizer and the history file (of the model written)."""
     from bertopt.graph import int8_gemms, op_counts, ort_kernel_counts
 
+    onnx_path = w.dir / MODEL_FILE
     kernels = ort_kernel_counts(onnx_path)
     ops = op_counts(onnx_path)
     w.metrics.update({
