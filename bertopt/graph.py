@@ -185,8 +185,6 @@ def precision(model_or_path: Any) -> str:
     return "fp16" if f16 > f32 else "fp32"
 
 
-detect_precision = precision
-
 
 def ort_session(model: Any, level: str = "ORT_DISABLE_ALL", threads: int | None = None, spinning: bool = True,
                 config: dict[str, str] | None = None, optimized_model: Path | None = None):

@@ -173,13 +173,14 @@ def test_physical_cores_is_sane():
     assert 1 <= n <= len(os.sched_getaffinity(0))
 
 
-def test_detect_precision(exported_minilm, qdq_minilm):
-    assert ortb.detect_precision(exported_minilm / "model.onnx") == "fp32"
-    assert ortb.detect_precision(qdq_minilm) == "int8"
-    m = onnx.load(str(exported_minilm / "model.onnx"))
+def test_graph_precision(exported_minilm, qdq_minilm):
     from bertopt.backends.fp16 import convert_to_fp16
+    from bertopt.graph import precision
 
-    assert ortb.detect_precision(convert_to_fp16(m)[0]) == "fp16"
+    assert precision(exported_minilm / "model.onnx") == "fp32"
+    assert precision(qdq_minilm) == "int8"
+    m = onnx.load(str(exported_minilm / "model.onnx"))
+    assert precision(convert_to_fp16(m)[0]) == "fp16"
 
 
 def test_cli_build(ort_fp32, exported_minilm, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from bertopt.backends.session_config import check_session_config
 from bertopt.errors import BertoptError
 from bertopt.backends.ort_rewrites import fold_int8_gemm_bias, merge_int8_gemms_sharing_input
-from bertopt.graph import detect_precision, op_counts, ort_optimize, ort_refusal  # noqa: F401 - detect_precision: backends read it here
+from bertopt.graph import op_counts, ort_optimize, ort_refusal
 
 SESSION_FILE = "session.json"
 

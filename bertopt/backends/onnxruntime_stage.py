@@ -16,8 +16,9 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
     """ORT keeps the graph's own precision (Q/DQ -> int8) and only checks ``o.precision`` against it."""
     from bertopt.backends import onnxruntime as ortb
     from bertopt.backends.stage import graph_inputs, stage_inputs, text_feeds
+    from bertopt.graph import precision
 
-    detected = ortb.detect_precision(src)
+    detected = precision(src)
     if o.precision is not None and o.precision != detected:
         raise BertoptError(
             f"{src}: the graph is {detected}, but --precision {o.precision} was asked for",

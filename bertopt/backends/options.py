@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
@@ -14,8 +13,6 @@ from bertopt.params import PositiveInt, Sizes
 Backend = Literal["onnxruntime", "tensorrt", "openvino", "auto"]
 InferencePrecision = Literal["f32", "bf16", "f16"]
 Precision = Literal["int8", "fp16", "fp32"]
-BACKENDS = typing.get_args(Backend)
-PRECISIONS = typing.get_args(Precision)
 DEFAULT_KEEP_FP32 = "LayerNormalization,Softmax"
 
 

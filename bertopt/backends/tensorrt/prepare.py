@@ -29,10 +29,10 @@ def prepare_onnx(src: Path, precision: str | None, keep_fp32: Sequence[str]) -> 
     import onnx
 
     from bertopt.backends.fp16 import FP16_TINY, convert_to_fp16
-    from bertopt.backends.onnxruntime import detect_precision
+    from bertopt.graph import precision as precision_of  # `precision` is the one asked for
 
     model = onnx.load(str(src))
-    graph_precision = detect_precision(model)
+    graph_precision = precision_of(model)
     foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if foreign:
         raise BertoptError(
