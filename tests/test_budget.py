@@ -53,7 +53,7 @@ def test_budget_search_puts_gemms_back_in_float_until_the_held_out_min_cosine_ho
     # the written model is the measured one: re-measure it on the same held-out texts
     from bertopt.artifacts import load_artifact
     from bertopt.calibrators import collect
-    from bertopt.calibrators.heldout import split_holdout
+    from bertopt.budget import split_holdout
     from bertopt.calibrators.sensitivity import Evaluator
     from bertopt.data import load_texts, load_tokenizer
     import onnx
@@ -135,7 +135,7 @@ def test_accuracy_budget_arithmetic():
     """Accuracy drop in points against the FP32 reference's accuracy on the same labeled held-out texts."""
     import numpy as np
 
-    from bertopt.calibrators.heldout import HeldOut, meets
+    from bertopt.budget import HeldOut, meets
     from bertopt.calibrators.sensitivity import Evaluator
     from bertopt.outputs import OutputChoice
 
@@ -221,7 +221,7 @@ def test_qat_budget_writes_the_more_faithful_candidate_and_it_measures_as_record
     best = max(c, key=lambda n: (c[n]["cosine_min"], c[n]["cosine_mean"]))
     assert b["chosen"] == best == m["quantization"]["written"]
     # the written model measures as recorded, on the same held-out texts (those after --limit, seed 0)
-    from bertopt.calibrators.heldout import split_holdout
+    from bertopt.budget import split_holdout
 
     td = load_texts(train_csv, text_column="text")
     idx, _ = split_holdout(td.texts, 240, HELD)

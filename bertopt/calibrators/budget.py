@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bertopt.calibrators.heldout import HeldOut, meets, public
+from bertopt.budget import HeldOut, margin, meets, public
 from bertopt.ui import note
 
 FP32_GEMM_FLOPS_PER_S = 148e9  # measured, 2 threads (ANCHORS.md)
@@ -143,15 +143,6 @@ class _Walk:
         return chosen, best
 
 
-def margin(r: dict, min_cosine: float | None, max_accuracy_drop: float | None) -> float:
-    """How far a measurement is inside the budget (negative: outside), the tighter of the two limits
-    (accuracy points as a fraction); 0.0 without a budget. qat's choice between candidates uses it too."""
-    m = []
-    if min_cosine is not None:
-        m.append(r["_cosine_min"] - min_cosine)
-    if max_accuracy_drop is not None:
-        m.append((max_accuracy_drop - r["accuracy_drop_points"]) / 100.0)
-    return min(m) if m else 0.0
 
 
 def time_models(models: dict, feeds: dict, threads: int | None = None, iters: int = 15, rounds: int = 3) -> dict:
@@ -213,7 +204,7 @@ def apply_budget(job, td, tok, names) -> None:
     """Called by calibrate's :class:`~bertopt.calibrators.job.Job` once ranges are set: measure, search if needed, set
     ``job.quant`` and ``job.budget`` (the manifest record)."""
     from bertopt.calibrators.collect import make_batches
-    from bertopt.calibrators.heldout import split_holdout
+    from bertopt.budget import split_holdout
     from bertopt.calibrators.sensitivity import layer_sensitivity
     from bertopt.data import encode_labels, load_texts, tokenize
     from bertopt.errors import BertoptError

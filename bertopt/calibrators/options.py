@@ -49,7 +49,7 @@ class CalibrateOptions(BudgetOptions):
 
     @model_validator(mode="after")
     def _text_or_ranges(self):
-        from bertopt.calibrators.heldout import check_budget
+        from bertopt.budget import check_budget
 
         check_budget(self.min_cosine, self.max_accuracy_drop, self.eval, self.label_column)
         if self.budget and self.ranges is not None:

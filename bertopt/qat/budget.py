@@ -1,10 +1,10 @@
 """Accuracy budget for ``qat``, and the rule that its output is never less faithful than its start.
 
-The budget is calibrate's (:mod:`bertopt.calibrators.budget`, :mod:`bertopt.calibrators.heldout`):
+The budget is calibrate's (:mod:`bertopt.calibrators.budget`, :mod:`bertopt.budget`):
 ``--min-cosine X`` (min over held-out texts of the primary output's cosine vs the FP32 model) and/or
 ``--max-accuracy-drop P`` with ``--eval FILE --label-column`` (classifier accuracy, points below FP32),
-checked up front by the same :func:`~bertopt.calibrators.heldout.check_budget` and measured by the same
-:class:`~bertopt.calibrators.heldout.HeldOut` (ONNX Runtime, INT8 kernels, vs the FP32 export).
+checked up front by the same :func:`~bertopt.budget.check_budget` and measured by the same
+:class:`~bertopt.budget.HeldOut` (ONNX Runtime, INT8 kernels, vs the FP32 export).
 
 Held-out texts are never training, early-stopping or calibration texts: ``--eval FILE``, or else
 ``--eval-samples`` texts carved out of ``--data`` with a fixed seed (after ``--samples`` when there are
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bertopt.calibrators.heldout import HOLDOUT_SEED, HeldOut, check_budget, meets, public, split_holdout
+from bertopt.budget import HOLDOUT_SEED, HeldOut, check_budget, meets, public, split_holdout
 from bertopt.errors import BertoptError, QualityGateError
 from bertopt.ui import console, note
 
@@ -84,7 +84,7 @@ def carve(data_path: Path, *, text_column: str | None, label_column: str | None,
 
 def _margin(r: dict, min_cosine: float | None, max_drop: float | None) -> tuple:
     """Sort key, larger is better: distance to the budget (calibrate's measure), then accuracy, min and mean cosine."""
-    from bertopt.calibrators.budget import margin
+    from bertopt.budget import margin
 
     return (margin(r, min_cosine, max_drop), r.get("accuracy", 0.0), r["_cosine_min"], r["cosine_mean"])
 

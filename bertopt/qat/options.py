@@ -43,7 +43,7 @@ class QatOptions(TrainingOptions, BudgetOptions):
 
     @model_validator(mode="after")
     def _budget_rules(self):
-        from bertopt.calibrators.heldout import check_budget
+        from bertopt.budget import check_budget
 
         if self.eval and not self.budget:
             raise BertoptError("qat: --eval is the held-out text of a budget, and no budget is given",
