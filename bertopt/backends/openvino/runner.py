@@ -1,4 +1,5 @@
-"""Run an OpenVINO artifact from numpy feeds: the smallest static bucket holding the call, else the dynamic model."""
+"""Run an OpenVINO artifact from numpy feeds: the smallest static bucket holding the call without padding it much,
+else the dynamic model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from bertopt.backends.openvino import CACHE_DIR, IR_FILE
 from bertopt.backends.openvino.compile import checked_properties, compile_for, core, properties, read_ir
-from bertopt.backends.openvino.shapes import Bucket, select_bucket
+from bertopt.backends.openvino.shapes import Bucket, pads_too_much, select_bucket
 from bertopt.errors import BertoptError
 
 
@@ -18,7 +19,8 @@ class OpenVINORunner:
     """``runner(feeds) -> {output: array}`` for int64 ``[batch, seq]`` feeds.
 
     Every bucket is compiled when the runner opens (from the blobs cached in the artifact: fast); the
-    dynamic model when a call fits no bucket (``fallbacks`` counts those calls). Padding: pad id 0,
+    dynamic model when a call fits no bucket (``fallbacks`` counts those calls) or when its bucket would pad it
+    more than :func:`.shapes.pads_too_much` allows (``padding_fallbacks``: e.g. 8 short texts and only 8x128). Padding: pad id 0,
     attention mask 0 (padded rows keep one unmasked token, so no row is all-masked); outputs with a
     sequence axis are cut back to the call's length, every output to its batch.
     """
@@ -42,6 +44,7 @@ class OpenVINORunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.fallbacks = 0
+        self.padding_fallbacks = 0
 
     @property
     def ir(self):
@@ -85,6 +88,9 @@ class OpenVINORunner:
         bucket = select_bucket(self.buckets, batch, seq) if self.buckets else None
         if bucket is None and self.buckets:
             self.fallbacks += 1
+        elif bucket is not None and pads_too_much(bucket, batch, seq):
+            self.padding_fallbacks += 1
+            bucket = None
         return self.run_on(bucket, feeds)
 
     def run_on(self, bucket: Bucket | None, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
