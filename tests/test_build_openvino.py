@@ -119,6 +119,19 @@ def test_buckets_match_dynamic_and_fall_back_beyond_them(ov_recipe, slabs_texts)
     assert st.runner.run.fallbacks == 1
 
 
+def test_serving_calls_return_only_the_embedding(ov_recipe, slabs_texts):
+    """bench's real-length traffic asks for what a service returns: the same sentence embedding, no hidden states."""
+    from bertopt.bench.runners import open_runner
+    from bertopt.data import tokenize
+
+    for name in ("build-ort", "build-ovb"):
+        r = open_runner(ov_recipe[name], 1, spinning=False)
+        feeds = tokenize(r.tokenizer, slabs_texts[:3], r.input_names, max_length=128)
+        full, served = r(feeds), r(feeds, r.serving_outputs)
+        assert r.serving_outputs == ["sentence_embedding"] and list(served) == ["sentence_embedding"]
+        assert "last_hidden_state" in full and np.array_equal(served["sentence_embedding"], full["sentence_embedding"])
+
+
 def test_a_call_its_bucket_would_overpad_runs_on_the_dynamic_model(ov_recipe, slabs_texts):
     """2 texts padded to 8 tokens would be padded to the 2x32 bucket (48 extra tokens): the dynamic model runs them;
     padded to 24 they run on 2x32. Both give the dynamic artifact's outputs."""

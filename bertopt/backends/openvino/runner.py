@@ -80,7 +80,7 @@ class OpenVINORunner:
             reqs[bucket] = self.compiled(bucket).create_infer_request()
         return reqs[bucket]
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BertoptError(f"{self.path}: the model needs input(s) {', '.join(missing)}", hint="feed " + ", ".join(self.input_names))
@@ -91,10 +91,11 @@ class OpenVINORunner:
         elif bucket is not None and pads_too_much(bucket, batch, seq):
             self.padding_fallbacks += 1
             bucket = None
-        return self.run_on(bucket, feeds)
+        return self.run_on(bucket, feeds, outputs)
 
-    def run_on(self, bucket: Bucket | None, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``feeds`` on ``bucket``'s compiled model (padded to it), or on the dynamic model (None)."""
+    def run_on(self, bucket: Bucket | None, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run ``feeds`` on ``bucket``'s compiled model (padded to it), or on the dynamic model (None); return
+        ``outputs`` (default: all)."""
         batch, seq = (int(d) for d in feeds[self.input_names[0]].shape)
         inputs = {n: np.ascontiguousarray(feeds[n], dtype=np.int64) for n in self.input_names}
         if bucket is not None:
@@ -107,6 +108,8 @@ class OpenVINORunner:
                                hint="check the feeds' shapes and dtypes (int64 [batch, seq])") from None
         out = {}
         for port, name in zip(req.model_outputs, self.output_names):
+            if outputs is not None and name not in outputs:
+                continue
             a = res[port]
             if bucket is not None:
                 a = a[:batch, :seq] if name in self._seq_outputs else a[:batch]
