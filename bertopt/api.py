@@ -29,9 +29,11 @@ class Model:
         import threading
 
         self.runner = runner
-        # HF fast tokenizers are not safe to call from several threads at once ("Already borrowed"):
-        # calls are serialized; each one already uses all intra-op threads of the backend
+        # HF fast tokenizers are not safe to call from several threads at once ("Already borrowed"): tokenizing is
+        # serialized. ONNX Runtime sessions and OpenVINO runners (one infer request per thread) run calls from several
+        # threads at once, so a service's threads overlap there; the other backends run one call at a time.
         self._lock = threading.Lock()
+        self._concurrent = runner.backend in ("onnxruntime", "openvino")
 
     # ------------------------------------------------------------------ facts
     @property
@@ -72,9 +74,14 @@ class Model:
         max_length = int(max_length or self.runner.max_length)
         # pool chunk by chunk: per-token hidden states of a large call never pile up in memory
         chunk = max(batch_size, 256 // batch_size * batch_size)
+        served = self.runner.serving_outputs  # the embedding or logits: the hidden states are neither copied nor kept
         for i in range(0, len(texts), chunk):
+            rows = list(texts[i:i + chunk])
+            if self._concurrent:
+                yield run_texts(self.runner, rows, max_length, batch_size=batch_size, outputs=served, tokenize_lock=self._lock)
+                continue
             with self._lock:
-                out = run_texts(self.runner, list(texts[i:i + chunk]), max_length, batch_size=batch_size)
+                out = run_texts(self.runner, rows, max_length, batch_size=batch_size, outputs=served)
             yield out
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:

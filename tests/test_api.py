@@ -46,6 +46,40 @@ def test_load_gives_benchs_outputs(stage, minilm_chain, texts):
     assert _cos(one, emb[:4]).min() > 0.9999
 
 
+def test_two_threads_encode_at_once_on_one_model(minilm_chain, slabs_texts):
+    """A service's threads share one loaded model: tokenizing is serialized, the ONNX Runtime runs overlap, and each
+    thread gets what a lone call gives."""
+    import threading
+    import time
+
+    m = bertopt.load(minilm_chain["build"], threads=1)
+    rows = [slabs_texts[:24], slabs_texts[24:48]]
+    alone = [m.encode(r, batch_size=4) for r in rows]
+    run, active, peak, count = m.runner.run_outputs, [0], [0], threading.Lock()
+
+    def run_outputs(feeds, names):  # the real run, with a count of the calls in flight
+        with count:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.02)  # holds the call open so that an overlap cannot be missed
+            return run(feeds, names)
+        finally:
+            with count:
+                active[0] -= 1
+
+    m.runner.run_outputs = run_outputs
+    got: dict[int, np.ndarray] = {}
+    workers = [threading.Thread(target=lambda i=i: got.setdefault(i, m.encode(rows[i], batch_size=4))) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert peak[0] == 2
+    for i in range(2):
+        np.testing.assert_allclose(got[i], alone[i], atol=1e-6)
+
+
 def test_encode_matches_pytorch_and_int8_stays_close(minilm_dir, minilm_chain, texts):
     ref = bertopt.load(minilm_dir, threads=1)
     assert ref.info["backend"] == "pytorch"

@@ -126,7 +126,7 @@ def test_session_search_measures_and_keeps_the_fastest(exported_minilm, tmp_path
     d = tmp_path / "tune"
     d.mkdir()
     src = exported_minilm / "model.onnx"
-    decision = ortb.build_onnxruntime(src, d, input_names=INPUTS, tune=True, seq=16, batches=(1, 2), rounds=1)
+    decision = ortb.build_onnxruntime(src, d, tuning=ortb.Tuning.synthetic(INPUTS, (1, 2), seq=16, rounds=1))
     search = decision["search"]["latency_ms"]
     assert {"input model, plain", "extended", "spinning off", "arena off"} <= set(search)
     assert all(v > 0 for lat in search.values() for v in lat.values())

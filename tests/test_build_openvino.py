@@ -14,7 +14,7 @@ import pytest
 import bertopt
 from bertopt.artifacts import load_artifact
 from bertopt.backends.openvino import compile as oc
-from bertopt.backends.openvino.shapes import Bucket, parse_shapes, plan_buckets, select_bucket
+from bertopt.backends.openvino.shapes import Bucket, pads_too_much, parse_shapes, plan_buckets, select_bucket
 from bertopt.backends.stage import run_build
 from bertopt.errors import BertoptError
 from conftest import run_cli, run_users_script
@@ -117,6 +117,36 @@ def test_buckets_match_dynamic_and_fall_back_beyond_them(ov_recipe, slabs_texts)
     long = " ".join(slabs_texts[:12])  # longer than every bucket: runs on the dynamic model
     assert _cos(st.encode([long]), dyn.encode([long])).min() >= 0.9999
     assert st.runner.run.fallbacks == 1
+
+
+def test_serving_calls_return_only_the_embedding(ov_recipe, slabs_texts):
+    """bench's real-length traffic asks for what a service returns: the same sentence embedding, no hidden states."""
+    from bertopt.bench.runners import open_runner
+    from bertopt.data import tokenize
+
+    for name in ("build-ort", "build-ovb"):
+        r = open_runner(ov_recipe[name], 1, spinning=False)
+        feeds = tokenize(r.tokenizer, slabs_texts[:3], r.input_names, max_length=128)
+        full, served = r(feeds), r(feeds, r.serving_outputs)
+        assert r.serving_outputs == ["sentence_embedding"] and list(served) == ["sentence_embedding"]
+        assert "last_hidden_state" in full and np.array_equal(served["sentence_embedding"], full["sentence_embedding"])
+
+
+def test_a_call_its_bucket_would_overpad_runs_on_the_dynamic_model(ov_recipe, slabs_texts):
+    """2 texts padded to 8 tokens would be padded to the 2x32 bucket (48 extra tokens): the dynamic model runs them;
+    padded to 24 they run on 2x32. Both give the dynamic artifact's outputs."""
+    from bertopt.data import tokenize
+
+    st, dyn = bertopt.load(ov_recipe["build-ovb"]).runner, bertopt.load(ov_recipe["build-ov"]).runner
+    ovr = st.run
+    for seq, overpadded in ((8, 1), (24, 0)):
+        feeds = tokenize(st.tokenizer, slabs_texts[:2], st.input_names, max_length=128, pad_to=seq)
+        before = ovr.padding_fallbacks
+        got, ref = st(feeds), dyn(feeds)
+        assert ovr.padding_fallbacks - before == overpadded
+        assert got["sentence_embedding"].shape == (2, 384) and got["last_hidden_state"].shape == (2, seq, 384)
+        assert _cos(got["sentence_embedding"], ref["sentence_embedding"]).min() >= 0.9999
+    assert Bucket(2, 32) in ovr._local.requests and ovr.fallbacks == 0
 
 
 def test_bench_inspect_report_compare_take_it(ov_recipe, tmp_path):
@@ -237,6 +267,11 @@ def test_parse_and_select_buckets():
     assert select_bucket(buckets, 1, 17) == Bucket(1, 32)
     assert select_bucket(buckets, 2, 10) == Bucket(8, 128)
     assert select_bucket(buckets, 9, 10) is None and select_bucket(buckets, 1, 129) is None
+    # the measured cases: a few padded tokens per row keep the bucket, 48 at b1 or 28 per row at b8 do not
+    assert not pads_too_much(Bucket(1, 16), 1, 10) and not pads_too_much(Bucket(1, 16), 1, 4)
+    assert pads_too_much(Bucket(1, 112), 1, 64) and not pads_too_much(Bucket(1, 112), 1, 100)
+    assert pads_too_much(Bucket(8, 128), 8, 16) and pads_too_much(Bucket(8, 128), 8, 100)
+    assert not pads_too_much(Bucket(8, 128), 8, 128) and not pads_too_much(Bucket(8, 128), 8, 110)
     with pytest.raises(BertoptError, match="given twice"):
         parse_shapes("1x16,1x16")
 

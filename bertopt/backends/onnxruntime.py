@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -128,27 +129,30 @@ def default_session_config(threads: int | None = None) -> dict:
     }
 
 
-def build_onnxruntime(
-    src: Path,
-    out_dir: Path,
-    *,
-    input_names: Sequence[str],
-    threads: int | None = None,
-    tune: bool = False,
-    seq: int = 128,
-    batches: Sequence[int] = (1, 8),
-    tune_feeds: dict[int, dict[str, np.ndarray]] | None = None,
-    rounds: int = 3,
-    progress: Callable[[str], None] | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class Tuning:
+    """What ``build --tune`` measures sessions on: feeds per batch size (real texts padded to ``seq``, or synthetic
+    ones), ``rounds`` interleaved rounds."""
+
+    feeds: dict[int, dict[str, np.ndarray]]
+    seq: int = 128
+    rounds: int = 3
+
+    @classmethod
+    def synthetic(cls, input_names: Sequence[str], batches: Sequence[int] = (1, 8), seq: int = 128, rounds: int = 3) -> "Tuning":
+        return cls({b: synthetic_feeds(input_names, b, seq) for b in batches}, seq, rounds)
+
+
+def build_onnxruntime(src: Path, out_dir: Path, *, threads: int | None = None, tuning: Tuning | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict:
     """Write ``model.onnx`` (offline-optimized) + ``session.json`` into ``out_dir``; return what was decided.
 
     After ORT's optimizer, the biases of its INT8 GEMMs go into the kernels (:func:`.ort_rewrites.fold_int8_gemm_bias`)
     and INT8 GEMMs that read one quantized input become one (:func:`.ort_rewrites.merge_int8_gemms_sharing_input`).
 
-    Without ``tune`` the graph is optimized at ``ORT_ENABLE_EXTENDED`` (portable: no hardware-specific
-    layouts) and the session uses :func:`default_session_config`. With ``tune`` a small search is
-    measured on this machine (:mod:`.ort_tune`), interleaved, at ``batches`` x ``seq``: the offline level (EXTENDED vs ALL,
+    Without ``tuning`` the graph is optimized at ``ORT_ENABLE_EXTENDED`` (portable: no hardware-specific
+    layouts) and the session uses :func:`default_session_config`. With ``tuning`` a small search is
+    measured on this machine (:mod:`.ort_tune`), interleaved, on its feeds: the offline level (EXTENDED vs ALL,
     only when their graphs differ), then one knob at a time (spinning, dynamic block base, arena,
     logical-core threads); knobs that win by more than 3 % are combined and confirmed against the
     input model run plainly (``make_session`` defaults), which is itself a candidate, so the chosen
@@ -158,7 +162,7 @@ def build_onnxruntime(
     out_dir = Path(out_dir)
     model_out = out_dir / "model.onnx"
     base = default_session_config(threads)
-    decision: dict[str, Any] = {"offline_optimization": "ORT_ENABLE_EXTENDED", "tuned": bool(tune)}
+    decision: dict[str, Any] = {"offline_optimization": "ORT_ENABLE_EXTENDED", "tuned": tuning is not None}
 
     say("optimizing the graph offline (ORT_ENABLE_EXTENDED)")
     with ort_refusal(src, model_out):  # the first time ORT sees the input model, and writes beside the output
@@ -166,7 +170,7 @@ def build_onnxruntime(
     decision["int8_gemm_bias_folded"] = fold_int8_gemm_bias(model_out)
     decision["int8_gemms_merged"] = merge_int8_gemms_sharing_input(model_out)
     decision["ops_before"] = op_counts(src)
-    if not tune:
+    if tuning is None:
         cfg = base
     else:
         import shutil
@@ -176,8 +180,7 @@ def build_onnxruntime(
 
         tmp = Path(tempfile.mkdtemp(prefix=".tune-", dir=out_dir))
         try:
-            feeds = tune_feeds or {b: synthetic_feeds(input_names, b, seq) for b in batches}
-            cfg = tune_session(src, model_out, tmp, base, feeds, seq, rounds, decision, say)
+            cfg = tune_session(src, model_out, tmp, base, tuning, decision, say)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     decision["ops_after"] = op_counts(model_out)

@@ -33,19 +33,19 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
         return done
 
     input_names = list(art.model_info.get("inputs") or graph_inputs(src))
-    tune_feeds = None
+    tune_feeds, tuning = None, None
     if o.tune and data_path is not None:
         tune_feeds = text_feeds(art, data_path, o.text_column, input_names, seq=128, batches=(1, 8))
+        tuning = ortb.Tuning(tune_feeds)
+    elif o.tune:
+        tuning = ortb.Tuning.synthetic(input_names)
     from bertopt.ui import console
 
     with write_artifact(out, "build", inputs, params) as w:
         w.add_output("model", MODEL_FILE)
         w.add_output("session", ortb.SESSION_FILE)
         with console.status("build: onnxruntime") as status, w.timed("build"):
-            decision = ortb.build_onnxruntime(
-                src, w.dir, input_names=input_names, threads=o.threads, tune=o.tune, tune_feeds=tune_feeds,
-                progress=lambda m: status.update(f"build: {m}"),
-            )
+            decision = ortb.build_onnxruntime(src, w.dir, threads=o.threads, tuning=tuning, progress=lambda m: status.update(f"build: {m}"))
         if (w.dir / (MODEL_FILE + ".data")).is_file():
             w.add_output("model_data", MODEL_FILE + ".data")
         w.copy_tokenizer(art.tokenizer_dir)

@@ -1,4 +1,4 @@
-"""The session search of ``build_onnxruntime(tune=True)``: the offline optimization level and one session
+"""The session search of ``build_onnxruntime(tuning=...)``: the offline optimization level and one session
 knob at a time, measured interleaved on this machine, the winners combined and confirmed against the input
 model run plainly."""
 
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bertopt.backends.onnxruntime import make_session, physical_cores
+from bertopt.backends.onnxruntime import Tuning, make_session, physical_cores
 from bertopt.backends.ort_rewrites import fold_int8_gemm_bias, merge_int8_gemms_sharing_input
 from bertopt.graph import op_counts, ort_optimize, ort_refusal
 
@@ -76,9 +76,10 @@ def candidate_configs(base: dict) -> dict[str, dict]:
     return out
 
 
-def tune_session(src: Path, model_out: Path, tmp: Path, base: dict, feeds, seq: int, rounds: int, decision: dict, say) -> dict:
-    """The session search of ``build_onnxruntime(tune=True)``: search, then confirm against the input model
+def tune_session(src: Path, model_out: Path, tmp: Path, base: dict, tuning: Tuning, decision: dict, say) -> dict:
+    """The session search of ``build_onnxruntime(tuning=...)``: search, then confirm against the input model
     run plainly; rewrites ``model_out`` when another form wins; returns the session config."""
+    feeds, seq, rounds = tuning.feeds, tuning.seq, tuning.rounds
     variants = _variants(src, model_out, tmp, base, decision, say)
     say(f"measuring {len(variants)} session variants x {rounds} rounds (batch {'/'.join(map(str, feeds))}, seq {seq})")
     load_before = _loadavg()

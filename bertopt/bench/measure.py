@@ -89,14 +89,19 @@ def latency_sweep(
     return out
 
 
-def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size: int = 16, advance=lambda n: None) -> dict[str, np.ndarray]:
-    """All outputs of ``runner`` over ``texts`` (dynamic padding), plus the attention masks."""
+def run_texts(runner: Runner, texts: Sequence[str], max_length: int, batch_size: int = 16, advance=lambda n: None, *,
+              outputs: Sequence[str] | None = None, tokenize_lock=None) -> dict[str, np.ndarray]:
+    """All outputs of ``runner`` (or only ``outputs``) over ``texts`` (dynamic padding), plus the attention masks.
+    ``tokenize_lock`` is held while tokenizing only (HF fast tokenizers are not thread-safe; the model run is)."""
+    import contextlib
+
     tok = runner.tokenizer
     batch_size = min(batch_size, runner.max_batch or batch_size)
     chunks: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(texts), batch_size):
-        feeds = tokenize(tok, texts[i:i + batch_size], runner.input_names, max_length=min(max_length, runner.max_length))
-        res = runner(feeds)
+        with tokenize_lock or contextlib.nullcontext():
+            feeds = tokenize(tok, texts[i:i + batch_size], runner.input_names, max_length=min(max_length, runner.max_length))
+        res = runner(feeds, outputs)
         res["__mask__"] = feeds["attention_mask"]
         for k, v in res.items():
             chunks.setdefault(k, []).append(v)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,10 +34,26 @@ class Runner:
     # why a (batch, seq) shape cannot run (a TensorRT engine's profiles), None when it can
     refuses: Callable[[int, int], str | None] | None = field(default=None, repr=False)
     max_batch: int | None = None
+    # runs only the named outputs (ONNX Runtime: the others are neither copied nor converted)
+    run_outputs: Callable[[dict[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]] | None = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.run(feeds)
+    def __call__(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """All outputs, or only ``outputs``."""
+        if outputs is None:
+            return self.run(feeds)
+        if self.run_outputs is not None:
+            return self.run_outputs(feeds, outputs)
+        res = self.run(feeds)
+        return {k: res[k] for k in outputs}
+
+    @property
+    def serving_outputs(self) -> list[str]:
+        """What a service returns: the sentence embedding or the logits when the model has them, else every output.
+        At ~10 tokens a call lasts ~1.5 ms; converting the unused ``last_hidden_state`` holds the GIL, which
+        two callers then wait for."""
+        served = [o for o in ("sentence_embedding", "logits") if o in self.outputs]
+        return served[:1] or list(self.outputs)
 
     @property
     def tokenizer(self):
@@ -99,7 +115,7 @@ def _openvino_runner(art, build: dict, common: dict, threads: int | None) -> Run
     if "logits" in ovr.output_names:
         common["task"] = "sequence-classification"
     common["input_names"] = tuple(ovr.input_names)
-    return Runner(backend="openvino", precision=build.get("precision", "fp32"), outputs=list(ovr.output_names), run=ovr, **common)
+    return Runner(backend="openvino", precision=build.get("precision", "fp32"), outputs=list(ovr.output_names), run=ovr, run_outputs=ovr, **common)
 
 
 def _onnxruntime_runner(art, build: dict, common: dict, threads: int | None, spinning: bool) -> Runner:
@@ -126,7 +142,11 @@ def _onnxruntime_runner(art, build: dict, common: dict, threads: int | None, spi
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
 
-    return Runner(backend="onnxruntime", precision=build.get("precision") or precision(model_path), outputs=outs, run=run, **common)
+    def run_outputs(feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(list(names), {n: feeds[n] for n in sess_inputs})))
+
+    return Runner(backend="onnxruntime", precision=build.get("precision") or precision(model_path), outputs=outs, run=run,
+                  run_outputs=run_outputs, **common)
 
 
 def _openvino_ir_runner(xml: Path, threads: int | None, name: str | None) -> Runner:
@@ -145,7 +165,7 @@ def _openvino_ir_runner(xml: Path, threads: int | None, name: str | None) -> Run
     outs = list(ovr.output_names)
     return Runner(name=name or (xml.parent.name if xml.stem == "openvino_model" else xml.stem), path=xml, backend="openvino",
                   precision="int8" if fq else "fp32", stage="external", task="sequence-classification" if "logits" in outs else "feature-extraction",
-                  input_names=tuple(ovr.input_names), outputs=outs, tokenizer_dir=tok, max_length=512, id2label=None, run=ovr)
+                  input_names=tuple(ovr.input_names), outputs=outs, tokenizer_dir=tok, max_length=512, id2label=None, run=ovr, run_outputs=ovr)
 
 
 def profile_limits(profiles: list[dict]):

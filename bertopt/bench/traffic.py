@@ -1,5 +1,6 @@
 """``bench --lengths real``: batches of real texts padded per batch (as a server pads), optionally
-length-sorted first (as batching servers do), timed as whole passes over the texts.
+length-sorted first (as batching servers do), timed as whole passes over the texts. Each call asks for
+what a service returns (:attr:`Runner.serving_outputs`: the sentence embedding or logits).
 
 Next to the fixed ``batch x seq`` grid (every row padded to ``seq``, the worst case), this measures what
 real traffic costs: sequences/s and non-padding tokens/s over a pass, and the latency of each batch call.
@@ -46,15 +47,15 @@ def real_traffic(runners: Sequence[Runner], texts: Sequence[str], batches: Seque
         active = [r for r in runners if r.name in feeds]
         for r in active:
             for f in feeds[r.name][:warmup]:
-                r(f)
+                r(f, r.serving_outputs)
         calls: dict[str, list[float]] = {r.name: [] for r in active}
         passes: dict[str, list[float]] = {r.name: [] for r in active}
         for _ in range(repeats):
             for r in active:
-                t_pass = time.perf_counter()
+                t_pass, served = time.perf_counter(), r.serving_outputs
                 for f in feeds[r.name]:
                     t0 = time.perf_counter()
-                    r(f)
+                    r(f, served)
                     calls[r.name].append((time.perf_counter() - t0) * 1e3)
                 passes[r.name].append(time.perf_counter() - t_pass)
                 advance()
@@ -95,7 +96,7 @@ def concurrent_traffic(runners: Sequence[Runner], texts: Sequence[str], batches:
         for name, pool in pools.items():
             for caller in pool:
                 for f in feeds[name][:2]:
-                    caller(f)
+                    caller(f, caller.serving_outputs)
         passes: dict[str, list[float]] = {name: [] for name in pools}
         for _ in range(repeats):
             for name, pool in pools.items():
@@ -121,10 +122,11 @@ def _serve(pool: Sequence[Runner], feeds: list[dict]) -> float:
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
+        served = pool[i].serving_outputs
         start.wait()
         try:
             for f in feeds[i::n]:
-                pool[i](f)
+                pool[i](f, served)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(e)
 

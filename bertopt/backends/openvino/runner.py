@@ -1,4 +1,5 @@
-"""Run an OpenVINO artifact from numpy feeds: the smallest static bucket holding the call, else the dynamic model."""
+"""Run an OpenVINO artifact from numpy feeds: the smallest static bucket holding the call without padding it much,
+else the dynamic model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from bertopt.backends.openvino import CACHE_DIR, IR_FILE
 from bertopt.backends.openvino.compile import checked_properties, compile_for, core, properties, read_ir
-from bertopt.backends.openvino.shapes import Bucket, select_bucket
+from bertopt.backends.openvino.shapes import Bucket, pads_too_much, select_bucket
 from bertopt.errors import BertoptError
 
 
@@ -18,7 +19,8 @@ class OpenVINORunner:
     """``runner(feeds) -> {output: array}`` for int64 ``[batch, seq]`` feeds.
 
     Every bucket is compiled when the runner opens (from the blobs cached in the artifact: fast); the
-    dynamic model when a call fits no bucket (``fallbacks`` counts those calls). Padding: pad id 0,
+    dynamic model when a call fits no bucket (``fallbacks`` counts those calls) or when its bucket would pad it
+    more than :func:`.shapes.pads_too_much` allows (``padding_fallbacks``: e.g. 8 short texts and only 8x128). Padding: pad id 0,
     attention mask 0 (padded rows keep one unmasked token, so no row is all-masked); outputs with a
     sequence axis are cut back to the call's length, every output to its batch.
     """
@@ -42,6 +44,7 @@ class OpenVINORunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.fallbacks = 0
+        self.padding_fallbacks = 0
 
     @property
     def ir(self):
@@ -77,7 +80,7 @@ class OpenVINORunner:
             reqs[bucket] = self.compiled(bucket).create_infer_request()
         return reqs[bucket]
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BertoptError(f"{self.path}: the model needs input(s) {', '.join(missing)}", hint="feed " + ", ".join(self.input_names))
@@ -85,10 +88,14 @@ class OpenVINORunner:
         bucket = select_bucket(self.buckets, batch, seq) if self.buckets else None
         if bucket is None and self.buckets:
             self.fallbacks += 1
-        return self.run_on(bucket, feeds)
+        elif bucket is not None and pads_too_much(bucket, batch, seq):
+            self.padding_fallbacks += 1
+            bucket = None
+        return self.run_on(bucket, feeds, outputs)
 
-    def run_on(self, bucket: Bucket | None, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``feeds`` on ``bucket``'s compiled model (padded to it), or on the dynamic model (None)."""
+    def run_on(self, bucket: Bucket | None, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run ``feeds`` on ``bucket``'s compiled model (padded to it), or on the dynamic model (None); return
+        ``outputs`` (default: all)."""
         batch, seq = (int(d) for d in feeds[self.input_names[0]].shape)
         inputs = {n: np.ascontiguousarray(feeds[n], dtype=np.int64) for n in self.input_names}
         if bucket is not None:
@@ -101,6 +108,8 @@ class OpenVINORunner:
                                hint="check the feeds' shapes and dtypes (int64 [batch, seq])") from None
         out = {}
         for port, name in zip(req.model_outputs, self.output_names):
+            if outputs is not None and name not in outputs:
+                continue
             a = res[port]
             if bucket is not None:
                 a = a[:batch, :seq] if name in self._seq_outputs else a[:batch]

@@ -4,7 +4,8 @@ TensorRT profiles are: :func:`bertopt.backends.profiles.plan_profiles`; ``auto:N
 or both (``auto,8x128``).
 
 A call runs on the smallest bucket holding its (batch, sequence): inputs padded (pad id 0, mask 0),
-outputs cut back. A shape no bucket holds runs on the dynamic model, which every artifact also compiles.
+outputs cut back. A shape no bucket holds, or one the bucket would pad by more than :func:`pads_too_much`
+allows, runs on the dynamic model, which every artifact also compiles.
 Pure Python: no OpenVINO needed.
 """
 
@@ -20,6 +21,12 @@ MAX_BUCKETS = 12
 # profiles (which run any shape inside their range): at most 2x from a band's lower edge to its upper one
 PLAN_SPREAD = 2.0
 PLAN_MAX = 4
+# Padding a call up to a bucket costs its extra tokens; the dynamic model costs a higher per-call overhead. Measured
+# (MiniLM INT8, 2 threads): a few padded tokens per row win (1x10 in 1x16: 0.74x the dynamic time), 48+ at b1 or 28
+# per row at b8 lose (1x64 in 1x112: 1.34x; 8x100 in 8x128: 1.08x; 8x16 in 8x128: 9.3x).
+PAD_ROW_TOKENS = 16
+PAD_SHARE = 0.25
+PADDING_RULE = f"dynamic when a bucket pads a call by more than {PAD_ROW_TOKENS} tokens per row and {PAD_SHARE:.0%} of its tokens"
 
 
 @dataclass(frozen=True, order=True)
@@ -114,6 +121,13 @@ def select_bucket(buckets: Sequence[Bucket], batch: int, seq: int) -> Bucket | N
     """The cheapest bucket (fewest padded tokens) holding (batch, seq); None when none does."""
     fits = [b for b in buckets if b.holds(batch, seq)]
     return min(fits, key=_cost) if fits else None
+
+
+def pads_too_much(bucket: Bucket, batch: int, seq: int) -> bool:
+    """Whether padding a ``batch x seq`` call up to ``bucket`` adds more than :data:`PAD_ROW_TOKENS` tokens per row
+    or :data:`PAD_SHARE` of the call's tokens, whichever is more: such a call runs faster on the dynamic model."""
+    real = batch * seq
+    return bucket.batch * bucket.seq - real > max(PAD_ROW_TOKENS * batch, PAD_SHARE * real)
 
 
 def _cost(b: Bucket) -> tuple[int, int]:

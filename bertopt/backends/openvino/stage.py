@@ -9,7 +9,7 @@ from pathlib import Path
 from bertopt.artifacts import Artifact, load_artifact, up_to_date, write_artifact
 from bertopt.backends.openvino import CACHE_DIR, IR_FILE, PRECISIONS_FILE, WEIGHTS_FILE, require_openvino
 from bertopt.backends.openvino import compile as oc
-from bertopt.backends.openvino.shapes import Bucket, merge, parse_shapes, plan_buckets
+from bertopt.backends.openvino.shapes import PADDING_RULE, Bucket, merge, parse_shapes, plan_buckets
 from bertopt.backends.hf_folder import write_hf_folder
 from bertopt.backends.options import BuildOptions
 from bertopt.errors import BertoptError
@@ -60,6 +60,7 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
             "cpu": oc.device_name(), "compile_properties": props, "device_properties": shapes["dynamic"]["properties"],
             "inference_precision": o.inference_precision, "shapes": "static" if buckets else "dynamic",
             "buckets": [b.spec() for b in buckets], "beyond_buckets": "dynamic" if buckets else None,
+            "overpadded": PADDING_RULE if buckets else None,
             "buckets_planned_from": planned, "int8_gemms": shapes["dynamic"]["int8_gemms"],
             "layer_precisions": shapes["dynamic"]["layer_precisions"], "int8_check": shapes["dynamic"]["int8_check"],
         }
