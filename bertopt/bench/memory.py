@@ -49,6 +49,9 @@ def model_shape(path: Path) -> tuple[dict | None, int]:
     """(hidden_size/num_layers/num_heads, or None where unknown; the weights' bytes) of an HF folder or artifact."""
     from bertopt.models import is_hf_folder, model_summary, read_config
 
+    if path.suffix == ".xml" and path.is_file():  # another tool's bare OpenVINO IR: no manifest, shape unknown
+        weights = path.with_suffix(".bin")
+        return None, weights.stat().st_size if weights.is_file() else 0
     if is_hf_folder(path):
         info = model_summary(read_config(path), "feature-extraction")
         weights = sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
