@@ -167,6 +167,23 @@ def test_bench_inspect_report_compare_take_it(ov_recipe, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_bench_takes_a_bare_ir_beside_the_artifact(ov_recipe, tiny_text, tmp_path):
+    """Another tool's IR (no manifest; tokenizer/ beside it) passes bench's memory check and runs next to bertopt's."""
+    built, bare = ov_recipe["build-ov"], tmp_path / "bare"
+    (bare / "tokenizer").mkdir(parents=True)
+    for f in ("openvino_model.xml", "openvino_model.bin"):
+        shutil.copy(built / f, bare / f)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (built / f).is_file():
+            shutil.copy(built / f, bare / "tokenizer" / f)
+    out = tmp_path / "r.json"
+    r = run_cli("bench", str(built), str(bare / "openvino_model.xml"), "--batch", "1", "--seq", "16", "--warmup", "0",
+                "--iters", "2", "--repeats", "1", "--threads", "2", "--data", str(tiny_text), "--samples", "8", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = {x["name"]: x for x in json.loads(out.read_text())["runs"]}
+    assert runs["bare"]["backend"] == "openvino" and runs["bare"]["fidelity"]["cosine_min"] >= 0.99
+
+
 # ------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("args,words", [
     (["--shapes", "0x0"], "must have batch >= 1"),
