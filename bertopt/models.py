@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 from bertopt.errors import BertoptError
+from bertopt.options import POOLING
 
 # model_type (config.json) -> the ONNX input names the encoder takes, in order.
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -97,7 +99,7 @@ def sentence_transformers_normalize(model_dir: Path) -> bool:
     return any("Normalize" in m.get("type", "") for m in json.loads(mods.read_text()))
 
 
-POOLINGS = ("auto", "mean", "cls", "none")
+POOLINGS = typing.get_args(POOLING)  # the options' Literal: one list of poolings
 
 
 def resolve_task(cfg: dict, task: str | None = None, known: dict | None = None) -> str:
