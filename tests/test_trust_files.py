@@ -201,7 +201,7 @@ def test_qat_plan_from_another_folder_hashes_the_recorded_model(workdir_export, 
     monkeypatch.chdir(tmp_path / "elsewhere")
     data = tmp_path / "t.txt"
     data.write_text("one text\n")
-    job = _plan(workdir_export, tmp_path / "q", QatOptions(data=str(data)), False)
+    job = _plan(workdir_export, tmp_path / "q", QatOptions(data=str(data)))
     recorded = json.loads((workdir_export / "manifest.json").read_text())["inputs"]["model"]["sha256"]
     assert job.model_dir == workdir_export.parent / "m" and job.inputs["model"]["sha256"] == recorded
 
