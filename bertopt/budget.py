@@ -54,24 +54,10 @@ def check_budget(min_cosine: float | None, max_accuracy_drop: float | None, eval
 class HeldOut:
     """Fixed held-out batches, the FP32 reference's outputs on them, and (optionally) labels."""
 
-    evaluator: object  # bertopt.calibrators.sensitivity.Evaluator
+    evaluator: object  # bertopt.calibrators.sensitivity.Evaluator (made by sensitivity.held_out)
     labels: np.ndarray | None = None
     source: str = ""
     ref_accuracy: float | None = field(default=None)
-
-    @classmethod
-    def build(cls, model, batches, threads: int | None, labels: np.ndarray | None, source: str, choice=None) -> "HeldOut":
-        """``choice``: the output calibrate compares (:mod:`bertopt.outputs`; default: chosen by name and shape)."""
-        from bertopt.calibrators.sensitivity import Evaluator
-
-        ev = Evaluator.for_model(model, batches, threads, choice=choice)
-        h = cls(ev, labels, source)
-        if labels is not None:
-            if ev.choice.kind != "logits":
-                raise BertoptError(f"{source}: --max-accuracy-drop needs a classifier (its output '{ev.output}' is not logits)",
-                                   hint="use --min-cosine for an encoder")
-            h.ref_accuracy = float((ev.ref.argmax(1) == labels).mean())
-        return h
 
     @property
     def n(self) -> int:

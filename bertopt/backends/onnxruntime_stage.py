@@ -33,10 +33,9 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
         return done
 
     input_names = list(art.model_info.get("inputs") or graph_inputs(src))
-    tune_feeds, tuning = None, None
-    if o.tune and data_path is not None:
-        tune_feeds = text_feeds(art, data_path, o.text_column, input_names, seq=128, batches=(1, 8))
-        tuning = ortb.Tuning(tune_feeds)
+    tuning, tune_texts = None, o.tune and data_path is not None
+    if tune_texts:
+        tuning = ortb.Tuning(text_feeds(art, data_path, o.text_column, input_names, seq=128, batches=(1, 8)))
     elif o.tune:
         tuning = ortb.Tuning.synthetic(input_names)
     from bertopt.ui import console
@@ -55,7 +54,7 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
             "backend": "onnxruntime",
             "precision": detected,
             "machine": {"cpu": ortb.cpu_name(), "physical_cores": ortb.physical_cores()},
-            "tune_texts": str(data_path) if tune_feeds else None,
+            "tune_texts": str(data_path) if tune_texts else None,
             **decision,
         }
     _report(out, detected, decision)

@@ -205,7 +205,7 @@ def apply_budget(job, td, tok, names) -> None:
     ``job.quant`` and ``job.budget`` (the manifest record)."""
     from bertopt.calibrators.collect import make_batches
     from bertopt.budget import split_holdout
-    from bertopt.calibrators.sensitivity import layer_sensitivity
+    from bertopt.calibrators.sensitivity import held_out, layer_sensitivity
     from bertopt.data import encode_labels, load_texts, tokenize
     from bertopt.errors import BertoptError
     from bertopt.passes.qkv_bias import merge_qkv_bias
@@ -230,7 +230,7 @@ def apply_budget(job, td, tok, names) -> None:
         texts = [td.texts[i] for i in idx]
         note(f"calibrate: the budget is measured on {source}")
     batches = make_batches(tok, texts, names, o.max_length, o.batch_size)
-    held = HeldOut.build(job.model, batches, job.o.threads, labels, source, choice=job.choice)
+    held = held_out(job.model, batches, job.o.threads, labels, source, choice=job.choice)
     quant = list(job.quant)
     max_float = o.max_float or max(1, len(quant) // 4)
 

@@ -16,8 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bertopt.budget import HeldOut
 from bertopt.calibrators.collect import Batch
 from bertopt.calibrators.qdq import GemmTarget
+from bertopt.errors import BertoptError
 from bertopt.graph import ort_session
 from bertopt.outputs import OutputChoice, row_cosines
 
@@ -73,6 +75,19 @@ class Evaluator:
 
     def error(self, model) -> dict:
         return self.compare(self.vectors(model))
+
+
+def held_out(model, batches, threads: int | None, labels: np.ndarray | None, source: str, choice=None) -> HeldOut:
+    """The budget's held-out measure (:class:`bertopt.budget.HeldOut`) of ``model``'s FP32 outputs on ``batches``;
+    ``choice``: the output calibrate compares (:mod:`bertopt.outputs`; default: chosen by name and shape)."""
+    ev = Evaluator.for_model(model, batches, threads, choice=choice)
+    h = HeldOut(ev, labels, source)
+    if labels is not None:
+        if ev.choice.kind != "logits":
+            raise BertoptError(f"{source}: --max-accuracy-drop needs a classifier (its output '{ev.output}' is not logits)",
+                               hint="use --min-cosine for an encoder")
+        h.ref_accuracy = float((ev.ref.argmax(1) == labels).mean())
+    return h
 
 
 def layer_sensitivity(

@@ -114,6 +114,7 @@ class Chooser:
             import onnx
 
             from bertopt.calibrators.collect import make_batches
+            from bertopt.calibrators.sensitivity import held_out
             from bertopt.data import encode_labels, load_tokenizer
             from bertopt.outputs import choose_for_onnx
 
@@ -125,7 +126,7 @@ class Chooser:
             if self.labels is not None:
                 y = encode_labels(self.labels, self.id2label)
             choice = choose_for_onnx(model, requested=self.output, where=str(self.fp32_onnx)) if self.output else None
-            self.held = HeldOut.build(model, batches, self.threads, y, self.source, choice=choice)
+            self.held = held_out(model, batches, self.threads, y, self.source, choice=choice)
         return self.held
 
     def measure(self, onnx_path: Path) -> dict:
