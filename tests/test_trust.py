@@ -103,6 +103,39 @@ def test_checkpoint_load_is_weights_only(tmp_path):
     assert "QAT checkpoint" not in interrupted_message()
 
 
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_checkpoint_killed_between_its_two_files_still_resumes(tmp_path, monkeypatch, kill_at):
+    """A SIGKILL can land between the two files' replaces (checkpoint.pt and checkpoint.json). Whatever is
+    on disk then must either load (the previous or the new step) or not claim to be a checkpoint: a
+    checkpoint.pt without its fingerprint would make the next run start over (the qat resume test's flake)."""
+    import torch
+
+    from bertopt.distill import checkpoint as ckmod
+
+    real_replace = os.replace
+    for first_save in (True, False):
+        ck = ckmod.Checkpointer(tmp_path / f"ck-{first_save}", "fp-3", owned=True)
+        if not first_save:
+            ck.save({"step": 1, "model": {"w": torch.ones(2)}})
+        calls = []
+
+        def killed(src, dst):
+            calls.append(dst)
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt  # the kill, as far as the files are concerned
+            real_replace(src, dst)
+
+        monkeypatch.setattr(ckmod.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ck.save({"step": 2, "model": {"w": torch.zeros(2)}})
+        monkeypatch.setattr(ckmod.os, "replace", real_replace)
+        state = ckmod.Checkpointer(ck.folder, "fp-3").load()
+        if ck.path.exists():
+            assert state is not None and state["step"] in (1, 2), (first_save, kill_at)
+        else:
+            assert first_save and state is None
+
+
 def test_checkpoint_remove_deletes_only_its_own_files(tmp_path):
     from bertopt.distill.checkpoint import Checkpointer
 

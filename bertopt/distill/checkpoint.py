@@ -63,12 +63,15 @@ class Checkpointer:
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True)
             self.marker.write_text("created by bertopt qat; removed with the folder after a successful run\n")
-        tmp = self.path.with_name(CHECKPOINT_FILE + f".tmp-{os.getpid()}")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)
+        # checkpoint.json first: once checkpoint.pt exists, so does the fingerprint that lets it be read
+        # (a kill between the two replaces must not leave a checkpoint that cannot be resumed from).
+        # Its step is informational; the tensors carry their own fingerprint and step.
         meta_tmp = self.meta.with_name(CHECKPOINT_META + f".tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "step": state.get("step")}) + "\n")
         os.replace(meta_tmp, self.meta)
+        tmp = self.path.with_name(CHECKPOINT_FILE + f".tmp-{os.getpid()}")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
         keep_note(str(self.folder), f"QAT checkpoint kept in {self.folder}: run the same command again to resume")
 
     def remove(self) -> None:
