@@ -107,7 +107,7 @@ run-bbc: bbc-classifier
 	$(BIN)/bertopt run recipes/bbc-classifier.yaml
 
 test: venv users-venv classifier lint
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=30 $(PYTEST_ARGS)
 
 # pyflakes and a few bug-finding rules (pyproject.toml [tool.ruff]); part of make test.
 lint: venv
