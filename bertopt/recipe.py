@@ -44,9 +44,9 @@ from bertopt.errors import BertoptError, clip, quote
 
 RESERVED = {"stage", "name", "input", "inputs"}
 # Options whose string values are file paths (resolved against the recipe's folder) or "@step" references.
-PATH_OPTIONS = {"data", "eval", "val_data", "init_from", "timing_cache", "ranges", "checkpoint_dir", "triton"}
+PATH_OPTIONS = {"data", "eval", "val_data", "pairs", "init_from", "timing_cache", "ranges", "checkpoint_dir", "triton"}
 # Of those, the ones that must exist before the run (the others are written by the stage).
-INPUT_FILE_OPTIONS = {"data", "eval", "val_data", "init_from", "ranges"}
+INPUT_FILE_OPTIONS = {"data", "eval", "val_data", "pairs", "init_from", "ranges"}
 STEP_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TOP_KEYS = {"name": str, "description": str, "model": str, "workdir": str, "steps": list}
 # Bounds on a recipe file (its bytes; its YAML values with aliases expanded): no recipe comes near them.
