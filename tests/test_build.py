@@ -153,6 +153,9 @@ def test_precision_must_match_the_graph(exported_minilm, tmp_path):
     (dict(profile="batch=1:8:32,seq=1:128:256"), "--profile applies to --backend tensorrt"),
     (dict(timing_cache="/tmp/x.cache"), "--timing-cache applies to --backend tensorrt"),
     (dict(data="/nonexistent/texts.csv"), "/nonexistent/texts.csv"),
+    (dict(short_calls="0"), "--short-calls must be auto, off or a token count"),
+    (dict(short_calls="some"), "--short-calls must be auto, off or a token count"),
+    (dict(backend="openvino", short_calls="32"), "--short-calls applies to --backend onnxruntime only"),
 ])
 def test_option_errors(exported_minilm, tmp_path, kwargs, words):
     with pytest.raises(BertoptError) as e:
@@ -247,3 +250,74 @@ def test_int8_gemm_biases_go_into_the_kernels(exported_minilm, slabs_dir, feeds,
     plain = ortb.make_session(cal.model_path).run(None, feeds)
     for a, b in zip(built, plain):
         assert np.abs(a - b).max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------- short calls
+def test_build_times_short_calls_and_records_the_crossover(ort_int8):
+    """The default build (--short-calls auto) times 1 thread against the session's threads at batch 1 and keeps
+    the crossover; session.json says it exactly when the manifest does."""
+    sc = ort_int8.manifest["build"]["short_calls"]
+    cfg = ortb.load_session_config(ort_int8.path)
+    if ortb.physical_cores() < 2:
+        assert not sc["measured"] and sc["max_tokens"] is None and "short_calls" not in cfg
+        return
+    assert sc["measured"] and set(sc["latency_ms"]) == {f"{sc['threads']} threads", "1 thread"}
+    assert all(v > 0 for lat in sc["latency_ms"].values() for v in lat.values())
+    one, many = sc["latency_ms"]["1 thread"], sc["latency_ms"][f"{sc['threads']} threads"]
+    if sc["max_tokens"] is None:
+        assert "short_calls" not in cfg and one["8"] > many["8"]
+    else:  # the threshold is the longest length of a run, from the shortest, where 1 thread is not slower
+        assert cfg["short_calls"] == {"max_tokens": sc["max_tokens"], "intra_op_num_threads": 1}
+        assert all(one[s] <= many[s] for s in one if int(s) <= sc["max_tokens"])
+
+
+def test_short_calls_run_on_a_one_thread_session(qdq_minilm, slabs_texts, tmp_path):
+    """--short-calls 32: bench's and bertopt.load's runner opens a 1-thread session beside the 2-thread one and
+    sends it every call of at most 32 tokens; both routes give the model's outputs."""
+    import bertopt
+    from bertopt.bench.runners import open_runner
+
+    art = run_build(qdq_minilm, tmp_path / "b", short_calls="32")
+    assert ortb.load_session_config(art.path)["short_calls"] == {"max_tokens": 32, "intra_op_num_threads": 1}
+    assert art.manifest["build"]["short_calls"] == {"measured": False, "max_tokens": 32, "why": "--short-calls 32"}
+    tok = load_tokenizer(art.tokenizer_dir)
+    plain = ortb.make_session(art.model_path, ortb.load_session_config(art.path))
+    r = open_runner(art.path, threads=2)
+    assert r.short_calls["max_tokens"] == 32
+    for rows, seq, route in ((slabs_texts[:1], 16, "short"), (slabs_texts[:2], 16, "short"), (slabs_texts[:1], 128, "long"),
+                             (slabs_texts[:4], 16, "long")):
+        before = dict(r.short_calls["calls"])
+        f = tokenize(tok, rows, INPUTS, seq, pad_to=seq)
+        got = r(f)["sentence_embedding"]
+        assert r.short_calls["calls"][route] == before[route] + 1, (len(rows), seq)
+        ref = plain.run(["sentence_embedding"], f)[0]
+        assert _cos(got, ref).min() >= 0.9999
+    # bertopt.load routes the same way; a 1-thread runner opens no second session
+    m = bertopt.load(art.path, threads=2)
+    m.encode(slabs_texts[:3], batch_size=1)
+    assert m.runner.short_calls["calls"]["short"] == 3
+    assert open_runner(art.path, threads=1).short_calls is None
+    # bench times through the same runner and reports how the calls went
+    from bertopt.bench.stage import run_bench
+
+    rep = run_bench([str(art.path)], None, batch=[1], seq=[16, 128], threads=2, warmup=0, iters=2, repeats=1)
+    calls = rep["runs"][0]["short_calls"]
+    assert calls["max_tokens"] == 32 and calls["calls"]["short"] >= 2 and calls["calls"]["long"] >= 2
+    # --short-calls off: no second session
+    off = run_build(qdq_minilm, tmp_path / "off", short_calls="off")
+    assert "short_calls" not in ortb.load_session_config(off.path) and open_runner(off.path, threads=2).short_calls is None
+
+
+@pytest.mark.parametrize("value, words", [
+    ({"max_tokens": 0, "intra_op_num_threads": 1}, "'short_calls.max_tokens' must be a token count"),
+    ({"max_tokens": "32", "intra_op_num_threads": 1}, "'short_calls.max_tokens' must be a token count"),
+    ({"max_tokens": 32}, "exactly max_tokens and intra_op_num_threads"),
+    ({"max_tokens": 32, "intra_op_num_threads": 0}, "'short_calls.intra_op_num_threads' must be at least 1"),
+    ({"max_tokens": 32, "intra_op_num_threads": 1, "file": "/tmp/x"}, "exactly max_tokens and intra_op_num_threads"),
+])
+def test_a_forged_short_calls_entry_is_refused(value, words):
+    from bertopt.backends.session_config import check_session_config
+
+    with pytest.raises(BertoptError) as e:
+        check_session_config({"intra_op_num_threads": 2, "short_calls": value}, "art/session.json")
+    assert "art/session.json" in e.value.message and words in e.value.message and "bertopt build" in e.value.hint

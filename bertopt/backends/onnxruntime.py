@@ -144,7 +144,7 @@ class Tuning:
 
 
 def build_onnxruntime(src: Path, out_dir: Path, *, threads: int | None = None, tuning: Tuning | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict:
+                      progress: Callable[[str], None] | None = None, short_calls: str = "off") -> dict:
     """Write ``model.onnx`` (offline-optimized) + ``session.json`` into ``out_dir``; return what was decided.
 
     After ORT's optimizer, the biases of its INT8 GEMMs go into the kernels (:func:`.ort_rewrites.fold_int8_gemm_bias`)
@@ -157,6 +157,9 @@ def build_onnxruntime(src: Path, out_dir: Path, *, threads: int | None = None, t
     logical-core threads); knobs that win by more than 3 % are combined and confirmed against the
     input model run plainly (``make_session`` defaults), which is itself a candidate, so the chosen
     form is never slower than the plain run in the same measurement.
+
+    ``short_calls`` ("auto", "off" or a token count): whether calls up to some size go to a 1-thread session
+    (:mod:`.short_calls`; "auto" times the crossover on this machine).
     """
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
@@ -184,6 +187,11 @@ def build_onnxruntime(src: Path, out_dir: Path, *, threads: int | None = None, t
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     decision["ops_after"] = op_counts(model_out)
+    from bertopt.backends.short_calls import decide
+
+    decision["short_calls"] = decide(model_out, cfg, short_calls, say)
+    if decision["short_calls"]["max_tokens"]:
+        cfg = {**cfg, "short_calls": {"max_tokens": decision["short_calls"]["max_tokens"], "intra_op_num_threads": 1}}
     (out_dir / SESSION_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     # The artifact must load the way it was measured.
     make_session(model_out, cfg)

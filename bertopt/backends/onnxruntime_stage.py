@@ -26,7 +26,7 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
                   if o.precision == "int8" else "drop --precision, or build from an artifact of that precision"),
         )
     inputs = stage_inputs(art, src, data_path)
-    params = {"backend": "onnxruntime", "precision": detected, "threads": o.threads, "tune": o.tune,
+    params = {"backend": "onnxruntime", "precision": detected, "threads": o.threads, "tune": o.tune, "short_calls": o.short_calls,
               "data": str(data_path) if data_path else None, "text_column": o.text_column}
     if (done := up_to_date(out, "build", inputs, params, force)) is not None:
         skipped("build", out)
@@ -44,7 +44,8 @@ def build_stage(art: Artifact, src: Path, out: Path, o: BuildOptions, data_path:
         w.add_output("model", MODEL_FILE)
         w.add_output("session", ortb.SESSION_FILE)
         with console.status("build: onnxruntime") as status, w.timed("build"):
-            decision = ortb.build_onnxruntime(src, w.dir, threads=o.threads, tuning=tuning, progress=lambda m: status.update(f"build: {m}"))
+            decision = ortb.build_onnxruntime(src, w.dir, threads=o.threads, tuning=tuning, progress=lambda m: status.update(f"build: {m}"),
+                                                short_calls=o.short_calls)
         if (w.dir / (MODEL_FILE + ".data")).is_file():
             w.add_output("model_data", MODEL_FILE + ".data")
         w.copy_tokenizer(art.tokenizer_dir)
@@ -66,6 +67,14 @@ def _report(out: Path, precision: str, d: dict) -> None:
     entries = ", ".join(f"{k}={v}" for k, v in cfg.get("session_config_entries", {}).items()) or "defaults"
     note(f"build: {out / MODEL_FILE}  backend=onnxruntime precision={precision} offline={d['offline_optimization']} "
          f"threads={cfg.get('intra_op_num_threads', 'ORT default')} entries: {entries}")
+    sc = d.get("short_calls") or {}
+    if sc.get("measured"):
+        lat = sc["latency_ms"]
+        rows = "  ".join(f"{k}: " + "/".join(f"{s} {v:.2f}" for s, v in d2.items()) + " ms" for k, d2 in lat.items())
+        note(f"build: short calls (batch 1, tokens) {rows}")
+    if sc:
+        route = (f"calls of at most {sc['max_tokens']} tokens go to a 1-thread session" if sc["max_tokens"] else "one session for every call")
+        note(f"build: short calls: {route} ({sc['why']})")
     if d.get("tuned"):
         conf = d["confirm"]["latency_ms"]
         rows = "  ".join(f"{k}: " + "/".join(f"b{b} {v:.1f}" for b, v in lat.items()) + " ms" for k, lat in conf.items())

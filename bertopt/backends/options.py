@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from bertopt.errors import BertoptError
 from bertopt.options import StageOptions, opt
@@ -26,6 +26,8 @@ class BuildOptions(StageOptions):
                                             "for float graphs).", panel="Build")
     threads: PositiveInt | None = opt(None, "Intra-op threads of ORT and OpenVINO (default: physical cores).", panel="Build", flag=["--threads", "-t"])
     tune: bool = opt(False, "ORT: measure session options on this machine and keep the fastest.", panel="Build", flag="--tune")
+    short_calls: str = opt("auto", "ORT: send short calls to a 1-thread session beside the --threads one: 'auto' (time both at batch 1 "
+                                   "x 8..128 tokens and keep the crossover), 'off', or N (calls of at most N tokens).", panel="Build")
     profile: str | None = opt(None, "TensorRT shape profiles, e.g. 'batch=1:8:32,seq=1:128:256' (';' between profiles), or 'auto' / "
                                     "'auto:N' to plan them from --data (the last reaching N tokens).", panel="Build")
     timing_cache: str | None = opt(None, "TensorRT timing cache file (default: ~/.cache/bertopt/trt-timing.cache).", panel="Build")
@@ -45,6 +47,11 @@ class BuildOptions(StageOptions):
     triton_name: str | None = opt(None, "The model's name in --triton (default: the --out folder's name; its parent's for an --out "
                                         "named 'build').", panel="Triton", fingerprint=False)
 
+    @field_validator("short_calls", mode="before")
+    @classmethod
+    def _short_calls_text(cls, v):
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _backend_options(self):
         only = {"profile": "tensorrt", "timing_cache": "tensorrt", "tune": "onnxruntime", "shapes": "openvino"}
@@ -52,6 +59,12 @@ class BuildOptions(StageOptions):
             if getattr(self, name) and self.backend not in (backend, "auto" if backend != "tensorrt" else backend):
                 raise BertoptError(f"--{name.replace('_', '-')} applies to --backend {backend} only",
                                    hint=_WHY.get((name, self.backend), "drop the option, or build for " + backend))
+        if self.short_calls not in ("auto", "off") and not (self.short_calls.isdigit() and 1 <= int(self.short_calls) <= 1_000_000):
+            raise BertoptError(f"--short-calls must be auto, off or a token count from 1 to 1000000, got {self.short_calls!r}",
+                               hint="e.g. --short-calls 32 sends calls of at most 32 tokens (batch x length) to a 1-thread session")
+        if self.short_calls != "auto" and self.backend not in ("onnxruntime", "auto"):
+            raise BertoptError("--short-calls applies to --backend onnxruntime only",
+                               hint="OpenVINO takes --shapes; TensorRT runs one engine per call")
         if self.batch != [1, 8] and self.backend != "auto":
             raise BertoptError("--batch applies to --backend auto only", hint="it sets the batch sizes auto times both backends at")
         if self.backend == "auto" and not self.data:

@@ -23,7 +23,7 @@ ENTRIES = {
     "session.dynamic_block_base": tuple(str(i) for i in range(1, 65)),
 }
 HINT = ("bertopt writes only graph_optimization_level, intra_op_num_threads, inter_op_num_threads, enable_cpu_mem_arena, "
-        "enable_mem_pattern and the session_config_entries " + ", ".join(ENTRIES) + "; rebuild the artifact with `bertopt build`")
+        "enable_mem_pattern, short_calls and the session_config_entries " + ", ".join(ENTRIES) + "; rebuild the artifact with `bertopt build`")
 
 
 def _refuse(source: str, what: str) -> BertoptError:
@@ -34,6 +34,20 @@ def _threads(source: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise _refuse(source, f"'{key}' must be a thread count (0 = ONNX Runtime's default), got {value!r}")
     return min(value, os.cpu_count() or 1)
+
+
+def _short_calls(source: str, value: Any) -> dict:
+    """``{"max_tokens": T, "intra_op_num_threads": 1}``: calls of at most T tokens go to a second session with that
+    many threads (:mod:`bertopt.backends.short_calls`)."""
+    if not isinstance(value, dict) or set(value) != {"max_tokens", "intra_op_num_threads"}:
+        raise _refuse(source, f"'short_calls' must be an object with exactly max_tokens and intra_op_num_threads, got {value!r}")
+    t = value["max_tokens"]
+    if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1_000_000:
+        raise _refuse(source, f"'short_calls.max_tokens' must be a token count from 1 to 1000000, got {t!r}")
+    n = _threads(source, "short_calls.intra_op_num_threads", value["intra_op_num_threads"])
+    if n < 1:
+        raise _refuse(source, f"'short_calls.intra_op_num_threads' must be at least 1, got {value['intra_op_num_threads']!r}")
+    return {"max_tokens": t, "intra_op_num_threads": n}
 
 
 def check_session_config(cfg: Any, source: str = "session config") -> dict:
@@ -62,6 +76,8 @@ def check_session_config(cfg: Any, source: str = "session config") -> dict:
                 if str(v) not in ENTRIES[entry]:
                     raise _refuse(source, f"session_config_entries '{entry}' must be one of {ENTRIES[entry][0]}..{ENTRIES[entry][-1]}, got {v!r}")
             out[key] = {k: str(v) for k, v in value.items()}
+        elif key == "short_calls":
+            out[key] = _short_calls(source, value)
         else:
             raise _refuse(source, f"key '{key}' is not a session option bertopt writes")
     return out

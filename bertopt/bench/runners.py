@@ -34,6 +34,9 @@ class Runner:
     # why a (batch, seq) shape cannot run (a TensorRT engine's profiles), None when it can
     refuses: Callable[[int, int], str | None] | None = field(default=None, repr=False)
     max_batch: int | None = None
+    # ONNX Runtime: calls of at most max_tokens go to a 1-thread session (session.json's short_calls);
+    # "calls" counts the calls each session ran
+    short_calls: dict | None = None
     # runs only the named outputs (ONNX Runtime: the others are neither copied nor converted)
     run_outputs: Callable[[dict[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]] | None = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
@@ -126,8 +129,10 @@ def _onnxruntime_runner(art, build: dict, common: dict, threads: int | None, spi
     cfg = dict(load_session_config(art.path) or {})  # outside the try: a refused session.json names its key
     if not spinning:
         cfg["session_config_entries"] = {"session.intra_op.allow_spinning": "0", **cfg.get("session_config_entries", {})}
+    from bertopt.backends.short_calls import routed, tokens
+
     try:
-        sess = make_session(model_path, cfg, threads)
+        sess, short, max_tokens = routed(model_path, cfg, threads, make_session)
     except Exception as e:  # noqa: BLE001 - ORT's load errors are about the user's file
         raise BertoptError(f"{model_path}: ONNX Runtime cannot load it ({str(e)[:300]})", hint="re-run the stage that wrote it") from None
     sess_inputs = [i.name for i in sess.get_inputs()]
@@ -139,14 +144,23 @@ def _onnxruntime_runner(art, build: dict, common: dict, threads: int | None, spi
     if "logits" in outs:
         common["task"] = "sequence-classification"
 
+    calls = {"long": 0, "short": 0} if short is not None else None
+
+    def pick(feeds: dict[str, np.ndarray]):
+        if short is None:
+            return sess
+        route = "short" if tokens(feeds) <= max_tokens else "long"
+        calls[route] += 1
+        return short if route == "short" else sess
+
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in sess_inputs})))
+        return dict(zip(outs, pick(feeds).run(outs, {n: feeds[n] for n in sess_inputs})))
 
     def run_outputs(feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
-        return dict(zip(names, sess.run(list(names), {n: feeds[n] for n in sess_inputs})))
+        return dict(zip(names, pick(feeds).run(list(names), {n: feeds[n] for n in sess_inputs})))
 
     return Runner(backend="onnxruntime", precision=build.get("precision") or precision(model_path), outputs=outs, run=run,
-                  run_outputs=run_outputs, **common)
+                  run_outputs=run_outputs, short_calls=({"max_tokens": max_tokens, "calls": calls} if calls is not None else None), **common)
 
 
 def _openvino_ir_runner(xml: Path, threads: int | None, name: str | None) -> Runner:
@@ -218,4 +232,7 @@ def _torch_runner(model_dir: Path, threads: int | None, name: str | None) -> Run
 
 
 def describe(r: Runner) -> dict:
-    return {"name": r.name, "path": str(r.path), "backend": r.backend, "precision": r.precision, "stage": r.stage, "task": r.task}
+    d = {"name": r.name, "path": str(r.path), "backend": r.backend, "precision": r.precision, "stage": r.stage, "task": r.task}
+    if r.short_calls:
+        d["short_calls_max_tokens"] = r.short_calls["max_tokens"]
+    return d

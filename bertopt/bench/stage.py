@@ -103,6 +103,12 @@ def run_bench(input: Sequence[str | Path], out: str | Path | None = None, option
     _measure(runners, runs, fid_texts, ev, pairs, o)
     if o.concurrency > 1:
         _concurrent(runners, runs, fid_texts or ev, o, threads)
+    for r, run in zip(runners, runs):
+        if r.short_calls:  # how the calls were routed (session.json's short_calls): warm-up and every timed call
+            run["short_calls"] = {"max_tokens": r.short_calls["max_tokens"], "calls": dict(r.short_calls["calls"])}
+            c = run["short_calls"]["calls"]
+            note(f"bench: {r.name}: {c['short']} calls of at most {r.short_calls['max_tokens']} tokens ran on its 1-thread session, "
+                 f"{c['long']} on the {threads or 'default'}-thread one (session.json short_calls)")
     for run in runs:
         for res in run["results"]:
             if "skipped" in res:
