@@ -37,6 +37,19 @@ def test_validation_names_the_field(tmp_path, body, needle):
     assert needle in e.value.message and str(p) in e.value.message
 
 
+def test_file_options_resolve_against_the_recipe_folder(tmp_path):
+    """Every option naming an input file (bench's --pairs too) is read relative to the recipe, and a missing
+    one is an error naming the step and field before anything runs."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "pairs.csv").write_text("query,document\na,b\n")
+    p = _recipe(tmp_path, "model: x\nsteps: [{stage: bench, inputs: [model], pairs: d/pairs.csv}]\n")
+    assert load_recipe(p)["steps"][0]["options"]["pairs"] == str(tmp_path / "d" / "pairs.csv")
+    p = _recipe(tmp_path, "model: x\nsteps: [{stage: bench, inputs: [model], pairs: d/missing.csv}]\n")
+    with pytest.raises(BertoptError) as e:
+        load_recipe(p)
+    assert "steps[0] (bench).pairs" in e.value.message and "missing.csv" in e.value.message
+
+
 def test_cli_reports_recipe_error(tmp_path):
     p = _recipe(tmp_path, "model: x\nsteps: [{stage: export, opsett: 17}]\n")
     r = run_cli("run", str(p))
