@@ -265,10 +265,10 @@ def test_build_times_short_calls_and_records_the_crossover(ort_int8):
     assert all(v > 0 for lat in sc["latency_ms"].values() for v in lat.values())
     one, many = sc["latency_ms"]["1 thread"], sc["latency_ms"][f"{sc['threads']} threads"]
     if sc["max_tokens"] is None:
-        assert "short_calls" not in cfg and one["8"] > many["8"]
-    else:  # the threshold is the longest length of a run, from the shortest, where 1 thread is not slower
-        assert cfg["short_calls"] == {"max_tokens": sc["max_tokens"], "intra_op_num_threads": 1}
-        assert all(one[s] <= many[s] for s in one if int(s) <= sc["max_tokens"])
+        assert "short_calls" not in cfg and one["8"] > 0.9 * many["8"]
+    else:  # the threshold is the longest length of a run, from the shortest, where 1 thread is 10% faster; auto stops at 64
+        assert cfg["short_calls"] == {"max_tokens": sc["max_tokens"], "intra_op_num_threads": 1} and sc["max_tokens"] <= 64
+        assert all(one[s] <= 0.9 * many[s] for s in one if int(s) <= sc["max_tokens"])
 
 
 def test_short_calls_run_on_a_one_thread_session(qdq_minilm, slabs_texts, tmp_path):

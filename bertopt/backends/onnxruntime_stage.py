@@ -75,6 +75,10 @@ def _report(out: Path, precision: str, d: dict) -> None:
     if sc:
         route = (f"calls of at most {sc['max_tokens']} tokens go to a 1-thread session" if sc["max_tokens"] else "one session for every call")
         note(f"build: short calls: {route} ({sc['why']})")
+        load = sc.get("load_average") or {}
+        if (load.get("before") or 0) > load.get("cores", 1):
+            note(f"build: the machine was busy while timing short calls (load {load['before']} on {load['cores']} cores): a busy "
+                 "machine favours 1 thread; rebuild on the machine state you deploy to, or pass --short-calls N / off")
     if d.get("tuned"):
         conf = d["confirm"]["latency_ms"]
         rows = "  ".join(f"{k}: " + "/".join(f"b{b} {v:.1f}" for b, v in lat.items()) + " ms" for k, lat in conf.items())

@@ -27,7 +27,7 @@ class BuildOptions(StageOptions):
     threads: PositiveInt | None = opt(None, "Intra-op threads of ORT and OpenVINO (default: physical cores).", panel="Build", flag=["--threads", "-t"])
     tune: bool = opt(False, "ORT: measure session options on this machine and keep the fastest.", panel="Build", flag="--tune")
     short_calls: str = opt("auto", "ORT: send short calls to a 1-thread session beside the --threads one: 'auto' (time both at batch 1 "
-                                   "x 8..128 tokens and keep the crossover), 'off', or N (calls of at most N tokens).", panel="Build")
+                                   "x 8..64 tokens, keep the lengths 1 thread wins by 10%), 'off', or N (calls of at most N tokens).", panel="Build")
     profile: str | None = opt(None, "TensorRT shape profiles, e.g. 'batch=1:8:32,seq=1:128:256' (';' between profiles), or 'auto' / "
                                     "'auto:N' to plan them from --data (the last reaching N tokens).", panel="Build")
     timing_cache: str | None = opt(None, "TensorRT timing cache file (default: ~/.cache/bertopt/trt-timing.cache).", panel="Build")
