@@ -321,3 +321,19 @@ def test_a_forged_short_calls_entry_is_refused(value, words):
     with pytest.raises(BertoptError) as e:
         check_session_config({"intra_op_num_threads": 2, "short_calls": value}, "art/session.json")
     assert "art/session.json" in e.value.message and words in e.value.message and "bertopt build" in e.value.hint
+
+
+def test_short_calls_are_not_timed_on_a_graph_without_token_inputs(tmp_path):
+    """A graph that does not take int64 token ids (here a float Relu) builds with one session and says why."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    out = tmp_path / "out"
+    out.mkdir()
+    d = ortb.build_onnxruntime(src, out, threads=2, short_calls="auto")
+    assert d["short_calls"]["max_tokens"] is None and d["short_calls"]["why"].startswith("not timed: the graph's inputs")
+    assert "short_calls" not in json.loads((out / "session.json").read_text())
